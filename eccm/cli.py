@@ -1,0 +1,100 @@
+"""Command line: subcommands, logging set-up, exit codes (0 ok, 1 failure, 2 config/usage)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from . import __version__
+from .config import Config, ConfigError, load
+
+log = logging.getLogger("eccm")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr; no timestamps under systemd, where journald adds its own."""
+    under_journald = bool(os.environ.get("JOURNAL_STREAM"))
+    fmt = "%(levelname)s %(name)s: %(message)s" if under_journald else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level, logging.INFO))
+    # pint (under python-OBD) warns about its own unit table at import; not ours to fix.
+    logging.getLogger("pint").setLevel(logging.ERROR)
+
+
+def _load_or_report(path: Optional[Path], environ=None, require_file: bool = True
+                    ) -> Optional[Config]:
+    try:
+        cfg, warnings = load(path, environ=environ, require_file=require_file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return None
+    for warning in warnings:
+        print(f"config warning: {warning}", file=sys.stderr)
+    return cfg
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load_or_report(Path(args.config))
+    if cfg is None:
+        return EXIT_CONFIG
+    print(f"Configuration from {args.config} is valid. Effective values:")
+    rows = cfg.describe()
+    width = max(len(key) for key, _, _ in rows)
+    for key, shown, source in rows:
+        print(f"  {key:<{width}} = {shown}   [{source}]")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.demo:
+        from .demo import run_demo
+        return run_demo(Path(args.config) if args.config else None, setup_logging)
+    cfg = _load_or_report(Path(args.config or "config.ini"))
+    if cfg is None:
+        return EXIT_CONFIG
+    setup_logging(cfg.LOG_LEVEL)
+    from .daemon import Daemon
+    return Daemon(cfg).run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eccm", description="ECCM: Electronic Centralized Car Monitoring daemon")
+    parser.add_argument("--version", action="version", version=f"eccm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", metavar="PATH", default=None,
+                     help="configuration file (default: ./config.ini)")
+    run.add_argument("--demo", action="store_true",
+                     help="run against ECCM's built-in simulated car (no hardware needed)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate the configuration and print it")
+    check.add_argument("--config", metavar="PATH", default="config.ini")
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except OSError as exc:
+        print(f"eccm: {exc}", file=sys.stderr)
+        return EXIT_FAILURE

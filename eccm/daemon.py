@@ -1,0 +1,114 @@
+"""The daemon: builds the workers from the config, starts them, supervises, shuts down.
+
+One threading.Event stops everything. SIGTERM/SIGINT set it; shutdown joins the workers
+in reverse start order within a bounded time, so the recorder (started first, stopped
+last) closes the current file and queues it after the sources have stopped.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Dict, List, Optional
+
+from .config import Config
+from .obd_poller import ObdPoller, quiet_python_obd
+from .recorder import Recorder
+from .state import DISABLED, SharedState
+from .worker import Worker
+
+log = logging.getLogger(__name__)
+
+STOP_BUDGET = 4.0  # seconds for all joins together; the process must be gone within 5 s
+SUPERVISE_EVERY = 1.0
+RESTART_DELAY_CAP = 30.0
+
+
+class Daemon:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        self.state = SharedState()
+        self.started = time.monotonic()
+        self.workers: List[Worker] = []
+        self._restart_at: Dict[str, float] = {}
+        self._restart_delay: Dict[str, float] = {}
+        quiet_python_obd(cfg.LOG_LEVEL == "DEBUG")
+
+        self.recorder: Optional[Recorder] = None
+        if cfg.FILE_RECORDING:
+            self.recorder = Recorder(
+                self.stop_event, self.state, car=cfg.CAR_IDENTIFIER,
+                folder=cfg.RECORD_DIRECTORY_LOCATION, extension=cfg.MONITORING_FILE_EXTENSION,
+                separator=cfg.MONITORING_FILE_SEPARATION_CHARACTER,
+                interval=cfg.RECORD_INTERVAL, fsync_interval=cfg.FSYNC_INTERVAL,
+                rotate_seconds=cfg.RECORD_ROTATE_MINUTES * 60,
+                rotate_bytes=int(cfg.RECORD_ROTATE_SIZE_MB * 1024 * 1024),
+                max_age=cfg.VALUE_MAX_AGE, gnss=cfg.GPS_POSITION_MONITORING)
+            self.workers.append(self.recorder)
+        self.poller = ObdPoller(
+            self.stop_event, self.state, port=cfg.OBD_INTERFACE, baudrate=cfg.OBD_BAUDRATE,
+            protocol=cfg.OBD_PROTOCOL, timeout=cfg.OBD_TIMEOUT,
+            session_timeout=cfg.OBD_SESSION_TIMEOUT, max_delay=cfg.RECONNECT_MAX_DELAY)
+        self.workers.append(self.poller)
+        for source, enabled in (("gnss", cfg.GPS_POSITION_MONITORING),
+                                ("s3", cfg.s3_enabled), ("socket", cfg.ENABLE_SOCKET_SERVER)):
+            if not enabled:
+                self.state.set_link(source, DISABLED)
+            else:
+                log.warning("%s is configured but not available in this version of ECCM",
+                            source)
+
+    def start(self) -> None:
+        if self.recorder is not None:
+            self.recorder.prepare()
+        for worker in self.workers:
+            worker.start()
+        log.info("ECCM started: car %s, %s", self.cfg.CAR_IDENTIFIER,
+                 ", ".join(w.name for w in self.workers))
+
+    def install_signal_handlers(self) -> None:
+        """Main thread only: SIGTERM/SIGINT ask for a clean stop."""
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("%s received, stopping", signal.Signals(signum).name)
+            self.stop_event.set()
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def run(self) -> int:
+        """Start, supervise until stopped, shut down. Runs in the main thread."""
+        self.install_signal_handlers()
+        self.start()
+        try:
+            while not self.stop_event.wait(SUPERVISE_EVERY):
+                self.supervise()
+        finally:
+            self.shutdown()
+        return 0
+
+    def supervise(self) -> None:
+        """Restart a worker whose thread died, with a growing delay if it keeps dying."""
+        now = time.monotonic()
+        for worker in self.workers:
+            if worker.is_alive() or self.stop_event.is_set():
+                continue
+            due = self._restart_at.get(worker.name)
+            if due is None:
+                delay = self._restart_delay.get(worker.name, 0.5)
+                self._restart_at[worker.name] = now + delay
+                self._restart_delay[worker.name] = min(delay * 2, RESTART_DELAY_CAP)
+                log.error("%s thread is not running; restarting it in %.1f s",
+                          worker.name, delay)
+            elif now >= due:
+                del self._restart_at[worker.name]
+                worker.restarts += 1
+                self.state.count(f"restarts_{worker.name}")
+                worker.start()
+
+    def shutdown(self) -> None:
+        self.stop_event.set()
+        deadline = time.monotonic() + STOP_BUDGET
+        for worker in reversed(self.workers):
+            worker.join(max(0.1, deadline - time.monotonic()))
+        log.info("ECCM stopped")

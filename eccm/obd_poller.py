@@ -1,0 +1,256 @@
+"""OBD poller thread: owns the ELM327 adapter; discovers and polls every engine value.
+
+python-OBD is not thread-safe, so this thread alone touches the adapter. Other threads
+hand it work with submit(), which runs a function with the open connection on this
+thread and waits for the result with a timeout. The adapter is reopened forever with
+growing backoff when it is missing, unplugged, or the ignition is off.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Callable, List, Optional, TypeVar
+
+import obd
+from obd import OBDStatus
+
+from . import values as obd_values
+from .state import CONNECTED, CONNECTING, LOST, ObdSession, SharedState
+from .worker import Backoff, Worker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_obd_log = logging.getLogger("obd")
+
+
+class NotConnected(Exception):
+    """The car is not reachable right now; the message says why."""
+
+
+class _ErrorCapture(logging.Handler):
+    """Keeps python-OBD's last error message, to report why a connection failed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+
+def quiet_python_obd(debug: bool) -> None:
+    """python-OBD logs to its own stderr handler; route it through ours, errors only.
+
+    ECCM reports connection problems itself, once per state change.
+    """
+    for handler in list(_obd_log.handlers):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, _ErrorCapture):
+            _obd_log.removeHandler(handler)
+    _obd_log.setLevel(logging.DEBUG if debug else logging.CRITICAL)
+
+
+def read_vin(conn: "obd.OBD") -> Optional[str]:
+    """VIN from mode 09 PID 02, decoded here: python-OBD strips '0', '1', '2' off its ends."""
+    if not conn.supports(obd.commands.VIN):
+        return None
+    response = conn.query(obd.commands.VIN)
+    if not response.messages:
+        return None
+    data = bytes(response.messages[0].data)
+    text = data[3:].replace(b"\x00", b"").decode("ascii", "replace").strip()
+    return text or None
+
+
+class ObdPoller(Worker):
+    name = "obd"
+
+    def __init__(self, stop_event: threading.Event, state: SharedState, *,
+                 port: Optional[str], baudrate: Optional[int] = None,
+                 protocol: Optional[str] = None, timeout: float = 1.0,
+                 session_timeout: float = 5.0, max_delay: float = 30.0):
+        super().__init__(stop_event)
+        self.state = state
+        self.port = port
+        self.baudrate = baudrate
+        self.protocol = protocol
+        self.timeout = timeout
+        self.session_timeout = session_timeout
+        self.backoff = Backoff(max_delay)
+        self._requests: "queue.Queue[tuple]" = queue.Queue()
+        self._reconnect = threading.Event()
+        self._sessions = 0
+        self._conn: Optional[obd.OBD] = None
+
+    # --- called from other threads ---------------------------------------------------
+
+    def submit(self, fn: Callable[["obd.OBD"], T], timeout: float = 10.0) -> T:
+        """Run fn(connection) on the poller thread; its result, or NotConnected/TimeoutError."""
+        future: "Future[T]" = Future()
+        self._requests.put((fn, future))
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise TimeoutError(f"no answer from the OBD thread within {timeout:g} s") from None
+
+    def request_reconnect(self) -> None:
+        """Close and reopen the adapter (RESTART_DATA_MANAGER)."""
+        self._reconnect.set()
+
+    # --- poller thread ---------------------------------------------------------------
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            self._reconnect.clear()
+            conn = self._open()
+            if conn is None:
+                self._idle(self.backoff.next())
+                continue
+            try:
+                self._poll_session(conn)
+            finally:
+                self._close(conn)
+            if not self.stop_event.is_set() and not self._reconnect.is_set():
+                self._idle(self.backoff.next())
+
+    def on_exit(self) -> None:
+        if self._conn is not None:
+            self._close(self._conn)
+        self._fail_requests("ECCM is stopping")
+
+    def _link(self, state: str, reason: str = "") -> None:
+        if self.state.set_link("obd", state, reason):
+            if state == LOST:
+                log.warning("OBD adapter: %s", reason)
+            else:
+                log.info("OBD adapter %s%s", state, f": {reason}" if reason else "")
+
+    def _open(self) -> Optional["obd.OBD"]:
+        where = self.port or "auto-detected port"
+        self._link(CONNECTING, where)
+        if self.port and not os.path.exists(self.port):
+            self._link(LOST, f"{self.port} does not exist (adapter unplugged?)")
+            return None
+        capture = _ErrorCapture()
+        _obd_log.addHandler(capture)
+        try:
+            conn = obd.OBD(portstr=self.port, baudrate=self.baudrate, protocol=self.protocol,
+                           timeout=self.timeout, check_voltage=True)
+        except Exception as exc:  # python-OBD raises assorted errors from bad replies
+            self._link(LOST, f"cannot open {where}: {exc.__class__.__name__}: {exc}")
+            return None
+        finally:
+            _obd_log.removeHandler(capture)
+        status = conn.status()
+        if status == OBDStatus.CAR_CONNECTED:
+            return conn
+        if status == OBDStatus.NOT_CONNECTED:
+            reason = f"no adapter answers on {where}"
+        else:
+            reason = "the adapter answers but the car does not (ignition off?)"
+        if capture.last:
+            reason += f" - {capture.last}"
+        self._link(LOST, reason)
+        conn.close()
+        return None
+
+    def _close(self, conn: "obd.OBD") -> None:
+        self._conn = None
+        self.state.end_obd_session()
+        try:
+            conn.close()
+        except Exception:  # the port may already be gone; closing must not fail
+            log.debug("error closing the adapter", exc_info=True)
+
+    def _poll_session(self, conn: "obd.OBD") -> None:
+        self._conn = conn
+        commands = all_recordable(conn)
+        units = {cmd: {c.name: c.unit for c in obd_values.columns_for(cmd)} for cmd in commands}
+        vin = read_vin(conn)
+        self._sessions += 1
+        session = ObdSession(self._sessions, obd_values.session_columns(commands),
+                             protocol=conn.protocol_name(), port=conn.port_name(), vin=vin)
+        self.state.start_obd_session(session)
+        self.state.set_info(obd_protocol=session.protocol, obd_vin=vin,
+                            obd_pids=len(commands), obd_port=session.port)
+        self._link(CONNECTED, f"{session.protocol}, {len(commands)} values"
+                              + (f", VIN {vin}" if vin else ""))
+        last_answer = time.monotonic()
+        while not self.stop_event.is_set() and not self._reconnect.is_set():
+            answered = 0
+            for cmd in commands:
+                self._serve_requests(conn)
+                if self.stop_event.is_set() or self._reconnect.is_set():
+                    return
+                response = conn.query(cmd)
+                if conn.status() == OBDStatus.NOT_CONNECTED:
+                    self._link(LOST, "the adapter stopped answering (unplugged?)")
+                    return
+                flat = obd_values.flatten(cmd, response.value)
+                if flat:
+                    answered += 1
+                    self.state.update_values({k: (v, units[cmd].get(k, ""))
+                                              for k, v in flat.items()})
+            if answered:
+                self.state.count("obd_samples", answered)
+                self.state.count("obd_cycles")
+                last_answer = time.monotonic()
+                self.backoff.reset()
+            elif time.monotonic() - last_answer > self.session_timeout:
+                self._link(LOST, f"no answer from the car for {self.session_timeout:g} s "
+                                 "(ignition off?)")
+                return
+            if not commands:
+                self.stop_event.wait(0.1)
+
+    def _serve_requests(self, conn: Optional["obd.OBD"]) -> None:
+        while True:
+            try:
+                fn, future = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            if conn is None:
+                future.set_exception(NotConnected(self._why_not_connected()))
+                continue
+            try:
+                future.set_result(fn(conn))
+            except Exception as exc:  # handed to the caller, who reports it
+                future.set_exception(exc)
+
+    def _why_not_connected(self) -> str:
+        link = self.state.snapshot().links.get("obd")
+        return f"car not connected: {link.reason}" if link and link.reason else \
+            "car not connected"
+
+    def _fail_requests(self, why: str) -> None:
+        while True:
+            try:
+                _fn, future = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                future.set_exception(NotConnected(why))
+
+    def _idle(self, delay: float) -> None:
+        """Wait before the next attempt, answering requests with NotConnected meanwhile."""
+        deadline = time.monotonic() + delay
+        while not self.stop_event.is_set() and not self._reconnect.is_set():
+            self._serve_requests(None)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.stop_event.wait(min(0.1, remaining))
+
+
+def all_recordable(conn: "obd.OBD") -> List[Any]:
+    """Mode-01 engine values a connected car supports (for tools and tests)."""
+    return sorted((c for c in conn.supported_commands if obd_values.is_recordable(c)),
+                  key=lambda c: c.pid)

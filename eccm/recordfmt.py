@@ -1,0 +1,96 @@
+"""Record file format: names, header, rows, repair of torn files. Pure functions, no I/O."""
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timezone
+from typing import Any, Iterable, Optional, Sequence, Tuple
+
+from .state import Column
+
+PART_SUFFIX = ".part"
+TIME_COLUMN = Column("TIME", "UTC")
+
+# Reserved for the GNSS receiver; present when GPS_POSITION_MONITORING is on.
+GNSS_COLUMNS: Tuple[Column, ...] = (
+    Column("GNSS_TIME", "UTC"),
+    Column("LATITUDE", "deg"),
+    Column("LONGITUDE", "deg"),
+    Column("ALTITUDE", "m"),
+    Column("GNSS_SPEED", "m/s"),
+    Column("TRACK", "deg"),
+    Column("FIX_MODE"),
+    Column("SATELLITES", "count"),
+    Column("HDOP"),
+)
+
+_NAME_RE = re.compile(r"^(?P<car>.+)_(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<n>\d+))?(?P<ext>\.[^.]+)$")
+
+
+def file_name(car: str, start: datetime, extension: str, attempt: int = 0) -> str:
+    """CAR_YYYYmmddTHHMMSSZ.ext (UTC), with -N appended when that name is taken."""
+    stamp = start.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    suffix = f"-{attempt}" if attempt else ""
+    return f"{car}_{stamp}{suffix}{extension}"
+
+
+def parse_file_name(name: str) -> Optional[Tuple[str, datetime]]:
+    """(car, UTC start) from a record file name, or None if it is not one."""
+    match = _NAME_RE.match(name)
+    if not match:
+        return None
+    start = datetime.strptime(match["stamp"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+    return match["car"], start
+
+
+def format_time(moment: datetime) -> str:
+    """ISO 8601 UTC with milliseconds and Z: 2026-11-24T22:18:50.360Z."""
+    utc = moment.astimezone(timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def format_cell(value: Any) -> str:
+    """Plain text of a value: integers without '.0', at most 6 decimals, '' for none."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ""
+        if value.is_integer() and abs(value) < 1e15:
+            return str(int(value))
+        text = f"{value:.6f}".rstrip("0").rstrip(".")
+        return "0" if text == "-0" else text
+    if isinstance(value, datetime):
+        return format_time(value)
+    # Text: one row is one line, whatever the ECU sends.
+    return str(value).replace("\r", " ").replace("\n", " ")
+
+
+class RowFormat:
+    """Joins cells with the separator, quoting (RFC 4180 style) cells that need it."""
+
+    def __init__(self, separator: str):
+        if len(separator) != 1:
+            raise ValueError("separator must be one character")
+        self.separator = separator
+
+    def _quote(self, cell: str) -> str:
+        if self.separator in cell or '"' in cell or cell != cell.strip(" "):
+            return '"' + cell.replace('"', '""') + '"'
+        return cell
+
+    def line(self, cells: Iterable[Any]) -> str:
+        return self.separator.join(self._quote(format_cell(c)) for c in cells) + "\n"
+
+    def header(self, columns: Sequence[Column]) -> str:
+        return self.line(c.header for c in columns)
+
+
+def complete_length(data: bytes) -> int:
+    """Length of the part of a file that ends with a whole line (a torn last line cut)."""
+    end = data.rfind(b"\n")
+    return end + 1 if end >= 0 else 0

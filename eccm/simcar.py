@@ -1,0 +1,357 @@
+"""A small simulated car behind an ELM327-compatible adapter, on a pseudo-terminal.
+
+Used by the demo (`eccm run --demo`), the benchmarks and the tests. It is ECCM's own,
+written from the ELM327 datasheet and SAE J1979: it answers the AT set-up commands
+python-OBD sends, mode 01 supported-PID bitmaps and values that move like a drive,
+modes 03/07 (with the DTC-count byte J1979 requires on CAN), 04 and 09 (VIN), with a
+per-request latency. It speaks ISO 15765-4 CAN 11 bit / 500 kbaud (ELM protocol 6).
+
+ElmResponder is pure (text in, text out); SimulatedAdapter runs it on a pty.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pty
+import select
+import threading
+import time
+import tty
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+log = logging.getLogger(__name__)
+
+ELM_VERSION = "ELM327 v1.5"
+PROTOCOL = "6"
+PROTOCOL_NAME = "ISO 15765-4 (CAN 11/500)"
+ECU_HEADER = "7E8"
+
+
+@dataclass(frozen=True)
+class DriveState:
+    speed: float      # km/h
+    rpm: float
+    throttle: float   # %
+    load: float       # %
+    coolant: float    # degC
+    oil: float        # degC
+    intake: float     # degC
+    maf: float        # g/s
+    map_kpa: float
+    fuel_level: float  # %
+    fuel_rate: float  # L/h
+    timing: float     # deg
+    voltage: float    # V
+    runtime: float    # s
+
+
+# (duration s, speed at end km/h): a 150 s loop of town and road driving.
+_LEGS = [(10, 0), (12, 50), (30, 50), (15, 90), (25, 90), (8, 70), (20, 70), (20, 0), (10, 0)]
+_CYCLE = sum(d for d, _ in _LEGS)
+_GEARS = [(0, 9.0), (20, 110.0), (35, 68.0), (55, 47.0), (75, 37.0), (200, 30.0)]
+
+
+def drive_speed(t: float) -> float:
+    """Speed (km/h) at t seconds into the drive: piecewise linear, repeating."""
+    t %= _CYCLE
+    start_speed = 0.0
+    for duration, end_speed in _LEGS:
+        if t < duration:
+            return start_speed + (end_speed - start_speed) * t / duration
+        t -= duration
+        start_speed = end_speed
+    return start_speed
+
+
+def drive_state(t: float) -> DriveState:
+    """Every simulated engine value at t seconds after the engine started."""
+    speed = drive_speed(t)
+    accel = (drive_speed(t + 0.5) - drive_speed(t - 0.5)) / 3.6  # m/s^2
+    ratio = next(r for top, r in _GEARS if speed <= top)
+    wobble = math.sin(t * 1.7) * 0.5 + math.sin(t * 0.31) * 0.5
+    rpm = max(780.0 + 15 * wobble, speed * ratio) if speed > 1 else 780.0 + 15 * wobble
+    throttle = min(100.0, max(0.0, 12 + 30 * accel + speed * 0.12 + wobble))
+    load = min(100.0, max(15.0, 20 + 25 * accel + speed * 0.25 + wobble))
+    maf = rpm * load / 1000.0
+    coolant = 90 - 70 * math.exp(-t / 240)
+    return DriveState(
+        speed=speed, rpm=rpm, throttle=throttle, load=load, coolant=coolant,
+        oil=88 - 70 * math.exp(-t / 400), intake=25 + 5 * math.exp(-speed / 40),
+        maf=maf, map_kpa=25 + load * 0.75, fuel_level=max(0.0, 72 - t / 600),
+        fuel_rate=maf / 14.7 / 745 * 3600, timing=8 + speed / 10 - accel * 2,
+        voltage=14.2 + 0.05 * wobble, runtime=t)
+
+
+def _u8(x: float) -> List[int]:
+    return [int(min(255, max(0, round(x))))]
+
+
+def _u16(x: float) -> List[int]:
+    v = int(min(65535, max(0, round(x))))
+    return [v >> 8, v & 0xFF]
+
+
+def _pct(x: float) -> List[int]:
+    return _u8(x * 255 / 100)
+
+
+# PID -> encoder of the DriveState into the data bytes (SAE J1979 scalings).
+_PIDS: Dict[int, Callable[[DriveState], List[int]]] = {
+    0x04: lambda s: _pct(s.load),
+    0x05: lambda s: _u8(s.coolant + 40),
+    0x0B: lambda s: _u8(s.map_kpa),
+    0x0C: lambda s: _u16(s.rpm * 4),
+    0x0D: lambda s: _u8(s.speed),
+    0x0E: lambda s: _u8((s.timing + 64) * 2),
+    0x0F: lambda s: _u8(s.intake + 40),
+    0x10: lambda s: _u16(s.maf * 100),
+    0x11: lambda s: _pct(s.throttle),
+    0x1F: lambda s: _u16(s.runtime),
+    0x2F: lambda s: _pct(s.fuel_level),
+    0x33: lambda s: _u8(100),
+    0x42: lambda s: _u16(s.voltage * 1000),
+    0x46: lambda s: _u8(18 + 40),
+    0x5C: lambda s: _u8(s.oil + 40),
+    0x5E: lambda s: _u16(s.fuel_rate * 20),
+}
+
+
+def encode_dtc(code: str) -> List[int]:
+    """'P0420' -> [0x04, 0x20] (SAE J2012 two-byte form)."""
+    first = "PCBU".index(code[0].upper()) << 6 | int(code[1]) << 4 | int(code[2], 16)
+    return [first, int(code[3:5], 16)]
+
+
+@dataclass
+class SimulatedCar:
+    """The car's side: ignition, DTCs, VIN, and the drive clock."""
+    vin: str = "VF1SIMULATED00042"
+    stored_dtcs: List[str] = field(default_factory=lambda: ["P0420"])
+    pending_dtcs: List[str] = field(default_factory=list)
+    ignition: bool = True
+    clock: Callable[[], float] = time.monotonic
+    started: float = field(default=0.0)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = self.clock()
+
+    def state(self) -> DriveState:
+        return drive_state(self.clock() - self.started)
+
+    def supported(self) -> List[int]:
+        return sorted(_PIDS) + [0x01]
+
+    def clear_dtcs(self) -> None:
+        with self._lock:
+            self.stored_dtcs = []
+            self.pending_dtcs = []
+
+    def dtcs(self, pending: bool) -> List[str]:
+        with self._lock:
+            return list(self.pending_dtcs if pending else self.stored_dtcs)
+
+
+def _bitmap(pids: List[int], base: int) -> List[int]:
+    """Mode 01/09 'supported PIDs' bitmap for base+1..base+32; bit base+32 = next map."""
+    bits = 0
+    for pid in pids:
+        if base < pid <= base + 32:
+            bits |= 1 << (32 - (pid - base))
+    if any(pid > base + 32 for pid in pids):
+        bits |= 1
+    return [(bits >> shift) & 0xFF for shift in (24, 16, 8, 0)]
+
+
+class ElmResponder:
+    """ELM327 command interpreter: one command line in, the adapter's reply out."""
+
+    def __init__(self, car: SimulatedCar):
+        self.car = car
+        self.reset()
+
+    def reset(self) -> None:
+        self.echo = True
+        self.headers = False
+        self.spaces = True
+        self.linefeeds = False
+        self.protocol_found = False
+        self.last = ""
+
+    @property
+    def eol(self) -> str:
+        return "\r\n" if self.linefeeds else "\r"
+
+    def handle(self, raw: str) -> str:
+        """Reply to one received line (without its CR), prompt included."""
+        cmd = "".join(ch for ch in raw if ch.isprintable()).replace(" ", "").upper()
+        if not raw.strip(" "):
+            cmd = self.last  # a bare CR repeats the previous command
+        self.last = cmd
+        if not cmd:
+            lines = ["?"]
+        elif cmd.startswith("AT"):
+            lines = self._at(cmd[2:])
+        elif all(c in "0123456789ABCDEF" for c in cmd):
+            lines = self._obd(cmd)
+        else:
+            lines = ["?"]
+        echo = raw + self.eol if self.echo else ""
+        return echo + self.eol.join(lines) + self.eol + self.eol + ">"
+
+    def _at(self, at: str) -> List[str]:
+        if at in ("Z", "WS", "D"):
+            self.reset()
+            return ["", ELM_VERSION] if at == "Z" else ["OK"]
+        if at == "I":
+            return [ELM_VERSION]
+        if at == "@1":
+            return ["OBDII to RS232 Interpreter"]
+        if at == "RV":
+            return [f"{self.car.state().voltage if self.car.ignition else 12.3:.1f}V"]
+        if at == "DPN":
+            return [("A" if self.protocol_found else "") + PROTOCOL]
+        if at == "DP":
+            return [("AUTO, " if self.protocol_found else "") + PROTOCOL_NAME]
+        flags = {"E": "echo", "H": "headers", "S": "spaces", "L": "linefeeds"}
+        if len(at) == 2 and at[0] in flags and at[1] in "01":
+            setattr(self, flags[at[0]], at[1] == "1")
+            return ["OK"]
+        if at[:2] in ("SP", "TP"):
+            return ["OK"]
+        if at[:2] in ("SH", "ST", "AT", "CA", "CF", "CM", "PC", "AL", "NL"):
+            return ["OK"]
+        return ["?"]
+
+    def _obd(self, cmd: str) -> List[str]:
+        if len(cmd) % 2:  # a trailing response-count digit (ELM327 v1.3+)
+            cmd = cmd[:-1]
+        data = [int(cmd[i:i + 2], 16) for i in range(0, len(cmd), 2)]
+        if not self.car.ignition:
+            if not self.protocol_found:
+                return ["SEARCHING...", "UNABLE TO CONNECT"]
+            return ["NO DATA"]
+        searching = not self.protocol_found
+        self.protocol_found = True
+        reply = self._reply(data[0], data[1:])
+        if reply is None:
+            return ["NO DATA"]
+        lines = self._frames(reply)
+        return (["SEARCHING..."] + lines) if searching else lines
+
+    def _reply(self, mode: int, args: List[int]) -> Optional[List[int]]:
+        car = self.car
+        if mode == 0x01 and 1 <= len(args) <= 6:
+            state = car.state()
+            out = [0x41]
+            for pid in args:
+                if pid % 0x20 == 0 and (pid == 0 or any(p > pid for p in car.supported())):
+                    out += [pid] + _bitmap(car.supported(), pid)
+                elif pid == 0x01:
+                    stored = car.dtcs(False)
+                    out += [pid, (0x80 if stored else 0) | min(len(stored), 0x7F), 0x07, 0x65,
+                            0x00]
+                elif pid in _PIDS:
+                    out += [pid] + _PIDS[pid](state)
+                else:
+                    continue  # unsupported PIDs are left out of a packed reply
+            return out if len(out) > 1 else None
+        if mode in (0x03, 0x07) and not args:
+            codes = car.dtcs(pending=mode == 0x07)
+            out = [0x40 + mode, len(codes)]  # J1979 on CAN: count byte first
+            for code in codes:
+                out += encode_dtc(code)
+            return out
+        if mode == 0x04 and not args:
+            car.clear_dtcs()
+            return [0x44]
+        if mode == 0x09 and len(args) == 1:
+            if args[0] == 0x00:
+                return [0x49, 0x00] + _bitmap([0x02], 0)
+            if args[0] == 0x02:
+                return [0x49, 0x02, 0x01] + list(car.vin.encode("ascii"))
+        return None
+
+    def _frames(self, payload: List[int]) -> List[str]:
+        """ISO-TP framing of one ECU reply, printed as the ELM does (ATH/ATS)."""
+        sep = " " if self.spaces else ""
+
+        def hexes(values: List[int]) -> str:
+            return sep.join(f"{v:02X}" for v in values)
+
+        if len(payload) <= 7:
+            if self.headers:
+                return [ECU_HEADER + sep + hexes([len(payload)] + payload)]
+            return [hexes(payload)]
+        frames = [[0x10 | (len(payload) >> 8), len(payload) & 0xFF] + payload[:6]]
+        rest, seq = payload[6:], 1
+        while rest:
+            frames.append([0x20 | (seq & 0x0F)] + rest[:7])
+            rest, seq = rest[7:], seq + 1
+        if self.headers:
+            return [ECU_HEADER + sep + hexes(f) for f in frames]
+        lines = [f"{len(payload):03X}"]
+        for i, f in enumerate(frames):
+            body = f[2:] if i == 0 else f[1:]
+            lines.append(f"{i}:{sep}{hexes(body)}")
+        return lines
+
+
+class SimulatedAdapter:
+    """Serves an ElmResponder on a pseudo-terminal from its own thread.
+
+    `port` is the slave path to open (like /dev/ttyUSB0). OBD requests take `latency`
+    seconds (an ECU answers in ~5-20 ms), AT commands `at_latency`.
+    """
+
+    def __init__(self, car: Optional[SimulatedCar] = None, latency: float = 0.015,
+                 at_latency: float = 0.001):
+        self.car = car or SimulatedCar()
+        self.responder = ElmResponder(self.car)
+        self.latency = latency
+        self.at_latency = at_latency
+        self.requests = 0
+        self._stop = threading.Event()
+        self._master, self._slave = pty.openpty()
+        tty.setraw(self._slave)
+        self.port = os.ttyname(self._slave)
+        self._thread = threading.Thread(target=self._serve, name="simcar", daemon=True)
+
+    def start(self) -> "SimulatedAdapter":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        for fd in (self._master, self._slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _serve(self) -> None:
+        """Runs in the simcar thread: read CR-terminated commands, write replies."""
+        buf = b""
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._master], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self._master, 4096)
+            except OSError:
+                return
+            buf += chunk
+            while b"\r" in buf:
+                line, buf = buf.split(b"\r", 1)
+                text = line.decode("ascii", "replace").replace("\n", "")
+                is_at = text.replace(" ", "").upper().startswith("AT")
+                time.sleep(self.at_latency if is_at else self.latency)
+                self.requests += 1
+                reply = self.responder.handle(text)
+                try:
+                    os.write(self._master, reply.encode("ascii"))
+                except OSError:
+                    return

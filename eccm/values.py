@@ -1,0 +1,108 @@
+"""python-OBD commands and responses -> record columns with fixed units and plain values.
+
+Pure functions (no adapter I/O). A column's unit is fixed per command, learnt from
+python-OBD's own decoder applied to an all-zero payload, so the header is known before
+the first answer and never changes within a file.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import obd
+from obd.protocols import ECU
+from obd.protocols.protocol import Frame, Message
+
+from .state import Column
+
+# pint unit names python-OBD uses -> the short unit written in headers.
+UNIT_NAMES = {
+    "degree_Celsius": "degC",
+    "revolutions_per_minute": "rpm",
+    "kilometer_per_hour": "km/h",
+    "gps": "g/s",
+    "percent": "%",
+    "kilopascal": "kPa",
+    "pascal": "Pa",
+    "volt": "V",
+    "milliampere": "mA",
+    "second": "s",
+    "minute": "min",
+    "kilometer": "km",
+    "count": "count",
+    "ratio": "ratio",
+    "degree": "deg",
+    "lph": "L/h",
+    "newton_meter": "Nm",
+}
+
+# Mode-01 PIDs that describe the adapter or which PIDs exist, not the engine.
+NOT_ENGINE_VALUES = {"PIDS_A", "PIDS_B", "PIDS_C", "O2_SENSORS", "O2_SENSORS_ALT"}
+# Monitor-status PIDs: decoded into a MIL flag and a DTC count.
+STATUS_PIDS = {"STATUS", "STATUS_DRIVE_CYCLE"}
+
+
+def decode_payload(cmd: "obd.OBDCommand", data: bytes) -> Any:
+    """Decode a reply's data bytes (e.g. b'\\x41\\x0c\\x1a\\xf8') with python-OBD's decoder."""
+    message = Message([Frame("")])
+    message.ecu = ECU.ENGINE
+    message.data = bytearray(data)
+    if cmd.bytes and len(message.data) != cmd.bytes:
+        message.data = (message.data + bytearray(cmd.bytes))[:cmd.bytes]
+    return cmd.decode([message])
+
+
+def unit_of(cmd: "obd.OBDCommand") -> Optional[str]:
+    """The fixed short unit of a command's values; None if it is not a quantity."""
+    try:
+        probe = decode_payload(cmd, bytes([0x40 + (cmd.mode or 0), cmd.pid or 0]))
+    except (ValueError, IndexError, TypeError, ArithmeticError):
+        return None
+    units = getattr(probe, "units", None)
+    if units is None:
+        return None
+    name = str(units)
+    return UNIT_NAMES.get(name, name.replace("_", " "))
+
+
+def is_recordable(cmd: "obd.OBDCommand") -> bool:
+    return cmd.mode == 1 and cmd.name not in NOT_ENGINE_VALUES
+
+
+def columns_for(cmd: "obd.OBDCommand") -> List[Column]:
+    if cmd.name in STATUS_PIDS:
+        return [Column(f"{cmd.name}_MIL"), Column(f"{cmd.name}_DTC_COUNT", "count")]
+    return [Column(cmd.name, unit_of(cmd) or "")]
+
+
+def flatten(cmd: "obd.OBDCommand", value: Any) -> Dict[str, Any]:
+    """A decoded value -> {column name: plain number or text}; {} for no value."""
+    if value is None:
+        return {}
+    if cmd.name in STATUS_PIDS:
+        return {f"{cmd.name}_MIL": int(bool(value.MIL)),
+                f"{cmd.name}_DTC_COUNT": int(value.DTC_count)}
+    return {cmd.name: plain(value)}
+
+
+def plain(value: Any) -> Any:
+    """Quantity -> its magnitude; bool -> 0/1; tuples of text -> one text."""
+    magnitude = getattr(value, "magnitude", None)
+    if magnitude is not None:
+        return magnitude
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        parts = [str(plain(v)) for v in value if v not in (None, "")]
+        return "; ".join(parts)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("ascii", "replace")
+    return str(value)
+
+
+def session_columns(commands: List["obd.OBDCommand"]) -> Tuple[Column, ...]:
+    cols: List[Column] = []
+    for cmd in commands:
+        cols.extend(columns_for(cmd))
+    return tuple(cols)

@@ -1,0 +1,81 @@
+"""Thread lifecycle shared by every worker: named thread, shared stop event, joined stop.
+
+Also Backoff, the growing delay every reconnect loop uses.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+
+class Backoff:
+    """Delays 0.5, 1, 2, 4 ... seconds up to `cap`, with +-20 % jitter; reset on success."""
+
+    def __init__(self, cap: float, first: float = 0.5, jitter: float = 0.2):
+        self.cap = cap
+        self.first = first
+        self.jitter = jitter
+        self._next = first
+
+    def reset(self) -> None:
+        self._next = self.first
+
+    def next(self) -> float:
+        delay = min(self._next, self.cap)
+        self._next = min(self._next * 2, self.cap)
+        return delay * random.uniform(1 - self.jitter, 1 + self.jitter) if self.jitter else delay
+
+
+class Worker:
+    """Base of the daemon's threads.
+
+    A subclass implements run(), a loop that returns once `self.stop_event` is set and
+    waits with `self.stop_event.wait(t)`. An exception escaping run() is logged and
+    leaves the thread dead; the daemon's supervisor sees `crashed` and starts it again.
+    """
+
+    name = "worker"
+
+    def __init__(self, stop_event: threading.Event):
+        self.stop_event = stop_event
+        self._thread: Optional[threading.Thread] = None
+        self.crashed = False
+        self.restarts = 0
+
+    def run(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _main(self) -> None:
+        """Runs in the worker's own thread."""
+        try:
+            self.run()
+        except Exception:
+            self.crashed = True
+            log.exception("%s thread died", self.name)
+        finally:
+            self.on_exit()
+
+    def on_exit(self) -> None:
+        """Cleanup after run() ends for any reason; runs in the worker's thread."""
+
+    def start(self) -> None:
+        self.crashed = False
+        self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the thread to end (the stop event must be set); True if it did."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("%s thread did not stop within %.1f s", self.name, timeout)
+            return False
+        return True

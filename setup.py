@@ -1,0 +1,40 @@
+"""Packaging for ECCM: `pip install .` gives the `eccm` command."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "eccm" / "__init__.py").read_text())[1]
+
+setup(
+    name="eccm",
+    version=VERSION,
+    description="Electronic Centralized Car Monitoring: OBD-II and GNSS logging daemon",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["eccm", "eccm.*"]),
+    package_data={"eccm": ["config.ini.template"]},
+    python_requires=">=3.9",
+    install_requires=[
+        "obd>=0.7.2,<0.8",
+        "pyserial>=3.5",
+        "pynmea2>=1.19",
+        "boto3>=1.26",
+        "python-dotenv>=0.21",
+    ],
+    extras_require={
+        # ELM327-emulator is CC BY-NC-SA (non-commercial): tests only, never at run time.
+        "test": [
+            "pytest>=7",
+            "hypothesis>=6",
+            "ELM327-emulator==4.0.0",
+        ],
+    },
+    entry_points={"console_scripts": ["eccm=eccm.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: System :: Monitoring",
+    ],
+)
