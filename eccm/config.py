@@ -323,6 +323,8 @@ def load(path: Optional[Path], environ: Optional[Mapping[str, str]] = None,
             raw[key] = value
             sources[key] = source
 
+    if problems:  # the file itself is unusable: its keys cannot be judged
+        raise ConfigError(problems)
     values: Dict[str, Any] = {}
     for key, spec in SCHEMA.items():
         text = raw.get(key, "").strip()
@@ -331,11 +333,11 @@ def load(path: Optional[Path], environ: Optional[Mapping[str, str]] = None,
         try:
             values[key] = spec.parse(text)
         except ValueError as exc:
-            shown = "" if spec.secret else f" = {text!r}"
+            shown = "" if spec.secret or not text else f" = {text!r}"
             problems.append(f"{key}{shown} (from {sources[key]}): {exc}")
 
+    _check_together(values, problems)
     if not problems:
-        _check_together(values, problems)
         _derive(values, base)
     if problems:
         raise ConfigError(problems)
@@ -343,18 +345,17 @@ def load(path: Optional[Path], environ: Optional[Mapping[str, str]] = None,
 
 
 def _check_together(values: Dict[str, Any], problems: List[str]) -> None:
+    """Rules between keys, judged only on keys that parsed."""
     s3 = ["S3_SERVER_ENDPOINT", "S3_SERVER_AK", "S3_SERVER_SK", "S3_SERVER_BUCKET"]
-    missing = [key for key in s3 if not values[key]]
-    if 0 < len(missing) < len(s3):
+    missing = [key for key in s3 if not values.get(key)]
+    if all(key in values for key in s3) and 0 < len(missing) < len(s3):
         problems.append(f"{', '.join(missing)}: required when any of {', '.join(s3)} is set "
                         "(leave all four empty to disable the upload)")
-    if (values["ENABLE_SOCKET_SERVER"] and not values["SOCKET_SERVER_SECRET"]
-            and values["SOCKET_SERVER_BIND"] not in _LOOPBACK):
+    if (values.get("ENABLE_SOCKET_SERVER") and not values.get("SOCKET_SERVER_SECRET")
+            and values.get("SOCKET_SERVER_BIND", "127.0.0.1") not in _LOOPBACK):
         problems.append(f"SOCKET_SERVER_SECRET: required when the socket server listens on "
                         f"{values['SOCKET_SERVER_BIND']} (only a 127.0.0.1 server may run "
                         "without a secret)")
-    if values["GPS_POSITION_MONITORING"] and not values["GNSS_PORT"]:
-        problems.append("GNSS_PORT: required when GPS_POSITION_MONITORING is yes")
 
 
 def default_separator(extension: str) -> str:

@@ -1,0 +1,147 @@
+"""Shared fixtures: real adapters on pseudo-terminals and the daemon as a child process.
+
+Every process a test starts is stopped by the test through its own process id.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, step: float = 0.1,
+             what: str = "condition") -> object:
+    """Poll predicate until it returns something truthy; fail the test after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(step)
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+class Emulator:
+    """The third-party ELM327-emulator (`elm`) on its own pty, as a child process."""
+
+    def __init__(self, workdir: Path, scenario: str = "car"):
+        exe = shutil.which("elm")
+        if exe is None:
+            pytest.fail("ELM327-emulator is not installed: pip install -e '.[test]'")
+        self.batch = workdir / f"elm-{time.monotonic_ns()}.out"
+        self.proc = subprocess.Popen([exe, "-s", scenario, "-b", str(self.batch)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, cwd=workdir)
+        self.port = str(wait_for(self._read_port, 15, what="the emulator's pty"))
+
+    def _read_port(self) -> Optional[str]:
+        try:
+            first = self.batch.read_text().splitlines()[0].strip()
+        except (OSError, IndexError):
+            return None
+        return first if first.startswith("/dev/") and os.path.exists(first) else None
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+@pytest.fixture
+def emulator_factory(tmp_path):
+    started: List[Emulator] = []
+
+    def start(scenario: str = "car") -> Emulator:
+        emu = Emulator(tmp_path, scenario)
+        started.append(emu)
+        return emu
+    yield start
+    for emu in started:
+        emu.stop()
+
+
+@pytest.fixture
+def sim_adapter():
+    from eccm.simcar import SimulatedAdapter
+    adapter = SimulatedAdapter(latency=0.002).start()
+    yield adapter
+    adapter.stop()
+
+
+def write_config(folder: Path, **keys: object) -> Path:
+    values: Dict[str, object] = {"CAR_IDENTIFIER": "TEST-CAR",
+                                 "RECORD_DIRECTORY_LOCATION": str(folder / "records"),
+                                 "RECORD_INTERVAL": 0.2, "RECONNECT_MAX_DELAY": 2}
+    values.update(keys)
+    path = folder / "config.ini"
+    path.write_text("[DEFAULT]\n" + "".join(f"{k}={v}\n" for k, v in values.items()))
+    return path
+
+
+class DaemonProcess:
+    """`python -m eccm run` as a child process with its stderr collected to a file."""
+
+    def __init__(self, config: Path, extra_args: Optional[List[str]] = None):
+        self.config = config
+        self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ECCM_")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "eccm", "run", "--config", str(config),
+             *(extra_args or [])],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=config.parent, env=env)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        stop_process(self.proc, sig, timeout)
+        self._log.close()
+
+
+@pytest.fixture
+def daemon_factory():
+    started: List[DaemonProcess] = []
+
+    def start(config: Path, extra_args: Optional[List[str]] = None) -> DaemonProcess:
+        daemon = DaemonProcess(config, extra_args)
+        started.append(daemon)
+        return daemon
+    yield start
+    for daemon in started:
+        daemon.stop(signal.SIGKILL)
+
+
+def read_records(path: Path, separator: str = ",") -> List[List[str]]:
+    with open(path, newline="") as fh:
+        return list(csv.reader(fh, delimiter=separator))
+
+
+def part_files(records: Path) -> List[Path]:
+    return sorted(records.glob("*.part"))
+
+
+def outbox_files(records: Path) -> List[Path]:
+    return sorted((records / "outbox").glob("*")) if (records / "outbox").is_dir() else []
