@@ -190,6 +190,7 @@ class ElmResponder:
         if not raw.strip(" "):
             cmd = self.last  # a bare CR repeats the previous command
         self.last = cmd
+        echo = raw + self.eol if self.echo else ""  # echoed before the command acts
         if not cmd:
             lines = ["?"]
         elif cmd.startswith("AT"):
@@ -198,7 +199,6 @@ class ElmResponder:
             lines = self._obd(cmd)
         else:
             lines = ["?"]
-        echo = raw + self.eol if self.echo else ""
         return echo + self.eol.join(lines) + self.eol + self.eol + ">"
 
     def _at(self, at: str) -> List[str]:

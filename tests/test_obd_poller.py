@@ -1,0 +1,96 @@
+"""OBD poller against the built-in simulated adapter on a pty (python-OBD end to end)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import obd
+import pytest
+
+from eccm.obd_poller import NotConnected, ObdPoller
+from eccm.state import CONNECTED, LOST, SharedState
+
+from conftest import wait_for
+
+
+@pytest.fixture
+def poller_factory():
+    made = []
+
+    def make(port, **kw):
+        state = SharedState()
+        stop = threading.Event()
+        args = dict(timeout=1.0, session_timeout=1.5, max_delay=1.0)
+        args.update(kw)
+        poller = ObdPoller(stop, state, port=port, **args)
+        poller.start()
+        made.append((stop, poller))
+        return state, poller
+    yield make
+    for stop, poller in made:
+        stop.set()
+        assert poller.join(10)
+
+
+def session_of(state):
+    return state.snapshot().obd_session
+
+
+def test_discovers_polls_and_reads_vin(sim_adapter, poller_factory):
+    state, poller = poller_factory(sim_adapter.port)
+    session = wait_for(lambda: session_of(state), 20, what="an OBD session")
+    names = [c.name for c in session.columns]
+    for name in ("RPM", "SPEED", "COOLANT_TEMP", "FUEL_RATE", "STATUS_MIL"):
+        assert name in names
+    assert "PIDS_A" not in names
+    assert session.vin == "VF1SIMULATED00042"  # all 17 characters, trailing '2' kept
+    wait_for(lambda: {"RPM", "SPEED", "COOLANT_TEMP"} <= set(state.snapshot().values), 10,
+             what="values")
+    snap = state.snapshot()
+    assert snap.values["RPM"].unit == "rpm"
+    assert 700 < snap.values["RPM"].value < 5000
+    assert snap.links["obd"].state == CONNECTED
+
+
+def test_requests_run_on_the_poller_thread(sim_adapter, poller_factory):
+    sim_adapter.car.stored_dtcs = ["P0301"]
+    state, poller = poller_factory(sim_adapter.port)
+    wait_for(lambda: session_of(state), 20, what="an OBD session")
+    threads = []
+
+    def read(conn):
+        threads.append(threading.current_thread().name)
+        return [code for code, _ in conn.query(obd.commands.GET_DTC).value]
+    assert poller.submit(read, timeout=5) == ["P0301"]
+    assert threads == ["obd"]
+
+
+def test_request_without_car_fails_fast_with_reason(tmp_path, poller_factory):
+    state, poller = poller_factory(str(tmp_path / "no-such-adapter"))
+    wait_for(lambda: state.snapshot().links.get("obd") and
+             state.snapshot().links["obd"].state == LOST, 5, what="link lost")
+    started = time.monotonic()
+    with pytest.raises(NotConnected, match="does not exist"):
+        poller.submit(lambda conn: None, timeout=5)
+    assert time.monotonic() - started < 1.0
+
+
+def test_ignition_off_ends_session_and_on_resumes(sim_adapter, poller_factory):
+    state, poller = poller_factory(sim_adapter.port)
+    first = wait_for(lambda: session_of(state), 20, what="an OBD session")
+    sim_adapter.car.ignition = False
+    wait_for(lambda: session_of(state) is None, 10, what="the session to end")
+    assert "ignition off" in state.snapshot().links["obd"].reason
+    assert poller.is_alive()
+    sim_adapter.car.ignition = True
+    second = wait_for(lambda: session_of(state), 30, what="a new session")
+    assert second.number > first.number
+
+
+def test_reconnect_request_opens_a_new_session(sim_adapter, poller_factory):
+    state, poller = poller_factory(sim_adapter.port)
+    first = wait_for(lambda: session_of(state), 20, what="an OBD session")
+    poller.request_reconnect()
+    second = wait_for(lambda: (s := session_of(state)) and s.number != first.number and s,
+                      30, what="a new session")
+    assert second.number == first.number + 1
