@@ -86,6 +86,7 @@ class ObdPoller(Worker):
         self._reconnect = threading.Event()
         self._sessions = 0
         self._conn: Optional[obd.OBD] = None
+        self._last_failure: Optional[str] = None
 
     # --- called from other threads ---------------------------------------------------
 
@@ -125,11 +126,17 @@ class ObdPoller(Worker):
         self._fail_requests("ECCM is stopping")
 
     def _link(self, state: str, reason: str = "") -> None:
-        if self.state.set_link("obd", state, reason):
-            if state == LOST:
+        """Publish the link state; log each distinct failure once, not every attempt."""
+        self.state.set_link("obd", state, reason)
+        if state == LOST:
+            if reason != self._last_failure:
                 log.warning("OBD adapter: %s", reason)
-            else:
-                log.info("OBD adapter %s%s", state, f": {reason}" if reason else "")
+                self._last_failure = reason
+        elif state == CONNECTED:
+            log.info("OBD adapter connected: %s", reason)
+            self._last_failure = None
+        else:
+            log.debug("OBD adapter %s %s", state, reason)
 
     def _open(self) -> Optional["obd.OBD"]:
         where = self.port or "auto-detected port"
@@ -137,10 +144,13 @@ class ObdPoller(Worker):
         if self.port and not os.path.exists(self.port):
             self._link(LOST, f"{self.port} does not exist (adapter unplugged?)")
             return None
+        # Resolved at every attempt: udev's /dev/obd may point elsewhere after a replug,
+        # and python-OBD recognises a pseudo-terminal (no baud probing) by its real name.
+        port = os.path.realpath(self.port) if self.port else None
         capture = _ErrorCapture()
         _obd_log.addHandler(capture)
         try:
-            conn = obd.OBD(portstr=self.port, baudrate=self.baudrate, protocol=self.protocol,
+            conn = obd.OBD(portstr=port, baudrate=self.baudrate, protocol=self.protocol,
                            timeout=self.timeout, check_voltage=True)
         except Exception as exc:  # python-OBD raises assorted errors from bad replies
             self._link(LOST, f"cannot open {where}: {exc.__class__.__name__}: {exc}")

@@ -106,6 +106,7 @@ class DaemonProcess:
         self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("ECCM_")}
+        env["PYTHONPATH"] = str(REPO)  # the code under test, installed or not
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "eccm", "run", "--config", str(config),
              *(extra_args or [])],
