@@ -210,3 +210,13 @@ def test_secret_never_in_errors(tmp_path):
     assert result.returncode == 2
     assert "p@ss" not in result.stderr
     assert "S3_SERVER_ENDPOINT, S3_SERVER_AK, S3_SERVER_BUCKET" in result.stderr
+
+
+def test_readme_documents_every_key_with_its_default():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    defaults = cfgmod._template_defaults()
+    for key in cfgmod.SCHEMA:
+        row = next((ln for ln in readme.splitlines() if ln.startswith(f"| `{key}` |")), None)
+        assert row is not None, f"{key} missing from the README configuration table"
+        if defaults[key]:
+            assert f"`{defaults[key]}`" in row, f"{key}: README default differs from template"

@@ -1,0 +1,43 @@
+"""./start.sh --demo as a user runs it: a record file with live values, Ctrl-C stops it."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+from conftest import REPO, outbox_files, part_files, read_records, stop_process, wait_for
+
+
+def test_start_sh_demo_records_and_stops_on_ctrl_c(tmp_path):
+    records = tmp_path / "records"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECCM_")}
+    env["ECCM_RECORD_DIRECTORY_LOCATION"] = str(records)
+    out = open(tmp_path / "out.txt", "wb")
+    proc = subprocess.Popen(["./start.sh", "--demo"], cwd=REPO, env=env,
+                            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        # start.sh may first have to create its virtualenv; the demo itself starts after.
+        def started():
+            assert proc.poll() is None, (tmp_path / "out.txt").read_text()[-3000:]
+            return b"ECCM demo:" in (tmp_path / "out.txt").read_bytes()
+        wait_for(started, 300, what="the demo to start")
+        text = (tmp_path / "out.txt").read_text()
+        assert str(records) in text and "Ctrl-C" in text
+
+        def rows():
+            parts = part_files(records)
+            return parts and len(read_records(parts[0])) > 3 and read_records(parts[0])
+        table = wait_for(rows, 30, what="demo rows")
+        header = [h.split(" (")[0] for h in table[0]]
+        for name in ("RPM", "SPEED", "COOLANT_TEMP"):
+            column = header.index(name)
+            assert all(float(row[column]) >= 0 for row in table[1:])
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.wait(5)
+    finally:
+        stop_process(proc, signal.SIGKILL)
+        out.close()
+    assert proc.returncode == 0
+    assert part_files(records) == []
+    (done,) = outbox_files(records)
+    assert done.read_bytes().endswith(b"\n")
