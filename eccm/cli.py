@@ -69,6 +69,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Daemon(cfg).run()
 
 
+def cmd_gnss_parse(args: argparse.Namespace) -> int:
+    """Feed a raw receiver capture through the live parser; one JSON object per fix."""
+    import json
+
+    from .nmea import NmeaParser
+    parser = NmeaParser()
+    out = sys.stdout
+    with open(args.file, "rb") as fh:
+        while True:
+            chunk = fh.read(65536)
+            fixes = parser.feed(chunk) if chunk else parser.finish()
+            for fix in fixes:
+                out.write(json.dumps(fix.as_dict()) + "\n")
+            if not chunk:
+                break
+    c = parser.counters
+    print(f"{c.fixes} fixes from {c.sentences} sentences; skipped: {c.bad_checksum} bad "
+          f"checksums, {c.torn} torn or binary, {c.unparsed} unreadable, "
+          f"{c.garbage_bytes} stray bytes", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eccm", description="ECCM: Electronic Centralized Car Monitoring daemon")
@@ -86,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the configuration and print it")
     check.add_argument("--config", metavar="PATH", default="config.ini")
     check.set_defaults(func=cmd_check_config)
+
+    gnss = sub.add_parser("gnss-parse", help="print the fixes in a raw GNSS capture as JSON")
+    gnss.add_argument("file", metavar="FILE", help="raw NMEA capture (any bytes)")
+    gnss.set_defaults(func=cmd_gnss_parse)
     return parser
 
 
@@ -94,6 +120,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:  # `eccm gnss-parse FILE | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except OSError as exc:
         print(f"eccm: {exc}", file=sys.stderr)

@@ -12,7 +12,9 @@ import threading
 import time
 from typing import Dict, List, Optional
 
+from .clock import RecordClock
 from .config import Config
+from .gnss_reader import GnssReader
 from .obd_poller import ObdPoller, quiet_python_obd
 from .recorder import Recorder
 from .state import DISABLED, SharedState
@@ -35,6 +37,7 @@ class Daemon:
         self._restart_at: Dict[str, float] = {}
         self._restart_delay: Dict[str, float] = {}
         quiet_python_obd(cfg.LOG_LEVEL == "DEBUG")
+        self.clock = RecordClock()
 
         self.recorder: Optional[Recorder] = None
         if cfg.FILE_RECORDING:
@@ -45,20 +48,33 @@ class Daemon:
                 interval=cfg.RECORD_INTERVAL, fsync_interval=cfg.FSYNC_INTERVAL,
                 rotate_seconds=cfg.RECORD_ROTATE_MINUTES * 60,
                 rotate_bytes=int(cfg.RECORD_ROTATE_SIZE_MB * 1024 * 1024),
-                max_age=cfg.VALUE_MAX_AGE, gnss=cfg.GPS_POSITION_MONITORING)
+                max_age=cfg.VALUE_MAX_AGE, gnss=cfg.GPS_POSITION_MONITORING,
+                clock=self.clock.now)
             self.workers.append(self.recorder)
         self.poller = ObdPoller(
             self.stop_event, self.state, port=cfg.OBD_INTERFACE, baudrate=cfg.OBD_BAUDRATE,
             protocol=cfg.OBD_PROTOCOL, timeout=cfg.OBD_TIMEOUT,
             session_timeout=cfg.OBD_SESSION_TIMEOUT, max_delay=cfg.RECONNECT_MAX_DELAY)
         self.workers.append(self.poller)
-        for source, enabled in (("gnss", cfg.GPS_POSITION_MONITORING),
-                                ("s3", cfg.s3_enabled), ("socket", cfg.ENABLE_SOCKET_SERVER)):
+        self.gnss: Optional[GnssReader] = None
+        if cfg.GPS_POSITION_MONITORING:
+            self.gnss = GnssReader(self.stop_event, self.state, port=cfg.GNSS_PORT,
+                                   baudrate=cfg.GNSS_BAUDRATE,
+                                   max_delay=cfg.RECONNECT_MAX_DELAY, on_fix=self._on_fix)
+            self.workers.append(self.gnss)
+        else:
+            self.state.set_link("gnss", DISABLED)
+        for source, enabled in (("s3", cfg.s3_enabled), ("socket", cfg.ENABLE_SOCKET_SERVER)):
             if not enabled:
                 self.state.set_link(source, DISABLED)
             else:
                 log.warning("%s is configured but not available in this version of ECCM",
                             source)
+
+    def _on_fix(self, fix) -> None:
+        """GNSS thread: a fix with a position carries a UTC time worth trusting."""
+        if fix.mode >= 2 and fix.utc is not None and fix.mono is not None:
+            self.clock.observe(fix.utc, fix.mono)
 
     def start(self) -> None:
         if self.recorder is not None:

@@ -1,0 +1,146 @@
+"""GNSS reader thread: serial port (or a gpsd server) -> nmea parser -> shared state.
+
+The port is reopened forever with growing backoff when it is missing or unplugged; the
+engine logging never waits for it. `gpsd://host:port` as the port reads the NMEA that a
+running gpsd relays (many Pi users let gpsd own the receiver).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict, replace
+from typing import Callable, Optional
+from urllib.parse import urlsplit
+
+import serial
+
+from .nmea import Fix, NmeaParser
+from .state import CONNECTED, CONNECTING, LOST, SharedState
+from .worker import Backoff, Worker
+
+log = logging.getLogger(__name__)
+
+READ_TIMEOUT = 0.5
+SILENCE_LIMIT = 5.0  # seconds without a byte: the receiver is reported silent
+GPSD_WATCH = b'?WATCH={"enable":true,"nmea":true};\n'
+
+
+class _Source:
+    """A byte stream: read(timeout-bounded) -> bytes ('' on timeout), close()."""
+
+    def read(self) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _SerialSource(_Source):
+    def __init__(self, port: str, baudrate: int):
+        self._ser = serial.Serial(os.path.realpath(port), baudrate, timeout=READ_TIMEOUT)
+
+    def read(self) -> bytes:
+        return self._ser.read(self._ser.in_waiting or 1)
+
+    def close(self) -> None:
+        self._ser.close()
+
+
+class _GpsdSource(_Source):
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        self._sock = socket.create_connection((parts.hostname or "127.0.0.1",
+                                               parts.port or 2947), timeout=5)
+        self._sock.settimeout(READ_TIMEOUT)
+        self._sock.sendall(GPSD_WATCH)
+
+    def read(self) -> bytes:
+        try:
+            data = self._sock.recv(4096)
+        except socket.timeout:
+            return b""
+        if not data:
+            raise ConnectionError("gpsd closed the connection")
+        return data
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class GnssReader(Worker):
+    name = "gnss"
+
+    def __init__(self, stop_event: threading.Event, state: SharedState, *, port: str,
+                 baudrate: int = 9600, max_delay: float = 30.0,
+                 on_fix: Optional[Callable[[Fix], None]] = None):
+        super().__init__(stop_event)
+        self.state = state
+        self.port = port
+        self.baudrate = baudrate
+        self.backoff = Backoff(max_delay)
+        self.on_fix = on_fix
+        self.parser = NmeaParser()
+        self._last_failure: Optional[str] = None
+
+    def _link(self, state: str, reason: str = "") -> None:
+        self.state.set_link("gnss", state, reason)
+        if state == LOST:
+            if reason != self._last_failure:
+                log.warning("GNSS receiver: %s", reason)
+                self._last_failure = reason
+        elif state == CONNECTED:
+            log.info("GNSS receiver connected: %s", reason)
+            self._last_failure = None
+
+    def _open(self) -> _Source:
+        if self.port.startswith("gpsd://"):
+            return _GpsdSource(self.port)
+        return _SerialSource(self.port, self.baudrate)
+
+    def run(self) -> None:
+        """Runs in the gnss thread."""
+        while not self.stop_event.is_set():
+            self._link(CONNECTING, self.port)
+            try:
+                source = self._open()
+            except (OSError, serial.SerialException, ValueError) as exc:
+                self._link(LOST, f"cannot open {self.port}: {exc}")
+                self.stop_event.wait(self.backoff.next())
+                continue
+            try:
+                self._link(CONNECTED, self.port)
+                self._read(source)
+            except (OSError, serial.SerialException, ConnectionError) as exc:
+                self._link(LOST, f"{self.port} stopped: {exc}")
+            finally:
+                source.close()
+            self.stop_event.wait(self.backoff.next())
+
+    def _read(self, source: _Source) -> None:
+        last_byte = time.monotonic()
+        silent = False
+        while not self.stop_event.is_set():
+            data = source.read()
+            now = time.monotonic()
+            if not data:
+                if not silent and now - last_byte > SILENCE_LIMIT:
+                    silent = True
+                    self.state.set_link("gnss", CONNECTED, "no data from the receiver")
+                continue
+            if silent:
+                silent = False
+                self.state.set_link("gnss", CONNECTED, self.port)
+            last_byte = now
+            self.backoff.reset()
+            for fix in self.parser.feed(data):
+                self._publish(replace(fix, mono=now))
+            self.state.set_info(gnss_counters=asdict(self.parser.counters))
+
+    def _publish(self, fix: Fix) -> None:
+        self.state.set_gnss(fix)
+        self.state.count("gnss_fixes")
+        if self.on_fix is not None and fix.utc is not None:
+            self.on_fix(fix)

@@ -1,0 +1,376 @@
+"""NMEA 0183 bytes -> sentences -> one fix per receiver epoch. Pure: no I/O, no threads.
+
+Framing follows what gpsd tolerates on real receivers: bytes outside a `$...` sentence
+(binary UBX/SiRF messages, noise) are skipped and counted, a `$` inside a sentence starts a
+new one (the torn one is dropped), a sentence longer than the line cap is dropped so a
+stream without line ends cannot grow memory, and a sentence whose checksum is wrong is
+dropped and counted. pynmea2 splits and identifies the sentences; positions and times are
+converted here, strictly, so an empty or malformed field never becomes a 0,0 position.
+
+An epoch is the set of sentences that share one time of day (GGA, RMC, GNS, GLL, ZDA);
+sentences without a time (GSA, VTG) belong to the epoch being read. A fix is emitted when a
+sentence with another time of day arrives (and by finish()).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timezone
+from typing import Dict, List, Optional
+
+import pynmea2
+
+LINE_CAP = 1024
+KNOTS = 0.514444  # m/s per knot
+
+# Fix modes, as gpsd numbers them.
+MODE_NONE, MODE_2D, MODE_3D = 1, 2, 3
+
+_GGA_QUALITY = {1: "GPS", 2: "DGPS", 3: "PPS", 4: "RTK", 5: "FloatRTK", 6: "DR",
+                7: "Manual", 8: "Simulated"}
+_MODE_INDICATOR = {"A": "GPS", "D": "DGPS", "P": "PPS", "R": "RTK", "F": "FloatRTK",
+                   "E": "DR", "M": "Manual", "S": "Simulated"}
+_END = re.compile(rb"[\r\n$]")
+_PRINTABLE = re.compile(r"[\x20-\x7e]+")
+
+
+@dataclass(frozen=True)
+class Fix:
+    """One receiver epoch. lat/lon are None without a valid position (mode 1)."""
+    time_of_day: time
+    date: Optional[date] = None
+    lat: Optional[float] = None
+    lon: Optional[float] = None
+    alt: Optional[float] = None      # m above mean sea level
+    speed: Optional[float] = None    # m/s
+    track: Optional[float] = None    # degrees true
+    mode: int = MODE_NONE
+    quality: Optional[str] = None
+    sats: Optional[int] = None
+    hdop: Optional[float] = None
+    mono: Optional[float] = None     # arrival (monotonic), set by the reader
+
+    @property
+    def utc(self) -> Optional[datetime]:
+        if self.date is None:
+            return None
+        return datetime.combine(self.date, self.time_of_day).replace(tzinfo=timezone.utc)
+
+    @property
+    def time(self) -> str:
+        """ISO 8601 UTC with ms and Z; the time of day alone without a date."""
+        t = self.time_of_day
+        clock = f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{t.microsecond // 1000:03d}Z"
+        return f"{self.date.isoformat()}T{clock}" if self.date else clock
+
+    def as_dict(self) -> Dict[str, object]:
+        return {"time": self.time, "lat": self.lat, "lon": self.lon, "alt": self.alt,
+                "speed": self.speed, "track": self.track, "mode": self.mode,
+                "quality": self.quality, "sats": self.sats, "hdop": self.hdop}
+
+
+@dataclass
+class Counters:
+    sentences: int = 0        # well-formed sentences read
+    fixes: int = 0
+    bad_checksum: int = 0
+    garbage_bytes: int = 0    # bytes outside any sentence (binary protocols, noise)
+    torn: int = 0             # sentences cut by a '$', a non-text byte or the line cap
+    unparsed: int = 0         # framed and checked, but not a sentence pynmea2 can read
+
+
+def checksum_ok(body: str, given: str) -> bool:
+    value = 0
+    for ch in body:
+        value ^= ord(ch)
+    return f"{value:02X}" == given.upper()
+
+
+def degrees(value: str, hemisphere: str) -> Optional[float]:
+    """'4404.14063','N' -> 44.0690105; None for anything malformed (never 0,0)."""
+    if not value or hemisphere not in ("N", "S", "E", "W"):
+        return None
+    try:
+        raw = float(value)
+    except ValueError:
+        return None
+    whole = int(raw // 100)
+    minutes = raw - whole * 100
+    limit = 90 if hemisphere in "NS" else 180
+    if raw < 0 or minutes >= 60 or whole > limit:
+        return None
+    result = whole + minutes / 60.0
+    if result > limit:
+        return None
+    return -result if hemisphere in ("S", "W") else result
+
+
+def _float(value: Optional[str]) -> Optional[float]:
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _int(value: Optional[str]) -> Optional[int]:
+    number = _float(value)
+    return int(number) if number is not None else None
+
+
+def _time_of_day(value: str) -> Optional[time]:
+    """'171926.00' -> 17:19:26; None if malformed."""
+    match = re.fullmatch(r"(\d\d)(\d\d)(\d\d)(?:\.(\d{1,6}))?", value or "")
+    if not match:
+        return None
+    hour, minute, second = int(match[1]), int(match[2]), int(match[3])
+    micro = int((match[4] or "0").ljust(6, "0"))
+    if hour > 23 or minute > 59 or second > 60:
+        return None
+    return time(hour, minute, min(second, 59), micro)
+
+
+def _date(day: str, month: str, year: str) -> Optional[date]:
+    try:
+        y = int(year)
+        if y < 100:  # RMC's two-digit year: 80..99 -> 19xx, else 20xx (as gpsd)
+            y += 1900 if y >= 80 else 2000
+        return date(y, int(month), int(day))
+    except ValueError:
+        return None
+
+
+class Framer:
+    """Bytes -> candidate sentence strings ('$...' without the line end)."""
+
+    def __init__(self, counters: Counters, cap: int = LINE_CAP):
+        self.counters = counters
+        self.cap = cap
+        self._buf = b""  # empty, or a partial sentence starting with '$' (<= cap bytes)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> List[str]:
+        buf = self._buf + data
+        out: List[str] = []
+        pos = 0
+        while pos < len(buf):
+            start = buf.find(b"$", pos)
+            if start < 0:
+                self.counters.garbage_bytes += len(buf) - pos
+                pos = len(buf)
+                break
+            self.counters.garbage_bytes += start - pos
+            end_match = _END.search(buf, start + 1)
+            if end_match is None:
+                if len(buf) - start > self.cap:
+                    self.counters.torn += 1
+                    pos = len(buf)
+                else:
+                    pos = start
+                break
+            end = end_match.start()
+            if end - start > self.cap:
+                self.counters.torn += 1
+            elif buf[end:end + 1] == b"$":
+                self.counters.torn += 1  # a new sentence began before this one ended
+            else:
+                out.append(buf[start:end].decode("latin-1"))
+            pos = end if buf[end:end + 1] == b"$" else end + 1
+        self._buf = buf[pos:]
+        return out
+
+
+@dataclass
+class _Epoch:
+    tod: time
+    fields: Dict[str, object] = field(default_factory=dict)
+    valid: Optional[bool] = None  # None: no position sentence yet
+
+
+class NmeaParser:
+    """Stateful parser of one receiver stream: feed(bytes) -> finished fixes."""
+
+    def __init__(self, cap: int = LINE_CAP):
+        self.counters = Counters()
+        self._framer = Framer(self.counters, cap)
+        self._epoch: Optional[_Epoch] = None
+        self._date: Optional[date] = None
+        self._done: List[Fix] = []
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held between feeds (never more than the line cap)."""
+        return self._framer.buffered
+
+    def feed(self, data: bytes) -> List[Fix]:
+        for text in self._framer.feed(data):
+            self._sentence(text)
+        fixes, self._done = self._done, []
+        return fixes
+
+    def finish(self) -> List[Fix]:
+        """Emit the epoch being read (end of a capture)."""
+        fix = self._close_epoch()
+        fixes, self._done = self._done + ([fix] if fix is not None else []), []
+        return fixes
+
+    def _sentence(self, text: str) -> None:
+        if not _PRINTABLE.fullmatch(text):
+            self.counters.torn += 1  # binary bytes inside: not a sentence
+            return
+        body, star, given = text[1:].partition("*")
+        if star:
+            given = given.strip()
+            if len(given) != 2 or not checksum_ok(body, given):
+                self.counters.bad_checksum += 1
+                return
+        try:
+            msg = pynmea2.parse(text, check=False)
+        except (pynmea2.ParseError, ValueError, TypeError, AttributeError, IndexError):
+            self.counters.unparsed += 1
+            return
+        self.counters.sentences += 1
+        handler = getattr(self, f"_on_{getattr(msg, 'sentence_type', '').lower()}", None)
+        if handler is None:
+            return
+        try:
+            handler(msg)
+        except (ValueError, TypeError, AttributeError, IndexError):
+            self.counters.unparsed += 1
+
+    # --- epochs -----------------------------------------------------------------------
+
+    def _at(self, tod: Optional[time]) -> None:
+        """Make tod the current epoch, finishing the previous one if it differs."""
+        if tod is None or (self._epoch is not None and self._epoch.tod == tod):
+            return
+        done = self._close_epoch()
+        if done is not None:
+            self._done.append(done)  # kept even if the rest of this sentence is bad
+        self._epoch = _Epoch(tod)
+
+    def _close_epoch(self) -> Optional[Fix]:
+        epoch, self._epoch = self._epoch, None
+        if epoch is None:
+            return None
+        f = epoch.fields
+        valid = bool(epoch.valid) and f.get("lat") is not None and f.get("lon") is not None
+        mode = f.get("gsa_mode")
+        if not valid:
+            mode = MODE_NONE
+        elif mode not in (MODE_2D, MODE_3D):
+            mode = MODE_3D if f.get("alt") is not None else MODE_2D
+        self.counters.fixes += 1
+        return Fix(
+            time_of_day=epoch.tod, date=f.get("date") or self._date,  # type: ignore[arg-type]
+            lat=f.get("lat") if valid else None, lon=f.get("lon") if valid else None,
+            alt=f.get("alt") if valid else None, speed=f.get("speed"),  # type: ignore
+            track=f.get("track"), mode=mode, quality=f.get("quality") if valid else None,
+            sats=f.get("sats"), hdop=f.get("hdop"))  # type: ignore[arg-type]
+
+    def _set(self, **values: object) -> None:
+        if self._epoch is None:
+            return
+        for key, value in values.items():
+            if value is not None:
+                self._epoch.fields[key] = value
+
+    def _position(self, msg: "pynmea2.NMEASentence", valid: bool) -> None:
+        """A position sentence: the latest valid one in an epoch gives lat/lon."""
+        assert self._epoch is not None
+        lat = degrees(msg.lat, msg.lat_dir)
+        lon = degrees(msg.lon, msg.lon_dir)
+        if valid and lat is not None and lon is not None:
+            self._epoch.valid = True
+            self._set(lat=lat, lon=lon)
+        elif self._epoch.valid is None:
+            self._epoch.valid = False
+
+    # --- sentences --------------------------------------------------------------------
+
+    def _on_gga(self, msg: "pynmea2.NMEASentence") -> None:
+        self._at(_time_of_day(msg.data[0]))
+        if self._epoch is None:
+            return
+        quality = _int(msg.gps_qual) or 0
+        self._position(msg, quality > 0)
+        if quality > 0:
+            self._set(alt=_float(msg.altitude), quality=_GGA_QUALITY.get(quality))
+        self._set(sats=_int(msg.num_sats), hdop=_float(msg.horizontal_dil))
+
+    def _on_rmc(self, msg: "pynmea2.NMEASentence") -> None:
+        self._at(_time_of_day(msg.data[0]))
+        if self._epoch is None:
+            return
+        stamp = msg.data[8] if len(msg.data) > 8 else ""
+        if re.fullmatch(r"\d{6}", stamp):
+            day = _date(stamp[0:2], stamp[2:4], stamp[4:6])
+            if day is not None:
+                self._date = day
+                self._set(date=day)
+        mode = msg.data[11] if len(msg.data) > 11 else ""
+        valid = msg.status == "A" and mode != "N"
+        self._position(msg, valid)
+        if valid:
+            knots = _float(msg.data[6])
+            self._set(speed=None if knots is None else knots * KNOTS,
+                      track=_float(msg.data[7]), quality=_MODE_INDICATOR.get(mode[:1]))
+
+    def _on_gll(self, msg: "pynmea2.NMEASentence") -> None:
+        self._at(_time_of_day(msg.data[4] if len(msg.data) > 4 else ""))
+        if self._epoch is None:
+            return
+        status = msg.data[5] if len(msg.data) > 5 else ""
+        mode = msg.data[6] if len(msg.data) > 6 else ""
+        self._position(msg, status == "A" and mode != "N")
+
+    def _on_gns(self, msg: "pynmea2.NMEASentence") -> None:
+        self._at(_time_of_day(msg.data[0]))
+        if self._epoch is None:
+            return
+        modes = (msg.data[5] if len(msg.data) > 5 else "") or "N"
+        best = next((m for m in modes if m not in "N"), None)
+        self._position(msg, best is not None)
+        if best is not None:
+            self._set(alt=_float(msg.data[8] if len(msg.data) > 8 else ""),
+                      quality=_MODE_INDICATOR.get(best))
+        self._set(sats=_int(msg.data[6] if len(msg.data) > 6 else ""),
+                  hdop=_float(msg.data[7] if len(msg.data) > 7 else ""))
+
+    def _on_zda(self, msg: "pynmea2.NMEASentence") -> None:
+        self._at(_time_of_day(msg.data[0]))
+        if len(msg.data) >= 4:
+            day = _date(msg.data[1], msg.data[2], msg.data[3])
+            if day is not None:
+                self._date = day
+                self._set(date=day)
+
+    def _on_gsa(self, msg: "pynmea2.NMEASentence") -> None:
+        mode = _int(msg.data[1] if len(msg.data) > 1 else "")
+        hdop = _float(msg.data[15]) if len(msg.data) > 15 else None
+        self._set(gsa_mode=mode if mode in (1, 2, 3) else None, hdop=hdop)
+
+    def _on_vtg(self, msg: "pynmea2.NMEASentence") -> None:
+        data = msg.data
+        if len(data) >= 8 and data[1] in ("T", ""):
+            track, knots, kmh = _float(data[0]), _float(data[4]), _float(data[6])
+        else:  # NMEA 2.0 short form: track, magnetic, knots, km/h
+            track, knots, kmh = _float(data[0]), _float(data[2] if len(data) > 2 else ""), \
+                _float(data[3] if len(data) > 3 else "")
+        speed = kmh / 3.6 if kmh is not None else (knots * KNOTS if knots is not None
+                                                     else None)
+        if self._epoch is not None and "speed" not in self._epoch.fields:
+            self._set(speed=speed)
+        if self._epoch is not None and "track" not in self._epoch.fields:
+            self._set(track=track)
+
+
+def parse_all(data: bytes) -> List[Fix]:
+    """Every fix in a whole capture."""
+    parser = NmeaParser()
+    return parser.feed(data) + parser.finish()
