@@ -43,6 +43,25 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
             proc.wait(5)
 
 
+def require_tool(name: str) -> str:
+    """Path of a system tool the tests drive; .ci/run installs them all, so in CI a
+    missing one is a failure, on a developer's machine a skip that says what to install."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is None:
+        message = f"{name} is not installed (apt-get install it, or run bash .ci/run)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class Emulator:
     """The third-party ELM327-emulator (`elm`) on its own pty, as a child process."""
 
