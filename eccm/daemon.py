@@ -17,6 +17,7 @@ from .config import Config
 from .gnss_reader import GnssReader
 from .obd_poller import ObdPoller, quiet_python_obd
 from .recorder import Recorder
+from .server import SocketServer
 from .state import DISABLED, SharedState
 from .worker import Worker
 
@@ -64,12 +65,16 @@ class Daemon:
             self.workers.append(self.gnss)
         else:
             self.state.set_link("gnss", DISABLED)
-        for source, enabled in (("s3", cfg.s3_enabled), ("socket", cfg.ENABLE_SOCKET_SERVER)):
-            if not enabled:
-                self.state.set_link(source, DISABLED)
-            else:
-                log.warning("%s is configured but not available in this version of ECCM",
-                            source)
+        self.server: Optional[SocketServer] = None
+        if cfg.ENABLE_SOCKET_SERVER:
+            self.server = SocketServer(self.stop_event, self.state, self.poller,
+                                       bind=cfg.SOCKET_SERVER_BIND, port=cfg.SOCKET_SERVER_PORT,
+                                       secret=cfg.SOCKET_SERVER_SECRET, car=cfg.CAR_IDENTIFIER)
+            self.workers.append(self.server)
+        if cfg.s3_enabled:
+            log.warning("S3 upload is configured but not available in this version of ECCM")
+        else:
+            self.state.set_link("s3", DISABLED)
 
     def _on_fix(self, fix) -> None:
         """GNSS thread: a fix with a position carries a UTC time worth trusting."""
@@ -79,6 +84,8 @@ class Daemon:
     def start(self) -> None:
         if self.recorder is not None:
             self.recorder.prepare()
+        if self.server is not None:
+            self.server.prepare()
         for worker in self.workers:
             worker.start()
         log.info("ECCM started: car %s, %s", self.cfg.CAR_IDENTIFIER,

@@ -1,0 +1,202 @@
+"""The socket protocol's pure session logic, including a hypothesis state machine."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from eccm.protocol import (HELP, MAX_AUTH_ATTEMPTS, Backend, Session, Unavailable,
+                           hmac_answer, split_command)
+from eccm.state import Column, ObdSession, SharedState
+
+SECRET = "Open Sesame 42"
+
+
+class Car(Backend):
+    """A backend over a real SharedState and an in-memory car (the data side is not
+    under test here: the session's decisions are)."""
+
+    def __init__(self, connected: bool = True):
+        self.state = SharedState()
+        self.state.start_obd_session(ObdSession(1, (Column("RPM", "rpm"),
+                                                    Column("SPEED", "km/h"))))
+        self.state.update_values({"RPM": (812.5, "rpm"), "SPEED": (42, "km/h")})
+        self.connected = connected
+        self.stored = [("P0301", "Cylinder 1 Misfire Detected")]
+        self.clears = 0
+        self.audits = []
+
+    def snapshot(self):
+        return self.state.snapshot()
+
+    def read_dtcs(self):
+        if not self.connected:
+            raise Unavailable("car not connected: ignition off?")
+        return list(self.stored), []
+
+    def clear_dtcs(self):
+        if not self.connected:
+            raise Unavailable("car not connected")
+        self.clears += 1
+        self.stored = []
+        return 0
+
+    def query_legacy(self, kind, name):
+        if not self.connected:
+            raise Unavailable("no")
+        return {"QUERY_COMMAND": "812.5 revolutions_per_minute",
+                "GET_DTC": str(self.stored), "CLEAR_DTC": "None"}.get(kind, "None")
+
+    def reconnect(self):
+        pass
+
+    def status(self):
+        return [("uptime_s", 3), ("obd", "connected")]
+
+    def audit(self, message):
+        self.audits.append(message)
+
+
+def session(**kw):
+    car = Car(**kw)
+    return car, Session(car, SECRET, "c0ffee", "ECCM test")
+
+
+def test_strip_telnet_negotiation():
+    from eccm.protocol import strip_telnet
+    assert strip_telnet(b"\xff\xfd\x03\xff\xfb\x18AUTH x\r") == b"AUTH x\r"
+    assert strip_telnet(b"a\xff\xffb\xff\xfa\x18\x01\xff\xf0c") == b"a\xffbc"
+    assert strip_telnet(b"plain") == b"plain"
+
+
+def test_split_command():
+    assert split_command("get rpm speed\r") == ("GET", ["rpm", "speed"])
+    assert split_command("QUERY_COMMAND>>RPM") == ("QUERY_COMMAND", ["RPM"])
+    assert split_command("   ") == ("", [])
+
+
+def test_nothing_but_auth_help_quit_before_login():
+    car, s = session()
+    assert s.handle("HELP").lines[-1].startswith("OK")
+    for line in ("GET RPM", "CLEAR_DTC", "DTC", "ALL", "WATCH RPM", "STATUS"):
+        assert s.handle(line).lines == ["ERR not authenticated: AUTH <secret> first"]
+    assert car.clears == 0
+    assert s.handle("auth " + SECRET).lines == ["OK authenticated"]
+    reply = s.handle("get rpm")
+    assert reply.lines[0].startswith("RPM 812.5 rpm age=") and reply.lines[-1] == "OK"
+
+
+def test_get_unknown_names_it():
+    _, s = session()
+    s.handle(f"AUTH {SECRET}")
+    reply = s.handle("GET RPM FOO")
+    assert reply.lines[0].startswith("RPM 812.5 rpm age=")
+    assert reply.lines[-1] == "ERR unknown value FOO"
+
+
+def test_three_wrong_secrets_close():
+    _, s = session()
+    for attempt in range(1, MAX_AUTH_ATTEMPTS + 1):
+        reply = s.handle("AUTH nope")
+        assert reply.auth_failed and reply.lines[-1].startswith("ERR")
+        assert reply.close == (attempt == MAX_AUTH_ATTEMPTS)
+
+
+def test_hmac_login_never_sends_the_secret():
+    _, s = session()
+    assert "challenge=c0ffee" in s.greeting()
+    assert s.handle("AUTH HMAC " + "0" * 64).auth_failed
+    assert s.handle("AUTH HMAC " + hmac_answer(SECRET, "c0ffee")).lines == ["OK authenticated"]
+
+
+def test_legacy_bare_secret_and_commands():
+    car, s = session()
+    assert s.handle(SECRET).lines == []  # the original answered nothing
+    assert s.handle("QUERY_COMMAND>>RPM").lines == ["812.5 revolutions_per_minute"]
+    assert s.handle("GET_DTC").lines == [str(car.stored)]
+    assert s.handle("GET_COMMAND_LIST").lines == ["RPM,SPEED"]
+    assert s.handle("CLEAR_DTC").lines == ["None"]
+    assert s.handle("NONSENSE").lines == ["INVALID COMMAND"]
+    car.connected = False
+    assert s.handle("QUERY_COMMAND>>RPM").lines == ["DATA MANAGER NOT AVAILABLE"]
+
+
+def test_wrong_bare_secret_counts_as_failed_login():
+    _, s = session()
+    reply = s.handle("not the secret")
+    assert reply.auth_failed and reply.lines == ["ERR wrong secret"]
+
+
+def test_dtc_and_clear_report_and_audit():
+    car, s = session()
+    s.handle(f"AUTH {SECRET}")
+    assert s.handle("dtc").lines == ["STORED P0301 Cylinder 1 Misfire Detected",
+                                     "OK 1 stored, 0 pending"]
+    assert s.handle("CLEAR_DTC").lines == ["OK trouble codes cleared; 0 stored codes left"]
+    assert car.audits == ["CLEAR_DTC done, 0 stored codes left"]
+    car.connected = False
+    assert s.handle("DTC").lines == ["ERR car not connected: ignition off?"]
+
+
+def test_json_mode_and_watch():
+    _, s = session()
+    s.handle(f"AUTH {SECRET}")
+    assert s.handle("JSON on").lines == ['{"ok": true, "message": "json on"}']
+    value = json.loads(s.handle("GET SPEED").lines[0])
+    assert value["name"] == "SPEED" and value["value"] == 42 and value["unit"] == "km/h"
+    assert s.handle("WATCH RPM 50").lines[-1].startswith('{"ok": true')
+    assert s.watch == (["RPM"], 10.0)  # capped
+    assert json.loads(s.watch_line()) == {"watch": {"RPM": 812.5}}
+    s.handle("UNWATCH")
+    assert s.watch is None
+    assert json.loads(s.handle("WATCH").lines[0])["ok"] is False
+
+
+def test_help_lists_every_command():
+    _, s = session()
+    lines = s.handle("help").lines
+    assert lines[:-1] == HELP
+
+
+COMMANDS = st.sampled_from([
+    "AUTH wrong", f"AUTH {SECRET}", SECRET, "HELP", "LIST", "GET RPM", "GET NOPE", "ALL",
+    "POSITION", "STATUS", "DTC", "CLEAR_DTC", "clear_dtc", "WATCH RPM 3", "UNWATCH",
+    "JSON on", "JSON off", "QUERY_COMMAND>>RPM", "GET_DTC", "RESTART_DATA_MANAGER",
+    "GET_COMMAND_LIST", "QUIT", "", "AUTH HMAC 00", "\x00\xff garbage", "GET",
+])
+
+
+class SessionMachine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.car, self.session = session()
+        self.closed = False
+
+    @rule(line=st.one_of(COMMANDS, st.text(max_size=60)))
+    def send(self, line):
+        if self.closed:
+            return
+        was_authenticated = self.session.authenticated
+        clears_before = self.car.clears
+        reply = self.session.handle(line)
+        if self.car.clears != clears_before:
+            assert was_authenticated, "CLEAR_DTC reached the car without a login"
+        if reply.close:
+            self.closed = True
+        if reply.lines and not self.session.legacy and line.strip():
+            last = reply.lines[-1]
+            assert last.startswith(("OK", "ERR", '{"ok"')), reply.lines
+
+    @invariant()
+    def never_cleared_unauthenticated(self):
+        if not self.session.authenticated:
+            assert self.car.clears == 0
+
+
+TestSessionMachine = SessionMachine.TestCase
+TestSessionMachine.settings = settings(max_examples=300, stateful_step_count=30,
+                                       deadline=None)
