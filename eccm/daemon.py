@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import logging
 import signal
+from pathlib import Path
 import threading
 import time
 from typing import Dict, List, Optional
 
 from .clock import RecordClock
 from .config import Config
+from .disk import check_budget
 from .gnss_reader import GnssReader
 from .obd_poller import ObdPoller, quiet_python_obd
 from .recorder import Recorder
 from .server import SocketServer
+from .uploader import S3Settings, Uploader, UploadSession
 from .state import DISABLED, SharedState
 from .worker import Worker
 
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 
 STOP_BUDGET = 4.0  # seconds for all joins together; the process must be gone within 5 s
 SUPERVISE_EVERY = 1.0
+DISK_CHECK_EVERY = 60.0
 RESTART_DELAY_CAP = 30.0
 
 
@@ -71,10 +75,15 @@ class Daemon:
                                        bind=cfg.SOCKET_SERVER_BIND, port=cfg.SOCKET_SERVER_PORT,
                                        secret=cfg.SOCKET_SERVER_SECRET, car=cfg.CAR_IDENTIFIER)
             self.workers.append(self.server)
+        self.uploader: Optional[Uploader] = None
         if cfg.s3_enabled:
-            log.warning("S3 upload is configured but not available in this version of ECCM")
+            self.uploader = Uploader(self.stop_event, self.state, upload_session(cfg),
+                                     keep_days=cfg.S3_KEEP_UPLOADED_DAYS)
+            self.workers.append(self.uploader)
         else:
             self.state.set_link("s3", DISABLED)
+        self._disk_full = False
+        self._next_disk_check = 0.0
 
     def _on_fix(self, fix) -> None:
         """GNSS thread: a fix with a position carries a UTC time worth trusting."""
@@ -110,9 +119,34 @@ class Daemon:
             self.shutdown()
         return 0
 
+    def check_disk(self) -> None:
+        """Main thread, once a minute: the record folder's budget."""
+        limit = int(self.cfg.RECORD_DIRECTORY_MAX_MB * 1024 * 1024)
+        if limit <= 0:
+            return
+        try:
+            report = check_budget(Path(self.cfg.RECORD_DIRECTORY_LOCATION), limit,
+                                  self.cfg.RECORD_DROP_OLDEST_WHEN_FULL)
+        except OSError as exc:
+            log.error("cannot check the record folder: %s", exc)
+            return
+        self.state.set_info(disk=f"{report.used / 1e6:.1f} of {limit / 1e6:.1f} MB"
+                                 + (" FULL" if report.full else ""))
+        if report.full and not self._disk_full:
+            log.error("RECORD FOLDER FULL: %.1f MB used of %.1f MB allowed; %d files wait for "
+                      "upload. Recording goes on; nothing is deleted unless "
+                      "RECORD_DROP_OLDEST_WHEN_FULL=yes.", report.used / 1e6, limit / 1e6,
+                      report.waiting)
+        elif not report.full and self._disk_full:
+            log.info("record folder back under its budget")
+        self._disk_full = report.full
+
     def supervise(self) -> None:
         """Restart a worker whose thread died, with a growing delay if it keeps dying."""
         now = time.monotonic()
+        if now >= self._next_disk_check:
+            self._next_disk_check = now + DISK_CHECK_EVERY
+            self.check_disk()
         for worker in self.workers:
             if worker.is_alive() or self.stop_event.is_set():
                 continue
@@ -135,3 +169,13 @@ class Daemon:
         for worker in reversed(self.workers):
             worker.join(max(0.1, deadline - time.monotonic()))
         log.info("ECCM stopped")
+
+
+def upload_session(cfg: Config) -> UploadSession:
+    settings = S3Settings(endpoint=cfg.S3_SERVER_ENDPOINT, access_key=cfg.S3_SERVER_AK,
+                          secret_key=cfg.S3_SERVER_SK, bucket=cfg.S3_SERVER_BUCKET,
+                          region=cfg.S3_SERVER_REGION, prefix=cfg.S3_KEY_PREFIX or "",
+                          verify_tls=cfg.S3_VERIFY_TLS)
+    return UploadSession(settings, cfg.CAR_IDENTIFIER,
+                         Path(cfg.RECORD_DIRECTORY_LOCATION) / "outbox",
+                         keep_uploaded=cfg.S3_KEEP_UPLOADED)

