@@ -110,6 +110,9 @@ class GnssReader(Worker):
                 self._link(LOST, f"cannot open {self.port}: {exc}")
                 self.stop_event.wait(self.backoff.next())
                 continue
+            # A new stream: an epoch half-read from the old one must not surface later
+            # as a fresh fix. The counters go on.
+            self.parser = NmeaParser(counters=self.parser.counters)
             try:
                 self._link(CONNECTED, self.port)
                 self._read(source)

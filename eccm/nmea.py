@@ -195,8 +195,8 @@ class _Epoch:
 class NmeaParser:
     """Stateful parser of one receiver stream: feed(bytes) -> finished fixes."""
 
-    def __init__(self, cap: int = LINE_CAP):
-        self.counters = Counters()
+    def __init__(self, cap: int = LINE_CAP, counters: Optional[Counters] = None):
+        self.counters = counters if counters is not None else Counters()
         self._framer = Framer(self.counters, cap)
         self._epoch: Optional[_Epoch] = None
         self._date: Optional[date] = None
