@@ -100,6 +100,19 @@ def _extension(raw: str) -> str:
     return value
 
 
+def _names(raw: str) -> Optional[Tuple[str, ...]]:
+    """'RPM, speed' -> ('RPM', 'SPEED'); each must be a python-OBD mode-01 value."""
+    if raw == "":
+        return None
+    import obd  # only when the key is set: check-config stays light otherwise
+    names = tuple(n.strip().upper() for n in raw.split(",") if n.strip())
+    bad = [n for n in names if not obd.commands.has_name(n) or obd.commands[n].mode != 1]
+    if bad:
+        raise ValueError(f"expected python-OBD mode-01 value names such as RPM, SPEED; "
+                         f"unknown: {', '.join(bad[:5])}")
+    return names
+
+
 def _bind_address(raw: str) -> str:
     if raw == "localhost":
         return "127.0.0.1"
@@ -139,6 +152,9 @@ SCHEMA: Dict[str, _Key] = {
     "OBD_PROTOCOL": _Key(_choice("1", "2", "3", "4", "5", "6", "7", "8", "9", "A",
                                  optional=True)),
     "OBD_TIMEOUT": _Key(_number(0.05, 30)),
+    "OBD_FAST_BAUDRATE": _Key(_number(0, 4_000_000, integer=True)),
+    "OBD_FAST_PIDS": _Key(_names),
+    "OBD_SLOW_EVERY": _Key(_number(1, 1000, integer=True)),
     "OBD_SESSION_TIMEOUT": _Key(_number(1, 600)),
     "RECONNECT_MAX_DELAY": _Key(_number(1, 30)),
     "GPS_POSITION_MONITORING": _Key(_boolean),

@@ -17,7 +17,7 @@ from .clock import RecordClock
 from .config import Config
 from .disk import check_budget
 from .gnss_reader import GnssReader
-from .obd_poller import ObdPoller, quiet_python_obd
+from .obd_poller import DEFAULT_FAST, ObdPoller, quiet_python_obd
 from .recorder import Recorder
 from .server import SocketServer
 from .uploader import S3Settings, Uploader, UploadSession
@@ -59,7 +59,9 @@ class Daemon:
         self.poller = ObdPoller(
             self.stop_event, self.state, port=cfg.OBD_INTERFACE, baudrate=cfg.OBD_BAUDRATE,
             protocol=cfg.OBD_PROTOCOL, timeout=cfg.OBD_TIMEOUT,
-            session_timeout=cfg.OBD_SESSION_TIMEOUT, max_delay=cfg.RECONNECT_MAX_DELAY)
+            session_timeout=cfg.OBD_SESSION_TIMEOUT, max_delay=cfg.RECONNECT_MAX_DELAY,
+            fast_names=cfg.OBD_FAST_PIDS or DEFAULT_FAST, slow_every=cfg.OBD_SLOW_EVERY,
+            fast_baudrate=cfg.OBD_FAST_BAUDRATE)
         self.workers.append(self.poller)
         self.gnss: Optional[GnssReader] = None
         if cfg.GPS_POSITION_MONITORING:

@@ -1,6 +1,11 @@
 """OBD poller thread: owns the ELM327 adapter; discovers and polls every engine value.
 
-python-OBD is not thread-safe, so this thread alone touches the adapter. Other threads
+The adapter is driven by eccm.elm (packed requests, response counts; python-OBD decodes).
+Values are polled in two tiers: the fast ones (RPM, speed, throttle...) every cycle, the
+slow ones (temperatures, fuel level...) spread over OBD_SLOW_EVERY cycles, so the fast
+tier refreshes as often as the adapter allows while every value is still logged.
+
+This thread alone touches the adapter (python-OBD is not thread-safe either). Other threads
 hand it work with submit(), which runs a function with the open connection on this
 thread and waits for the result with a timeout. The adapter is reopened forever with
 growing backoff when it is missing, unplugged, or the ignition is off.
@@ -14,12 +19,12 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Callable, List, Optional, TypeVar
+from typing import Any, Callable, List, Optional, Sequence, TypeVar
 
 import obd
-from obd import OBDStatus
 
 from . import values as obd_values
+from .elm import AdapterError, ElmConnection, NoCar
 from .state import CONNECTED, CONNECTING, LOST, ObdSession, SharedState
 from .worker import Backoff, Worker
 
@@ -33,29 +38,35 @@ class NotConnected(Exception):
     """The car is not reachable right now; the message says why."""
 
 
-class _ErrorCapture(logging.Handler):
-    """Keeps python-OBD's last error message, to report why a connection failed."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.last = ""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.last = record.getMessage()
-
-
 def quiet_python_obd(debug: bool) -> None:
     """python-OBD logs to its own stderr handler; route it through ours, errors only.
 
     ECCM reports connection problems itself, once per state change.
     """
     for handler in list(_obd_log.handlers):
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, _ErrorCapture):
+        if isinstance(handler, logging.StreamHandler):
             _obd_log.removeHandler(handler)
     _obd_log.setLevel(logging.DEBUG if debug else logging.CRITICAL)
 
 
-def read_vin(conn: "obd.OBD") -> Optional[str]:
+# Fast-changing values, read every cycle unless OBD_FAST_PIDS says otherwise.
+DEFAULT_FAST = ("RPM", "SPEED", "THROTTLE_POS", "ENGINE_LOAD", "ABSOLUTE_LOAD", "MAF",
+                "INTAKE_PRESSURE", "TIMING_ADVANCE", "RELATIVE_THROTTLE_POS",
+                "ACCELERATOR_POS_D", "ACCELERATOR_POS_E", "THROTTLE_ACTUATOR", "FUEL_RATE",
+                "COMMANDED_EQUIV_RATIO", "SHORT_FUEL_TRIM_1", "SHORT_FUEL_TRIM_2")
+
+
+def schedule(commands: List[Any], fast_names: Sequence[str], slow_every: int
+             ) -> List[List[Any]]:
+    """The commands of each cycle: every fast one, plus one slice of the slow ones, so each
+    slow value is read once every `slow_every` cycles."""
+    fast = [c for c in commands if c.name in fast_names]
+    slow = [c for c in commands if c.name not in fast_names]
+    every = max(1, min(slow_every, len(slow))) if slow else 1
+    return [fast + slow[k::every] for k in range(every)]
+
+
+def read_vin(conn: Any) -> Optional[str]:
     """VIN from mode 09 PID 02, decoded here: python-OBD strips '0', '1', '2' off its ends."""
     if not conn.supports(obd.commands.VIN):
         return None
@@ -73,7 +84,9 @@ class ObdPoller(Worker):
     def __init__(self, stop_event: threading.Event, state: SharedState, *,
                  port: Optional[str], baudrate: Optional[int] = None,
                  protocol: Optional[str] = None, timeout: float = 1.0,
-                 session_timeout: float = 5.0, max_delay: float = 30.0):
+                 session_timeout: float = 5.0, max_delay: float = 30.0,
+                 fast_names: Sequence[str] = DEFAULT_FAST, slow_every: int = 10,
+                 fast_baudrate: int = 0):
         super().__init__(stop_event)
         self.state = state
         self.port = port
@@ -82,15 +95,18 @@ class ObdPoller(Worker):
         self.timeout = timeout
         self.session_timeout = session_timeout
         self.backoff = Backoff(max_delay)
+        self.fast_names = tuple(fast_names)
+        self.slow_every = slow_every
+        self.fast_baudrate = fast_baudrate
         self._requests: "queue.Queue[tuple]" = queue.Queue()
         self._reconnect = threading.Event()
         self._sessions = 0
-        self._conn: Optional[obd.OBD] = None
+        self._conn: Optional[ElmConnection] = None
         self._last_failure: Optional[str] = None
 
     # --- called from other threads ---------------------------------------------------
 
-    def submit(self, fn: Callable[["obd.OBD"], T], timeout: float = 10.0) -> T:
+    def submit(self, fn: Callable[[Any], T], timeout: float = 10.0) -> T:
         """Run fn(connection) on the poller thread; its result, or NotConnected/TimeoutError."""
         future: "Future[T]" = Future()
         self._requests.put((fn, future))
@@ -138,47 +154,34 @@ class ObdPoller(Worker):
         else:
             log.debug("OBD adapter %s %s", state, reason)
 
-    def _open(self) -> Optional["obd.OBD"]:
-        where = self.port or "auto-detected port"
+    def _open(self) -> Optional[ElmConnection]:
+        ports = [self.port] if self.port else obd.scan_serial()
+        where = self.port or "auto-detected ports"
         self._link(CONNECTING, where)
-        if self.port and not os.path.exists(self.port):
-            self._link(LOST, f"{self.port} does not exist (adapter unplugged?)")
+        if not ports:
+            self._link(LOST, "no serial port found (adapter unplugged?)")
             return None
-        # Resolved at every attempt: udev's /dev/obd may point elsewhere after a replug,
-        # and python-OBD recognises a pseudo-terminal (no baud probing) by its real name.
-        port = os.path.realpath(self.port) if self.port else None
-        capture = _ErrorCapture()
-        _obd_log.addHandler(capture)
-        try:
-            conn = obd.OBD(portstr=port, baudrate=self.baudrate, protocol=self.protocol,
-                           timeout=self.timeout, check_voltage=True)
-        except Exception as exc:  # python-OBD raises assorted errors from bad replies
-            self._link(LOST, f"cannot open {where}: {exc.__class__.__name__}: {exc}")
-            return None
-        finally:
-            _obd_log.removeHandler(capture)
-        status = conn.status()
-        if status == OBDStatus.CAR_CONNECTED:
-            return conn
-        if status == OBDStatus.NOT_CONNECTED:
-            reason = f"no adapter answers on {where}"
-        else:
-            reason = "the adapter answers but the car does not (ignition off?)"
-        if capture.last:
-            reason += f" - {capture.last}"
+        reason = ""
+        for port in ports:
+            if not os.path.exists(port):
+                reason = f"{port} does not exist (adapter unplugged?)"
+                continue
+            try:
+                return ElmConnection(port, baudrate=self.baudrate, protocol=self.protocol,
+                                     timeout=self.timeout, fast_baudrate=self.fast_baudrate)
+            except NoCar as exc:
+                reason = str(exc)
+            except AdapterError as exc:
+                reason = f"no adapter answers on {port}: {exc}"
         self._link(LOST, reason)
-        conn.close()
         return None
 
-    def _close(self, conn: "obd.OBD") -> None:
+    def _close(self, conn: ElmConnection) -> None:
         self._conn = None
         self.state.end_obd_session()
-        try:
-            conn.close()
-        except Exception:  # the port may already be gone; closing must not fail
-            log.debug("error closing the adapter", exc_info=True)
+        conn.close()
 
-    def _poll_session(self, conn: "obd.OBD") -> None:
+    def _poll_session(self, conn: ElmConnection) -> None:
         self._conn = conn
         commands = all_recordable(conn)
         units = {cmd: {c.name: c.unit for c in obd_values.columns_for(cmd)} for cmd in commands}
@@ -187,39 +190,43 @@ class ObdPoller(Worker):
         session = ObdSession(self._sessions, obd_values.session_columns(commands),
                              protocol=conn.protocol_name(), port=conn.port_name(), vin=vin)
         self.state.start_obd_session(session)
-        self.state.set_info(obd_protocol=session.protocol, obd_vin=vin,
-                            obd_pids=len(commands), obd_port=session.port)
+        self.state.set_info(obd_protocol=session.protocol, obd_vin=vin, obd_pids=len(commands),
+                            obd_port=session.port, obd_adapter=conn.version)
         self._link(CONNECTED, f"{session.protocol}, {len(commands)} values"
-                              + (f", VIN {vin}" if vin else ""))
+                              + (f", VIN {vin}" if vin else "") + f", {conn.version}")
+        cycles = schedule(commands, self.fast_names, self.slow_every)
         last_answer = time.monotonic()
-        while not self.stop_event.is_set() and not self._reconnect.is_set():
-            answered = 0
-            for cmd in commands:
-                self._serve_requests(conn)
-                if self.stop_event.is_set() or self._reconnect.is_set():
+        number = 0
+        try:
+            while not self.stop_event.is_set() and not self._reconnect.is_set():
+                answered = 0
+                for group in conn.groups(cycles[number % len(cycles)]):
+                    self._serve_requests(conn)
+                    if self.stop_event.is_set() or self._reconnect.is_set():
+                        return
+                    readings = {}
+                    for cmd, value in conn.query_group(group).items():
+                        for name, plain in obd_values.flatten(cmd, value).items():
+                            readings[name] = (plain, units[cmd].get(name, ""))
+                        answered += value is not None
+                    if readings:
+                        self.state.update_values(readings)  # each request its own time
+                number += 1
+                if answered:
+                    self.state.count("obd_samples", answered)
+                    self.state.count("obd_cycles")
+                    last_answer = time.monotonic()
+                    self.backoff.reset()
+                elif time.monotonic() - last_answer > self.session_timeout:
+                    self._link(LOST, f"no answer from the car for {self.session_timeout:g} s "
+                                     "(ignition off?)")
                     return
-                response = conn.query(cmd)
-                if conn.status() == OBDStatus.NOT_CONNECTED:
-                    self._link(LOST, "the adapter stopped answering (unplugged?)")
-                    return
-                flat = obd_values.flatten(cmd, response.value)
-                if flat:
-                    answered += 1
-                    self.state.update_values({k: (v, units[cmd].get(k, ""))
-                                              for k, v in flat.items()})
-            if answered:
-                self.state.count("obd_samples", answered)
-                self.state.count("obd_cycles")
-                last_answer = time.monotonic()
-                self.backoff.reset()
-            elif time.monotonic() - last_answer > self.session_timeout:
-                self._link(LOST, f"no answer from the car for {self.session_timeout:g} s "
-                                 "(ignition off?)")
-                return
-            if not commands:
-                self.stop_event.wait(0.1)
+                if not commands:
+                    self.stop_event.wait(0.1)
+        except AdapterError as exc:
+            self._link(LOST, f"the adapter stopped answering ({exc})")
 
-    def _serve_requests(self, conn: Optional["obd.OBD"]) -> None:
+    def _serve_requests(self, conn: Optional[ElmConnection]) -> None:
         while True:
             try:
                 fn, future = self._requests.get_nowait()
@@ -260,7 +267,7 @@ class ObdPoller(Worker):
             self.stop_event.wait(min(0.1, remaining))
 
 
-def all_recordable(conn: "obd.OBD") -> List[Any]:
+def all_recordable(conn: Any) -> List[Any]:
     """Mode-01 engine values a connected car supports (for tools and tests)."""
     return sorted((c for c in conn.supported_commands if obd_values.is_recordable(c)),
                   key=lambda c: c.pid)

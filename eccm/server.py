@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import obd
 
 from . import __version__
+from .elm import AdapterError
 from .obd_poller import NotConnected, ObdPoller
 from .protocol import MAX_LINE, Backend, Reply, Session, Unavailable, strip_telnet
 from .state import SharedState, Snapshot
@@ -52,7 +53,7 @@ class DaemonBackend(Backend):
             raise Unavailable("no OBD adapter configured")
         try:
             return poller.submit(fn, timeout=REQUEST_TIMEOUT)
-        except NotConnected as exc:
+        except (NotConnected, AdapterError) as exc:
             raise Unavailable(str(exc)) from None
         except TimeoutError:
             raise Unavailable(f"no answer from the OBD thread within {REQUEST_TIMEOUT:g} s") \
