@@ -59,6 +59,7 @@ class ElmLink:
         self.bytes_out = 0
         self.bytes_in = 0
         self.last_prompt = False
+        self._pending = b""  # bytes read past a prompt, for the next read_until
 
     def command(self, text: str, timeout: Optional[float] = None) -> List[str]:
         """Send text + CR; the reply's non-empty lines (prompt and echo removed)."""
@@ -74,29 +75,38 @@ class ElmLink:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         try:
             self.ser.reset_input_buffer()
-            self.ser.write(data)
-            self.bytes_out += len(data)
+            self._pending = b""
+            self.write(data)
             out = bytearray()
-            while not out.endswith(PROMPT):
-                if time.monotonic() > deadline:
-                    break
-                chunk = self.ser.read(self.ser.in_waiting or 1)
-                out += chunk
+            while PROMPT not in out and time.monotonic() <= deadline:
+                out += self.ser.read(self.ser.in_waiting or 1)
         except (serial.SerialException, OSError) as exc:
             raise AdapterError(f"adapter disconnected: {exc}") from None
         self.bytes_in += len(out)
-        self.last_prompt = out.endswith(PROMPT)
-        return bytes(out[:-1] if self.last_prompt else out)
+        reply, prompt, rest = bytes(out).partition(PROMPT)
+        self.last_prompt = bool(prompt)
+        self._pending = rest
+        return reply
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.ser.write(data)
+        except (serial.SerialException, OSError) as exc:
+            raise AdapterError(f"adapter disconnected: {exc}") from None
+        self.bytes_out += len(data)
 
     def read_until(self, marker: bytes, timeout: float) -> bytes:
         deadline = time.monotonic() + timeout
-        out = bytearray()
+        out = bytearray(self._pending)
+        self._pending = b""
         try:
             while marker not in out and time.monotonic() < deadline:
                 out += self.ser.read(self.ser.in_waiting or 1)
         except (serial.SerialException, OSError) as exc:
             raise AdapterError(f"adapter disconnected: {exc}") from None
-        return bytes(out)
+        head, found, rest = bytes(out).partition(marker)
+        self._pending = rest
+        return head + found
 
     def close(self) -> None:
         try:
@@ -210,13 +220,16 @@ class ElmConnection:
         if baud in BRD_DIVISORS:
             attempts.append((f"ATBRD {BRD_DIVISORS[baud]:02X}", b"ELM"))
         for cmd, ident in attempts:
-            reply = self.link.command(cmd, timeout=0.5)
-            if not reply or reply[0] != "OK":
+            # The adapter answers OK at the old speed, switches, sends its ID at the new
+            # speed and keeps it only if the host answers CR in time (ATBRT, ~75 ms).
+            self.link.write(cmd.encode("ascii") + b"\r")
+            if b"OK" not in self.link.read_until(b"OK", 0.5):
+                self.link.read_until(PROMPT, 0.3)
                 continue
             self.link.ser.baudrate = baud
-            got = self.link.read_until(b"\r", 0.2)
-            if ident in got:
-                self.link.ser.write(b"\r")
+            if ident in self.link.read_until(ident, 0.2):
+                self.link.read_until(b"\r", 0.1)  # the rest of the ID line
+                self.link.write(b"\r")
                 if b"OK" in self.link.read_until(PROMPT, 0.3):
                     log.info("adapter switched to %d baud (%s)", baud, cmd.split()[0])
                     return
@@ -265,16 +278,23 @@ class ElmConnection:
         if self.link is None:
             raise AdapterError("not connected")
         hint = self.hints.get(request)
+        if hint is None and request not in self.no_hint and len(request) == 4:
+            hint = self.hints.get("single")  # one short PID: as many frames as ECUs
         if hint is not None:
             lines = self.link.command(f"{request}{hint:X}")
-            if [ln for ln in lines if is_hex_line(ln)]:
+            frames = [ln for ln in lines if is_hex_line(ln)]
+            if frames:
+                if len(frames) != hint:  # fewer came (and we waited): ask for that many
+                    self.hints[request] = len(frames)
                 return lines
             self.no_hint.add(request)  # the digit broke this request: never again
-            del self.hints[request]
+            self.hints.pop(request, None)
         lines = self.link.command(request)
         frames = [ln for ln in lines if is_hex_line(ln)]
         if frames and request not in self.no_hint and len(frames) <= 15:
             self.hints[request] = len(frames)
+            if len(request) == 4 and request.startswith("01"):
+                self.hints.setdefault("single", len(frames))
         return lines
 
     def query(self, cmd: Any, force: bool = False) -> OBDResponse:

@@ -24,7 +24,7 @@ from typing import Any, Callable, List, Optional, Sequence, TypeVar
 import obd
 
 from . import values as obd_values
-from .elm import AdapterError, ElmConnection, NoCar
+from .elm import MAX_PACK, AdapterError, ElmConnection, NoCar
 from .state import CONNECTED, CONNECTING, LOST, ObdSession, SharedState
 from .worker import Backoff, Worker
 
@@ -49,20 +49,27 @@ def quiet_python_obd(debug: bool) -> None:
     _obd_log.setLevel(logging.DEBUG if debug else logging.CRITICAL)
 
 
-# Fast-changing values, read every cycle unless OBD_FAST_PIDS says otherwise.
-DEFAULT_FAST = ("RPM", "SPEED", "THROTTLE_POS", "ENGINE_LOAD", "ABSOLUTE_LOAD", "MAF",
-                "INTAKE_PRESSURE", "TIMING_ADVANCE", "RELATIVE_THROTTLE_POS",
-                "ACCELERATOR_POS_D", "ACCELERATOR_POS_E", "THROTTLE_ACTUATOR", "FUEL_RATE",
-                "COMMANDED_EQUIV_RATIO", "SHORT_FUEL_TRIM_1", "SHORT_FUEL_TRIM_2")
+# Fast-changing values, read every cycle unless OBD_FAST_PIDS says otherwise: six, so
+# that on CAN they fit one packed request.
+DEFAULT_FAST = ("RPM", "SPEED", "THROTTLE_POS", "ENGINE_LOAD", "MAF", "ACCELERATOR_POS_D")
 
 
-def schedule(commands: List[Any], fast_names: Sequence[str], slow_every: int
-             ) -> List[List[Any]]:
-    """The commands of each cycle: every fast one, plus one slice of the slow ones, so each
-    slow value is read once every `slow_every` cycles."""
+def schedule(commands: List[Any], fast_names: Sequence[str], slow_every: int,
+             group_size: int = 1) -> List[List[Any]]:
+    """The commands of each cycle: every fast one, plus a share of the slow ones, so each
+    slow value is read at least once every `slow_every` cycles. With packed requests
+    (group_size 6) the share is rounded up to fill the last request: a slot left empty
+    would cost as much time as a full one."""
     fast = [c for c in commands if c.name in fast_names]
     slow = [c for c in commands if c.name not in fast_names]
-    every = max(1, min(slow_every, len(slow))) if slow else 1
+    if not slow:
+        return [fast]
+    share = -(-len(slow) // max(1, slow_every))
+    if group_size > 1:
+        total = -(-(len(fast) + share) // group_size) * group_size
+        share = max(1, min(len(slow), total - len(fast)))
+        return [fast + slow[i:i + share] for i in range(0, len(slow), share)]
+    every = max(1, min(slow_every, len(slow)))
     return [fast + slow[k::every] for k in range(every)]
 
 
@@ -85,7 +92,7 @@ class ObdPoller(Worker):
                  port: Optional[str], baudrate: Optional[int] = None,
                  protocol: Optional[str] = None, timeout: float = 1.0,
                  session_timeout: float = 5.0, max_delay: float = 30.0,
-                 fast_names: Sequence[str] = DEFAULT_FAST, slow_every: int = 10,
+                 fast_names: Sequence[str] = DEFAULT_FAST, slow_every: int = 20,
                  fast_baudrate: int = 0):
         super().__init__(stop_event)
         self.state = state
@@ -194,11 +201,15 @@ class ObdPoller(Worker):
                             obd_port=session.port, obd_adapter=conn.version)
         self._link(CONNECTED, f"{session.protocol}, {len(commands)} values"
                               + (f", VIN {vin}" if vin else "") + f", {conn.version}")
-        cycles = schedule(commands, self.fast_names, self.slow_every)
         last_answer = time.monotonic()
         number = 0
+        packing: Optional[bool] = None
         try:
             while not self.stop_event.is_set() and not self._reconnect.is_set():
+                if packing != conn.can_pack:  # (again) after a fallback to single PIDs
+                    packing = conn.can_pack
+                    cycles = schedule(commands, self.fast_names, self.slow_every,
+                                      MAX_PACK if packing else 1)
                 answered = 0
                 for group in conn.groups(cycles[number % len(cycles)]):
                     self._serve_requests(conn)

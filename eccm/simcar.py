@@ -30,6 +30,35 @@ ECU_HEADER = "7E8"
 
 
 @dataclass(frozen=True)
+class AdapterProfile:
+    """Timing model of an adapter + car (see timing() and the benchmark's README).
+
+    Every byte costs 10 bit times at the current baud rate, both ways; every request costs
+    `overhead` in the adapter; an OBD request costs one ECU round trip (`ecu_latency`), a
+    packed request too. After the last reply the adapter waits for more, unless a
+    response-count digit was given and met: ST (ATST, default 200 ms) with adaptive timing
+    off (ATAT0), ECU latency + 20 ms with ATAT1 (default), + 8 ms with ATAT2.
+    """
+    name: str = "ideal"
+    baudrate: int = 0              # 0: bytes cost nothing (demo, functional tests)
+    ecu_latency: float = 0.0
+    overhead: float = 0.0
+    packing: bool = True           # answers multi-PID mode-01 requests
+    count_digit: bool = True       # honours the response-count digit (v1.3+)
+    max_baudrate: int = 0          # highest speed it can switch to; 0: cannot switch
+    stn: bool = False              # STN chip: STBR; else ELM: ATBRD
+
+
+PROFILES = {
+    # A cheap clone: 38400 baud, no multi-PID requests, no speed switch.
+    "clone": AdapterProfile("clone", 38400, 0.010, 0.002, packing=False),
+    # An OBDLink-like STN adapter: 115200 baud, switchable up to 2 Mbaud.
+    "obdlink": AdapterProfile("obdlink", 115200, 0.010, 0.001, max_baudrate=2_000_000,
+                              stn=True),
+}
+
+
+@dataclass(frozen=True)
 class DriveState:
     speed: float      # km/h
     rpm: float
@@ -116,6 +145,28 @@ _PIDS: Dict[int, Callable[[DriveState], List[int]]] = {
     0x5C: lambda s: _u8(s.oil + 40),
     0x5E: lambda s: _u16(s.fuel_rate * 20),
 }
+DEMO_PIDS = sorted(_PIDS)
+# More PIDs a richer ECU offers (benchmarks use 30 of these and the ones above).
+_PIDS.update({
+    0x06: lambda s: _u8(128 + s.load / 20),          # short fuel trim bank 1
+    0x07: lambda s: _u8(126),                         # long fuel trim bank 1
+    0x0A: lambda s: _u8(110),                         # fuel pressure
+    0x14: lambda s: [90, 0x80],                       # O2 bank 1 sensor 1
+    0x15: lambda s: [140, 0xFF],                      # O2 bank 1 sensor 2
+    0x21: lambda s: _u16(0),                          # distance with MIL on
+    0x2C: lambda s: _pct(s.load / 4),                 # commanded EGR
+    0x2E: lambda s: _pct(10),                         # evaporative purge
+    0x30: lambda s: _u8(12),                          # warm-ups since codes cleared
+    0x31: lambda s: _u16(1234),                       # distance since codes cleared
+    0x3C: lambda s: _u16((400 + s.load * 3 + 40) * 10),  # catalyst temperature
+    0x43: lambda s: _u16(s.load * 255 / 100),         # absolute load
+    0x44: lambda s: _u16(32768),                      # commanded equivalence ratio
+    0x45: lambda s: _pct(s.throttle * 0.8),           # relative throttle position
+    0x47: lambda s: _pct(s.throttle + 3),             # absolute throttle position B
+    0x49: lambda s: _pct(s.throttle * 0.9),           # accelerator pedal D
+    0x4C: lambda s: _pct(s.throttle),                 # commanded throttle actuator
+})
+RICH_PIDS = sorted(_PIDS)
 
 
 def encode_dtc(code: str) -> List[int]:
@@ -131,6 +182,7 @@ class SimulatedCar:
     stored_dtcs: List[str] = field(default_factory=lambda: ["P0420"])
     pending_dtcs: List[str] = field(default_factory=list)
     ignition: bool = True
+    pids: List[int] = field(default_factory=lambda: list(DEMO_PIDS))
     clock: Callable[[], float] = time.monotonic
     started: float = field(default=0.0)
 
@@ -142,7 +194,7 @@ class SimulatedCar:
         return drive_state(self.clock() - self.started)
 
     def supported(self) -> List[int]:
-        return sorted(_PIDS) + [0x01]
+        return sorted(self.pids) + [0x01]
 
     def clear_dtcs(self) -> None:
         with self._lock:
@@ -168,11 +220,19 @@ def _bitmap(pids: List[int], base: int) -> List[int]:
 class ElmResponder:
     """ELM327 command interpreter: one command line in, the adapter's reply out."""
 
-    def __init__(self, car: SimulatedCar):
+    def __init__(self, car: SimulatedCar, profile: Optional[AdapterProfile] = None):
         self.car = car
+        self.profile = profile or AdapterProfile()
+        self.baudrate = self.profile.baudrate
+        self.pending_baud = 0  # a speed switch announced, waiting for the host's CR
         self.reset()
 
     def reset(self) -> None:
+        self.st = 0.2
+        self.adaptive = 1
+        self.obd_request = False   # what the last command was, for the timing model
+        self.answered = False
+        self.satisfied = False
         self.echo = True
         self.headers = False
         self.spaces = True
@@ -190,21 +250,31 @@ class ElmResponder:
         if not raw.strip(" "):
             cmd = self.last  # a bare CR repeats the previous command
         self.last = cmd
+        self.obd_request = self.answered = self.satisfied = False
         echo = raw + self.eol if self.echo else ""  # echoed before the command acts
         if not cmd:
             lines = ["?"]
+        elif cmd.startswith("STBR") and self.profile.stn:
+            try:
+                lines = self._switch(int(cmd[4:]))
+            except ValueError:
+                lines = ["?"]
+        elif cmd.startswith("STI") and self.profile.stn:
+            lines = ["STN1110 v4.2.0"]
         elif cmd.startswith("AT"):
             lines = self._at(cmd[2:])
         elif all(c in "0123456789ABCDEF" for c in cmd):
             lines = self._obd(cmd)
         else:
             lines = ["?"]
+        if self.pending_baud:  # OK at the old speed, no prompt: the switch follows
+            return echo + "OK" + self.eol
         return echo + self.eol.join(lines) + self.eol + self.eol + ">"
 
     def _at(self, at: str) -> List[str]:
         if at in ("Z", "WS", "D"):
             self.reset()
-            return ["", ELM_VERSION] if at == "Z" else ["OK"]
+            return ["", ELM_VERSION] if at in ("Z", "WS") else ["OK"]
         if at == "I":
             return [ELM_VERSION]
         if at == "@1":
@@ -221,14 +291,34 @@ class ElmResponder:
             return ["OK"]
         if at[:2] in ("SP", "TP"):
             return ["OK"]
-        if at[:2] in ("SH", "ST", "AT", "CA", "CF", "CM", "PC", "AL", "NL"):
+        if at[:2] == "ST" and len(at) == 4:
+            self.st = (int(at[2:], 16) or 0x32) * 0.004
+            return ["OK"]
+        if at[:2] == "AT" and at[2:] in ("0", "1", "2"):
+            self.adaptive = int(at[2:])
+            return ["OK"]
+        if at[:3] == "BRD" and len(at) == 5 and not self.profile.stn:
+            return self._switch(4_000_000 // max(1, int(at[3:], 16)))
+        if at[:2] in ("SH", "CA", "CF", "CM", "PC", "AL", "NL"):
             return ["OK"]
         return ["?"]
 
+    def _switch(self, baud: int) -> List[str]:
+        if not self.profile.max_baudrate or baud > self.profile.max_baudrate or \
+                not self.profile.baudrate:
+            return ["?"]
+        self.pending_baud = baud
+        return ["OK"]
+
     def _obd(self, cmd: str) -> List[str]:
+        self.obd_request = True
+        wanted = 0
         if len(cmd) % 2:  # a trailing response-count digit (ELM327 v1.3+)
+            wanted = int(cmd[-1], 16) if self.profile.count_digit else 0
             cmd = cmd[:-1]
         data = [int(cmd[i:i + 2], 16) for i in range(0, len(cmd), 2)]
+        if data[0] == 0x01 and len(data) > 2 and not self.profile.packing:
+            return ["NO DATA"]  # this clone cannot read several PIDs at once
         if not self.car.ignition:
             if not self.protocol_found:
                 return ["SEARCHING...", "UNABLE TO CONNECT"]
@@ -239,7 +329,28 @@ class ElmResponder:
         if reply is None:
             return ["NO DATA"]
         lines = self._frames(reply)
+        self.answered = True
+        frames = len(lines) - (1 if not self.headers and len(reply) > 7 else 0)
+        self.satisfied = 0 < wanted <= frames
         return (["SEARCHING..."] + lines) if searching else lines
+
+    def wait_after_reply(self) -> float:
+        """How long the adapter listens for more replies before its prompt."""
+        if not self.obd_request:
+            return 0.0
+        if not self.answered:
+            return self.st  # NO DATA: the whole timeout
+        if self.satisfied:
+            return 0.0
+        margin = {0: None, 1: 0.020, 2: 0.008}[self.adaptive]
+        return self.st if margin is None else min(self.st, self.profile.ecu_latency + margin)
+
+    def timing(self, request_bytes: int, reply_bytes: int) -> float:
+        """Seconds from the host's first request byte to the prompt, per the profile."""
+        per_byte = 10.0 / self.baudrate if self.baudrate else 0.0
+        ecu = self.profile.ecu_latency if self.obd_request and self.answered else 0.0
+        return (request_bytes * per_byte + self.profile.overhead + ecu +
+                self.wait_after_reply() + reply_bytes * per_byte)
 
     def _reply(self, mode: int, args: List[int]) -> Optional[List[int]]:
         car = self.car
@@ -253,7 +364,7 @@ class ElmResponder:
                     stored = car.dtcs(False)
                     out += [pid, (0x80 if stored else 0) | min(len(stored), 0x7F), 0x07, 0x65,
                             0x00]
-                elif pid in _PIDS:
+                elif pid in self.car.pids:
                     out += [pid] + _PIDS[pid](state)
                 else:
                     continue  # unsupported PIDs are left out of a packed reply
@@ -307,9 +418,10 @@ class SimulatedAdapter:
     """
 
     def __init__(self, car: Optional[SimulatedCar] = None, latency: float = 0.015,
-                 at_latency: float = 0.001):
+                 at_latency: float = 0.001, profile: Optional[AdapterProfile] = None):
         self.car = car or SimulatedCar()
-        self.responder = ElmResponder(self.car)
+        self.profile = profile
+        self.responder = ElmResponder(self.car, profile)
         self.latency = latency
         self.at_latency = at_latency
         self.requests = 0
@@ -346,12 +458,42 @@ class SimulatedAdapter:
             buf += chunk
             while b"\r" in buf:
                 line, buf = buf.split(b"\r", 1)
-                text = line.decode("ascii", "replace").replace("\n", "")
-                is_at = text.replace(" ", "").upper().startswith("AT")
-                time.sleep(self.at_latency if is_at else self.latency)
-                self.requests += 1
-                reply = self.responder.handle(text)
-                try:
-                    os.write(self._master, reply.encode("ascii"))
-                except OSError:
+                if not self._reply(line):
                     return
+
+    def _reply(self, line: bytes) -> bool:
+        """Answer one command line; False once the pty is gone."""
+        text = line.decode("ascii", "replace").replace("\n", "")
+        responder = self.responder
+        if self.profile is None:
+            is_at = text.replace(" ", "").upper().startswith("AT")
+            time.sleep(self.at_latency if is_at else self.latency)
+            reply = responder.handle(text)
+        else:
+            started = time.monotonic()
+            reply = responder.handle(text)
+            delay = responder.timing(len(line) + 1, len(reply))
+            time.sleep(max(0.0, delay - (time.monotonic() - started)))
+        self.requests += 1
+        try:
+            os.write(self._master, reply.encode("ascii"))
+            if responder.pending_baud:
+                return self._switch_speed()
+        except OSError:
+            return False
+        return True
+
+    def _switch_speed(self) -> bool:
+        """ELM327 ATBRD / STN STBR handshake: ID at the new speed, host answers CR."""
+        responder = self.responder
+        new, old = responder.pending_baud, responder.baudrate
+        responder.pending_baud = 0
+        responder.baudrate = new
+        ident = "STN1110 v4.2.0\r" if self.profile and self.profile.stn else ELM_VERSION + "\r"
+        os.write(self._master, ident.encode("ascii"))
+        ready, _, _ = select.select([self._master], [], [], 0.075)  # ATBRT default 75 ms
+        if ready and os.read(self._master, 64).startswith(b"\r"):
+            os.write(self._master, b"OK\r\r>")
+            return True
+        responder.baudrate = old  # no confirmation: back to the old speed
+        return True
