@@ -241,6 +241,8 @@ class ElmConnection:
     def _load_supported(self, r0100: List[str]) -> None:
         supported = self.supported_commands = set(obd.commands.base_commands())
         for getter in obd.commands.pid_getters():
+            if getter.mode not in (1, 9):
+                continue  # mode 06 monitors are not logged: do not spend time asking
             if getter.mode == 1 and getter.pid == 0:
                 response = getter(self._protocol(r0100))
             elif getter in supported:
@@ -278,8 +280,9 @@ class ElmConnection:
         if self.link is None:
             raise AdapterError("not connected")
         hint = self.hints.get(request)
-        if hint is None and request not in self.no_hint and len(request) == 4:
-            hint = self.hints.get("single")  # one short PID: as many frames as ECUs
+        if hint is None and request not in self.no_hint and len(request) == 4 \
+                and request.startswith("01"):
+            hint = self.hints.get("single")  # one mode-01 PID: as many frames as ECUs
         if hint is not None:
             lines = self.link.command(f"{request}{hint:X}")
             frames = [ln for ln in lines if is_hex_line(ln)]
