@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import time
 
-import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import obd
-import pytest
 
 from eccm.simcar import ElmResponder, SimulatedCar, drive_speed, drive_state, encode_dtc
 
 
-def make(now=[0.0]):
-    car = SimulatedCar(clock=lambda: now[0])
+def make():
+    car = SimulatedCar(clock=lambda: 0.0)
     return car, ElmResponder(car)
 
 

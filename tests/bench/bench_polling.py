@@ -202,7 +202,8 @@ def emulator_run(seconds: float) -> None:
         results = {}
         for kind in ("python-obd query loop (fast=True)", "ECCM poller"):
             proc = subprocess.Popen([exe, "-s", "car", "-b", str(out)], stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    cwd=tmp)  # it writes elm.log where it runs
             proc.stdin.write(b"delay 0.01\n")  # 10 ms per reply, like an ECU
             proc.stdin.flush()
             deadline = time.monotonic() + 15
