@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pty
 import select
 import threading
 import time
-import tty
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
+
+from .simdevice import PtyDevice
 
 log = logging.getLogger(__name__)
 
@@ -410,12 +410,14 @@ class ElmResponder:
         return lines
 
 
-class SimulatedAdapter:
+class SimulatedAdapter(PtyDevice):
     """Serves an ElmResponder on a pseudo-terminal from its own thread.
 
     `port` is the slave path to open (like /dev/ttyUSB0). OBD requests take `latency`
     seconds (an ECU answers in ~5-20 ms), AT commands `at_latency`.
     """
+
+    thread_name = "simcar"
 
     def __init__(self, car: Optional[SimulatedCar] = None, latency: float = 0.015,
                  at_latency: float = 0.001, profile: Optional[AdapterProfile] = None):
@@ -425,24 +427,7 @@ class SimulatedAdapter:
         self.latency = latency
         self.at_latency = at_latency
         self.requests = 0
-        self._stop = threading.Event()
-        self._master, self._slave = pty.openpty()
-        tty.setraw(self._slave)
-        self.port = os.ttyname(self._slave)
-        self._thread = threading.Thread(target=self._serve, name="simcar", daemon=True)
-
-    def start(self) -> "SimulatedAdapter":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        for fd in (self._master, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        super().__init__()
 
     def _serve(self) -> None:
         """Runs in the simcar thread: read CR-terminated commands, write replies."""

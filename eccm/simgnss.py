@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-import pty
-import threading
 import time
-import tty
 from datetime import datetime, timezone
 from typing import Callable, List, Tuple
 
 from .simcar import drive_speed
+from .simdevice import PtyDevice
 
 START = (45.7640, 4.8357)
 EARTH_M_PER_DEG = 111_320.0
@@ -70,31 +68,16 @@ def epoch_sentences(when: datetime, lat: float, lon: float, speed: float,
     ])
 
 
-class SimulatedReceiver:
+class SimulatedReceiver(PtyDevice):
     """Writes one epoch a second to a pty from its own thread; `port` is the path."""
+
+    thread_name = "simgnss"
 
     def __init__(self, started: float, clock: Callable[[], float] = time.monotonic):
         self.started = started
         self.clock = clock
-        self._stop = threading.Event()
-        self._master, self._slave = pty.openpty()
-        tty.setraw(self._slave)
+        super().__init__()
         os.set_blocking(self._master, False)  # nobody reading: drop, like a real UART
-        self.port = os.ttyname(self._slave)
-        self._thread = threading.Thread(target=self._serve, name="simgnss", daemon=True)
-
-    def start(self) -> "SimulatedReceiver":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        for fd in (self._master, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
     def _serve(self) -> None:
         """Runs in the simgnss thread."""
