@@ -6,7 +6,9 @@ python-OBD for what it is good at: its protocol parsers (frames -> messages) and
 decoders (messages -> values). Used by the OBD poller thread only.
 
 Speed-ups, each with a fallback (ELM327 datasheet; clones differ):
-- echo, spaces and line feeds off (fewer bytes per reply);
+- echo, spaces and line feeds off (fewer bytes per reply), and headers off while a
+  single-ECU car is polled one PID per request;
+- a bounded reply timeout (ATST, 100 ms) and adaptive timing (ATAT1);
 - on CAN, up to 6 mode-01 PIDs per request (one ECU round trip instead of six); an
   adapter that answers packed requests with '?' / NO DATA / garbage gets single PIDs;
 - a response-count digit (v1.3+: '010C1' returns after one reply instead of waiting out
@@ -155,6 +157,8 @@ class ElmConnection:
         self._protocol: Any = None
         self.supported_commands: Set[Any] = set()
         self.pack = pack
+        self.headers = True                  # ATH1: python-OBD's parsers need the CAN IDs
+        self.single_ecu = False              # one ECU answered 0100
         self.hints: Dict[str, int] = {}      # request -> response count that worked
         self.no_hint: Set[str] = set()       # requests the count digit broke
         self._pack_failures = 0
@@ -195,6 +199,10 @@ class ElmConnection:
             if self.protocol_id not in ELM327._SUPPORTED_PROTOCOLS:
                 raise AdapterError(f"unknown OBD protocol {dpn!r}")
             self._protocol = ELM327._SUPPORTED_PROTOCOLS[self.protocol_id](data_lines)
+            self.single_ecu = len(data_lines) == 1
+            # A bounded reply timeout: 100 ms, twice the 50 ms an ECU may take (P2max of
+            # ISO 15765-4 / 14230), instead of the adapter's 200 ms default.
+            self.link.command("ATST19")
             self._load_supported(data_lines)
         except Exception:
             self.close()
@@ -300,9 +308,27 @@ class ElmConnection:
                 self.hints.setdefault("single", len(frames))
         return lines
 
+    def _set_headers(self, on: bool) -> None:
+        if self.link is not None and on != self.headers:
+            self.link.command("ATH1" if on else "ATH0")
+            self.headers = on
+
+    def _query_bare(self, cmd: Any) -> Any:
+        """One mode-01 PID with headers off (single-ECU car): fewer bytes per reply."""
+        self._set_headers(False)
+        lines = [ln.replace(" ", "") for ln in self._send(cmd.command.decode())
+                 if is_hex_line(ln)]
+        if len(lines) != 1:
+            return None
+        data = bytes.fromhex(lines[0]) if len(lines[0]) % 2 == 0 else b""
+        if data[:2] != bytes([0x41, cmd.pid]):
+            return None
+        return decode_payload(cmd, data)
+
     def query(self, cmd: Any, force: bool = False) -> OBDResponse:
         if self.link is None or (not force and not self.supports(cmd)):
             return OBDResponse()
+        self._set_headers(True)
         if cmd.header != obd.protocols.ECU_HEADER.ENGINE:
             return OBDResponse()  # other headers are not used by ECCM
         lines = self._send(cmd.command.decode())
@@ -324,6 +350,8 @@ class ElmConnection:
 
     def query_group(self, group: Sequence[Any]) -> Dict[Any, Any]:
         """Decoded values of one request's commands (None where the car gave nothing)."""
+        if not self.can_pack and self.single_ecu:
+            return {cmd: self._query_bare(cmd) for cmd in group}
         if len(group) == 1 or not self.can_pack:
             return {cmd: self.query(cmd).value for cmd in group}
         parts = self._packed(group)
@@ -333,7 +361,8 @@ class ElmConnection:
                 self.pack = False
                 log.warning("this adapter rejects multi-PID requests; polling one PID per "
                             "request")
-            return {cmd: self.query(cmd).value for cmd in group}
+            return self.query_group(group) if not self.can_pack else \
+                {cmd: self.query(cmd).value for cmd in group}
         self._pack_failures = 0
         return {cmd: None if parts.get(cmd.pid) is None else
                 decode_payload(cmd, parts[cmd.pid]) for cmd in group}

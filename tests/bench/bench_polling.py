@@ -68,6 +68,8 @@ def run_python_obd_fast(port: str, seconds: float) -> Tally:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         for cmd in cmds:
+            if time.monotonic() >= end:  # count only what the window holds
+                break
             if not conn.query(cmd).is_null():
                 tally.add([cmd.name])
     conn.close()
@@ -128,6 +130,8 @@ def run_ideal(port: str, seconds: float, packing: bool, can_switch: bool) -> Tal
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         for group in groups:
+            if time.monotonic() >= end:
+                break
             reply = ask(b"01" + b"".join(b"%02X" % p for p in group) + b"1")
             text = re.sub(rb"(^|\r)[0-9]:", b"", reply).replace(b"\r", b"")
             got = [p for p in group if b"%02X" % p in text[2:]]
@@ -137,16 +141,23 @@ def run_ideal(port: str, seconds: float, packing: bool, can_switch: bool) -> Tal
 
 
 def physical_bound(profile) -> float:
-    """values/s if each request cost only its bytes at the top speed, the adapter and
-    one ECU round trip (no waits): the ECU-latency-limited bound of the model."""
+    """values/s if each request cost only its bytes (no echo, spaces or headers) at the top
+    speed, the adapter's overhead and one ECU round trip, never a wait: the model's
+    ECU-latency-limited bound for these 30 PIDs."""
     baud = max(profile.baudrate, profile.max_baudrate)
-    per_byte = 10 / baud
-    if profile.packing:
-        requests = [(2 + 2 * 6 + 2, 2 + 2 * (6 + 6 * 2) + 12)] * 5  # ~6 PIDs of 2 bytes each
-    else:
-        requests = [(6, 11)] * 30
-    total = sum(profile.overhead + profile.ecu_latency + (a + b) * per_byte
-                for a, b in requests)
+    sizes = [max(0, obd.commands[1][p].bytes - 2) for p in PIDS30]
+    groups = [sizes[i:i + 6] for i in range(0, 30, 6)] if profile.packing else \
+        [[n] for n in sizes]
+    total = 0.0
+    for group in groups:
+        request = 2 + 2 * len(group) + 2                      # "01" PIDs digit CR
+        payload = 1 + sum(1 + n for n in group)               # 41 (PID data)...
+        if payload <= 7:
+            reply = 2 * payload + 3                           # hex CR CR >
+        else:
+            frames = 1 + -(-(payload - 6) // 7)
+            reply = 4 + 2 * payload + 3 * frames + 2          # "0XX" + "n:" + CRs + >
+        total += profile.overhead + profile.ecu_latency + (request + reply) * 10 / baud
     return 30 / total
 
 
