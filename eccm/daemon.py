@@ -17,6 +17,7 @@ from .clock import RecordClock
 from .config import Config
 from .disk import check_budget
 from .gnss_reader import GnssReader
+from .notify import Notifier
 from .obd_poller import DEFAULT_FAST, ObdPoller, quiet_python_obd
 from .recorder import Recorder
 from .server import SocketServer
@@ -30,11 +31,19 @@ STOP_BUDGET = 4.0  # seconds for all joins together; the process must be gone wi
 SUPERVISE_EVERY = 1.0
 DISK_CHECK_EVERY = 60.0
 RESTART_DELAY_CAP = 30.0
+HEARTBEAT_LIMIT = 60.0  # a worker silent this long is stuck: withhold the watchdog
+STATUS_EVERY = 10.0
 
 
 class Daemon:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, notifier: Optional[Notifier] = None,
+                 heartbeat_limit: float = HEARTBEAT_LIMIT):
         self.cfg = cfg
+        self.notifier = notifier or Notifier()
+        self.heartbeat_limit = heartbeat_limit
+        self._stuck: List[str] = []
+        self._last_watchdog = 0.0
+        self._last_status = ("", 0.0)
         self.stop_event = threading.Event()
         self.state = SharedState()
         self.started = time.monotonic()
@@ -101,6 +110,7 @@ class Daemon:
             worker.start()
         log.info("ECCM started: car %s, %s", self.cfg.CAR_IDENTIFIER,
                  ", ".join(w.name for w in self.workers))
+        self.notifier.send("READY=1", f"STATUS={self.status_line()}")
 
     def install_signal_handlers(self) -> None:
         """Main thread only: SIGTERM/SIGINT ask for a clean stop."""
@@ -117,6 +127,7 @@ class Daemon:
         try:
             while not self.stop_event.wait(SUPERVISE_EVERY):
                 self.supervise()
+                self.keepalive()
         finally:
             self.shutdown()
         return 0
@@ -165,7 +176,47 @@ class Daemon:
                 self.state.count(f"restarts_{worker.name}")
                 worker.start()
 
+    def status_line(self) -> str:
+        """One line of health for systemctl status."""
+        snap = self.state.snapshot()
+        parts = []
+        for source in ("obd", "gnss", "s3"):
+            link = snap.links.get(source)
+            if link is not None and link.state != "disabled":
+                parts.append(f"{source} {link.state}")
+        if snap.info.get("record_file"):
+            parts.append("recording")
+        backlog = snap.info.get("upload_backlog")
+        if backlog:
+            parts.append(f"{backlog} files to upload")
+        if snap.info.get("disk", "").endswith("FULL"):
+            parts.append("DISK FULL")
+        return ", ".join(parts) or "starting"
+
+    def keepalive(self) -> None:
+        """Main thread: WATCHDOG=1 only while the loop and every worker make progress;
+        a missing adapter is progress (its thread keeps retrying), a hung thread is not."""
+        if not self.notifier.enabled:
+            return
+        now = time.monotonic()
+        stuck = [w.name for w in self.workers
+                 if w.beats and w.is_alive() and now - w.beat > self.heartbeat_limit]
+        if stuck != self._stuck:
+            if stuck:
+                log.error("%s thread stuck for over %.0f s: withholding the watchdog so "
+                          "systemd restarts ECCM", ", ".join(stuck), self.heartbeat_limit)
+            self._stuck = stuck
+        interval = self.notifier.watchdog_interval
+        if not stuck and interval and now - self._last_watchdog >= min(1.0, interval / 3):
+            self.notifier.send("WATCHDOG=1")
+            self._last_watchdog = now
+        line = self.status_line()
+        if line != self._last_status[0] or now - self._last_status[1] > STATUS_EVERY:
+            self.notifier.send(f"STATUS={line}")
+            self._last_status = (line, now)
+
     def shutdown(self) -> None:
+        self.notifier.send("STOPPING=1")
         self.stop_event.set()
         deadline = time.monotonic() + STOP_BUDGET
         for worker in reversed(self.workers):

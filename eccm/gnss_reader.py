@@ -103,6 +103,7 @@ class GnssReader(Worker):
     def run(self) -> None:
         """Runs in the gnss thread."""
         while not self.stop_event.is_set():
+            self.heartbeat()
             self._link(CONNECTING, self.port)
             try:
                 source = self._open()
@@ -126,6 +127,7 @@ class GnssReader(Worker):
         last_byte = time.monotonic()
         silent = False
         while not self.stop_event.is_set():
+            self.heartbeat()
             data = source.read()
             now = time.monotonic()
             if not data:

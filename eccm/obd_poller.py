@@ -131,6 +131,7 @@ class ObdPoller(Worker):
 
     def run(self) -> None:
         while not self.stop_event.is_set():
+            self.heartbeat()
             self._reconnect.clear()
             conn = self._open()
             if conn is None:
@@ -238,6 +239,7 @@ class ObdPoller(Worker):
             self._link(LOST, f"the adapter stopped answering ({exc})")
 
     def _serve_requests(self, conn: Optional[ElmConnection]) -> None:
+        self.heartbeat()  # called between requests, and every 0.1 s while idle
         while True:
             try:
                 fn, future = self._requests.get_nowait()

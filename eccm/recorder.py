@@ -187,6 +187,7 @@ class Recorder(Worker):
     def run(self) -> None:
         next_tick = time.monotonic()
         while not self.stop_event.is_set():
+            self.heartbeat()
             if self._file is None:
                 # No file yet: start at the first values of an engine session, not at the
                 # next tick of an idle cadence (start-up to first row as short as possible).

@@ -149,6 +149,7 @@ class SocketServer(Worker):
             self.prepare()
         assert self._listener is not None
         while not self.stop_event.is_set():
+            self.heartbeat()
             try:
                 conn, addr = self._listener.accept()
             except socket.timeout:

@@ -223,6 +223,7 @@ class Uploader(Worker):
     """The upload thread: outbox, oldest first, forever."""
 
     name = "uploader"
+    beats = False  # one upload may rightly take minutes on a slow link; botocore times out
 
     def __init__(self, stop_event: threading.Event, state: SharedState, session: UploadSession,
                  *, max_delay: float = 300.0, keep_days: float = 30.0,

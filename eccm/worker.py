@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from typing import Optional
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,18 @@ class Worker:
     """
 
     name = "worker"
+    beats = True  # its loop calls heartbeat(); the systemd watchdog checks it
 
     def __init__(self, stop_event: threading.Event):
         self.stop_event = stop_event
         self._thread: Optional[threading.Thread] = None
         self.crashed = False
         self.restarts = 0
+        self.beat = time.monotonic()
+
+    def heartbeat(self) -> None:
+        """Called from the worker's loop: it is making progress."""
+        self.beat = time.monotonic()
 
     def run(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -64,6 +71,7 @@ class Worker:
 
     def start(self) -> None:
         self.crashed = False
+        self.beat = time.monotonic()
         self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
         self._thread.start()
 

@@ -1,0 +1,133 @@
+"""systemd notifications through a fake NOTIFY_SOCKET (a unix datagram socket)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from eccm.config import load
+from eccm.daemon import Daemon
+from eccm.notify import Notifier
+
+from conftest import REPO, stop_process, wait_for, write_config
+
+
+class NotifySocket:
+    def __init__(self, path):
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.messages = []
+        self.lock = threading.Lock()
+        self.running = True
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        while self.running:
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.messages += [(time.monotonic(), ln) for ln in data.decode().splitlines()]
+
+    def count(self, line, since=0.0):
+        with self.lock:
+            return sum(1 for t, m in self.messages if m == line and t >= since)
+
+    def seen(self, prefix):
+        with self.lock:
+            return [m for _, m in self.messages if m.startswith(prefix)]
+
+    def close(self):
+        self.running = False
+        self.thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    sock = NotifySocket(tmp_path / "notify.sock")
+    yield sock
+    sock.close()
+
+
+def test_no_socket_no_op():
+    Notifier({}).send("READY=1")  # outside systemd: nothing happens, nothing raised
+
+
+def test_ready_watchdog_hang_and_stopping(tmp_path, notify_socket):
+    """The daemon with no adapter: READY, then WATCHDOG keeps coming; a frozen process
+    sends none; SIGTERM sends STOPPING."""
+    config = write_config(tmp_path, OBD_INTERFACE=tmp_path / "no-adapter")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECCM_")}
+    env.update(PYTHONPATH=str(REPO), NOTIFY_SOCKET=notify_socket.path,
+               WATCHDOG_USEC="3000000")
+    proc = subprocess.Popen([sys.executable, "-m", "eccm", "run", "--config", str(config)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: notify_socket.count("READY=1"), 20, what="READY=1")
+        start = time.monotonic()
+        time.sleep(4)
+        assert notify_socket.count("WATCHDOG=1", since=start) >= 3, "watchdog not kept alive"
+        assert any("obd lost" in s for s in notify_socket.seen("STATUS="))
+        proc.send_signal(signal.SIGSTOP)  # the main loop hangs
+        time.sleep(0.5)
+        frozen = time.monotonic()
+        time.sleep(3)
+        assert notify_socket.count("WATCHDOG=1", since=frozen) == 0
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        assert notify_socket.count("STOPPING=1") == 1
+    finally:
+        stop_process(proc, signal.SIGKILL)
+
+
+def test_stuck_worker_withholds_watchdog(tmp_path, notify_socket):
+    cfg, _ = load(write_config(tmp_path, OBD_INTERFACE=tmp_path / "no-adapter"), environ={})
+    daemon = Daemon(cfg, Notifier({"NOTIFY_SOCKET": notify_socket.path,
+                                   "WATCHDOG_USEC": "2000000"}), heartbeat_limit=1.0)
+    release = threading.Event()
+    original = daemon.recorder.tick
+    hang = threading.Event()
+
+    def tick():
+        if hang.is_set():
+            release.wait(30)  # stuck in I/O, say
+        original()
+    daemon.recorder.tick = tick
+    daemon.start()
+    try:
+        for _ in range(3):
+            daemon.keepalive()
+            time.sleep(0.4)
+        assert notify_socket.count("WATCHDOG=1") >= 2
+        hang.set()
+        time.sleep(2.0)
+        stuck_since = time.monotonic()
+        for _ in range(4):
+            daemon.keepalive()
+            time.sleep(0.4)
+        time.sleep(0.3)
+        assert notify_socket.count("WATCHDOG=1", since=stuck_since) == 0
+        release.set()
+        hang.clear()
+        time.sleep(1.0)
+        for _ in range(3):
+            daemon.keepalive()
+            time.sleep(0.4)
+        assert notify_socket.count("WATCHDOG=1", since=stuck_since) >= 1
+    finally:
+        release.set()
+        daemon.shutdown()
