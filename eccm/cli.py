@@ -133,6 +133,32 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return EXIT_OK if not left else EXIT_FAILURE
 
 
+def cmd_install_service(args: argparse.Namespace) -> int:
+    """Render the systemd unit of this installation; print it, or install it (root)."""
+    cfg = _load_or_report(Path(args.config))
+    if cfg is None:
+        return EXIT_CONFIG
+    from .service import detect, install, render_unit
+    unit = render_unit(detect(Path(args.config), cfg.RECORD_DIRECTORY_LOCATION))
+    if args.print:
+        sys.stdout.write(unit)
+        return EXIT_OK
+    if os.geteuid() != 0:
+        print("install-service: run it as root (sudo), or use --print to see the unit",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    Path(cfg.RECORD_DIRECTORY_LOCATION).mkdir(parents=True, exist_ok=True)
+    import subprocess
+    try:
+        for step in install(unit):
+            print(step)
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"install-service: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print("ECCM runs as a service now: journalctl -u eccm -f")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eccm", description="ECCM: Electronic Centralized Car Monitoring daemon")
@@ -154,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     upload = sub.add_parser("upload", help="upload the finished record files now")
     upload.add_argument("--config", metavar="PATH", default="config.ini")
     upload.set_defaults(func=cmd_upload)
+
+    service = sub.add_parser("install-service",
+                             help="install (or --print) the systemd unit of this installation")
+    service.add_argument("--config", metavar="PATH", default="config.ini")
+    service.add_argument("--print", action="store_true", help="print the unit only")
+    service.set_defaults(func=cmd_install_service)
 
     gnss = sub.add_parser("gnss-parse", help="print the fixes in a raw GNSS capture as JSON")
     gnss.add_argument("file", metavar="FILE", help="raw NMEA capture (any bytes)")

@@ -1,0 +1,47 @@
+"""The systemd unit of an installation: systemd's own checks, and its exposure score."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import REPO, require_tool, write_config
+
+
+def rendered_unit(tmp_path) -> str:
+    config = write_config(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECCM_")}
+    env["PYTHONPATH"] = str(REPO)
+    result = subprocess.run([sys.executable, "-m", "eccm", "install-service", "--print",
+                             "--config", str(config)], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_unit_has_the_service_contract(tmp_path):
+    unit = rendered_unit(tmp_path)
+    for line in ("Type=notify", "WatchdogSec=30", "Restart=on-failure", "RestartSec=5",
+                 "StartLimitIntervalSec=0", "SupplementaryGroups=dialout",
+                 "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=read-only",
+                 "PrivateTmp=yes", f"ReadWritePaths={tmp_path / 'records'}",
+                 "DeviceAllow=char-ttyUSB rw", "DeviceAllow=char-rfcomm rw"):
+        assert line in unit.splitlines(), line
+    assert re.search(rf"^ExecStart=\S+ run --config {tmp_path / 'config.ini'}$", unit, re.M)
+
+
+def test_systemd_analyze_verify_and_security(tmp_path):
+    analyze = require_tool("systemd-analyze")
+    unit = tmp_path / "eccm.service"
+    unit.write_text(rendered_unit(tmp_path))
+    verify = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                            timeout=60)
+    ours = [ln for ln in (verify.stdout + verify.stderr).splitlines() if "eccm" in ln]
+    assert verify.returncode == 0 and ours == [], verify.stderr
+    security = subprocess.run([analyze, "security", "--offline=yes", str(unit)],
+                              capture_output=True, text=True, timeout=60)
+    match = re.search(r"Overall exposure level for eccm.service: (\d+\.\d+)", security.stdout)
+    assert match, security.stdout + security.stderr
+    print(f"\nsystemd-analyze security exposure: {match[1]}")
+    assert float(match[1]) <= 4.0
