@@ -159,6 +159,44 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_udev_rules(args: argparse.Namespace) -> int:
+    """List USB serial devices; print (or install) udev rules giving them stable names."""
+    from .udev import RULES_PATH, parse_names, render_rules, scan, suggest_names
+    try:
+        chosen = parse_names(args.name)
+    except ValueError as exc:
+        print(f"udev-rules: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    devices = scan()
+    if not devices:
+        print("udev-rules: no USB serial device found (plug the adapter and the receiver in)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    names = {**suggest_names(devices), **chosen}
+    for dev in devices:
+        print(f"# found /dev/{dev.tty}: {dev.label} (vendor {dev.vendor}, product "
+              f"{dev.product}, serial {dev.serial or '-'}, USB port {dev.port})",
+              file=sys.stderr)
+    rules = render_rules(devices, names)
+    if not args.install:
+        sys.stdout.write(rules)
+        return EXIT_OK
+    if os.geteuid() != 0:
+        print("udev-rules: --install needs root (sudo)", file=sys.stderr)
+        return EXIT_FAILURE
+    import subprocess
+    RULES_PATH.write_text(rules)
+    try:
+        subprocess.run(["udevadm", "control", "--reload-rules"], check=True, timeout=30)
+        subprocess.run(["udevadm", "trigger"], check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"udev-rules: wrote {RULES_PATH} but could not reload udev: {exc}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"wrote {RULES_PATH}; the names appear at the next plug-in")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eccm", description="ECCM: Electronic Centralized Car Monitoring daemon")
@@ -186,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("--config", metavar="PATH", default="config.ini")
     service.add_argument("--print", action="store_true", help="print the unit only")
     service.set_defaults(func=cmd_install_service)
+
+    udev = sub.add_parser("udev-rules", help="stable /dev names for the USB adapters")
+    udev.add_argument("--name", action="append", metavar="TTY=NAME",
+                      help="name a device yourself, e.g. --name ttyUSB1=gnss (repeatable)")
+    udev.add_argument("--install", action="store_true",
+                      help="write /etc/udev/rules.d/99-eccm.rules and reload udev (root)")
+    udev.set_defaults(func=cmd_udev_rules)
 
     gnss = sub.add_parser("gnss-parse", help="print the fixes in a raw GNSS capture as JSON")
     gnss.add_argument("file", metavar="FILE", help="raw NMEA capture (any bytes)")
