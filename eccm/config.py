@@ -155,6 +155,7 @@ SCHEMA: Dict[str, _Key] = {
     "OBD_FAST_BAUDRATE": _Key(_number(0, 4_000_000, integer=True)),
     "OBD_FAST_PIDS": _Key(_names),
     "OBD_SLOW_EVERY": _Key(_number(1, 1000, integer=True)),
+    "OBD_SLEEP_BELOW_VOLTAGE": _Key(_number(0, 30)),
     "OBD_SESSION_TIMEOUT": _Key(_number(1, 600)),
     "RECONNECT_MAX_DELAY": _Key(_number(1, 30)),
     "GPS_POSITION_MONITORING": _Key(_boolean),

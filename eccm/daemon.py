@@ -70,7 +70,7 @@ class Daemon:
             protocol=cfg.OBD_PROTOCOL, timeout=cfg.OBD_TIMEOUT,
             session_timeout=cfg.OBD_SESSION_TIMEOUT, max_delay=cfg.RECONNECT_MAX_DELAY,
             fast_names=cfg.OBD_FAST_PIDS or DEFAULT_FAST, slow_every=cfg.OBD_SLOW_EVERY,
-            fast_baudrate=cfg.OBD_FAST_BAUDRATE)
+            fast_baudrate=cfg.OBD_FAST_BAUDRATE, sleep_below=cfg.OBD_SLEEP_BELOW_VOLTAGE)
         self.workers.append(self.poller)
         self.gnss: Optional[GnssReader] = None
         if cfg.GPS_POSITION_MONITORING:

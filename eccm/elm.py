@@ -143,6 +143,28 @@ def split_packed(data: bytes, wanted: Sequence[int]) -> Optional[Dict[int, bytes
     return out
 
 
+def parse_volts(lines: List[str]) -> Optional[float]:
+    """['12.6V'] -> 12.6; None for anything else."""
+    for line in lines:
+        text = line.strip().upper().rstrip("V")
+        try:
+            value = float(text)
+        except ValueError:
+            continue
+        if 0 < value < 40:
+            return value
+    return None
+
+
+def probe_voltage(port: str, baudrate: Optional[int], timeout: float) -> Optional[float]:
+    """Open the adapter just to read its voltage; the car's bus is not touched."""
+    link = ElmLink(os.path.realpath(port), baudrate or PROBE_BAUDS[0], timeout)
+    try:
+        return parse_volts(link.command("ATRV"))
+    finally:
+        link.close()
+
+
 class ElmConnection:
     """A connected car; the subset of python-OBD's OBD interface that ECCM uses."""
 
@@ -265,6 +287,12 @@ class ElmConnection:
                     supported.add(obd.commands[getter.mode][pid])
 
     # --- python-OBD compatible surface -----------------------------------------------
+
+    def voltage(self) -> Optional[float]:
+        """The supply voltage the adapter measures (ATRV), or None."""
+        if self.link is None:
+            return None
+        return parse_volts(self.link.command("ATRV"))
 
     def status(self) -> str:
         return OBDStatus.CAR_CONNECTED if self.link is not None else OBDStatus.NOT_CONNECTED

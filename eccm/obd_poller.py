@@ -24,8 +24,8 @@ from typing import Any, Callable, List, Optional, Sequence, TypeVar
 import obd
 
 from . import values as obd_values
-from .elm import MAX_PACK, AdapterError, ElmConnection, NoCar
-from .state import CONNECTED, CONNECTING, LOST, ObdSession, SharedState
+from .elm import MAX_PACK, AdapterError, ElmConnection, NoCar, probe_voltage
+from .state import CONNECTED, CONNECTING, LOST, Column, ObdSession, SharedState
 from .worker import Backoff, Worker
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,12 @@ def quiet_python_obd(debug: bool) -> None:
 # Fast-changing values, read every cycle unless OBD_FAST_PIDS says otherwise: six, so
 # that on CAN they fit one packed request.
 DEFAULT_FAST = ("RPM", "SPEED", "THROTTLE_POS", "ENGINE_LOAD", "MAF", "ACCELERATOR_POS_D")
+
+
+VOLTAGE_COLUMN = Column("BATTERY_VOLTAGE", "V")
+VOLTAGE_EVERY = 2.0      # s between two ATRV readings while polling
+VOLTAGE_PROBE = 10.0     # s between two ATRV readings while the engine is off
+VOLTAGE_HYSTERESIS = 0.3
 
 
 def schedule(commands: List[Any], fast_names: Sequence[str], slow_every: int,
@@ -93,7 +99,7 @@ class ObdPoller(Worker):
                  protocol: Optional[str] = None, timeout: float = 1.0,
                  session_timeout: float = 5.0, max_delay: float = 30.0,
                  fast_names: Sequence[str] = DEFAULT_FAST, slow_every: int = 20,
-                 fast_baudrate: int = 0):
+                 fast_baudrate: int = 0, sleep_below: float = 0.0):
         super().__init__(stop_event)
         self.state = state
         self.port = port
@@ -105,11 +111,13 @@ class ObdPoller(Worker):
         self.fast_names = tuple(fast_names)
         self.slow_every = slow_every
         self.fast_baudrate = fast_baudrate
+        self.sleep_below = sleep_below
         self._requests: "queue.Queue[tuple]" = queue.Queue()
         self._reconnect = threading.Event()
         self._sessions = 0
         self._conn: Optional[ElmConnection] = None
         self._last_failure: Optional[str] = None
+        self._asleep = False  # ended for low voltage: probe the voltage only
 
     # --- called from other threads ---------------------------------------------------
 
@@ -133,6 +141,9 @@ class ObdPoller(Worker):
         while not self.stop_event.is_set():
             self.heartbeat()
             self._reconnect.clear()
+            if self._asleep:
+                self._wait_for_engine()
+                continue
             conn = self._open()
             if conn is None:
                 self._idle(self.backoff.next())
@@ -195,7 +206,8 @@ class ObdPoller(Worker):
         units = {cmd: {c.name: c.unit for c in obd_values.columns_for(cmd)} for cmd in commands}
         vin = read_vin(conn)
         self._sessions += 1
-        session = ObdSession(self._sessions, obd_values.session_columns(commands),
+        columns = obd_values.session_columns(commands) + (VOLTAGE_COLUMN,)
+        session = ObdSession(self._sessions, columns,
                              protocol=conn.protocol_name(), port=conn.port_name(), vin=vin)
         self.state.start_obd_session(session)
         self.state.set_info(obd_protocol=session.protocol, obd_vin=vin, obd_pids=len(commands),
@@ -203,6 +215,9 @@ class ObdPoller(Worker):
         self._link(CONNECTED, f"{session.protocol}, {len(commands)} values"
                               + (f", VIN {vin}" if vin else "") + f", {conn.version}")
         last_answer = time.monotonic()
+        next_voltage = 0.0
+        low_since: Optional[float] = None
+        volts = 0.0
         number = 0
         packing: Optional[bool] = None
         try:
@@ -224,6 +239,21 @@ class ObdPoller(Worker):
                     if readings:
                         self.state.update_values(readings)  # each request its own time
                 number += 1
+                now = time.monotonic()
+                if now >= next_voltage:  # the adapter's own reading: no bus traffic
+                    next_voltage = now + VOLTAGE_EVERY
+                    reading = conn.voltage()
+                    if reading is not None:
+                        volts = reading
+                        self.state.update_values({VOLTAGE_COLUMN.name: (volts, "V")})
+                        low = self.sleep_below and volts < self.sleep_below
+                        low_since = (low_since or now) if low else None
+                if low_since is not None and now - low_since > self.session_timeout:
+                    self._link(LOST, f"battery at {volts:.1f} V, below "
+                                     f"{self.sleep_below:g} V: engine off, letting the ECUs "
+                                     "sleep")
+                    self._asleep = True
+                    return
                 if answered:
                     self.state.count("obd_samples", answered)
                     self.state.count("obd_cycles")
@@ -237,6 +267,22 @@ class ObdPoller(Worker):
                     self.stop_event.wait(0.1)
         except AdapterError as exc:
             self._link(LOST, f"the adapter stopped answering ({exc})")
+
+    def _wait_for_engine(self) -> None:
+        """After a low-voltage stop: ask only the adapter for the voltage (the car's bus
+        stays quiet) every VOLTAGE_PROBE seconds, until the engine charges again."""
+        port = self.port or ""
+        try:
+            volts = probe_voltage(port, self.baudrate, self.timeout) if port else None
+        except AdapterError:
+            volts = None
+        if volts is None or volts >= self.sleep_below + VOLTAGE_HYSTERESIS:
+            self._asleep = False
+            if volts is not None:
+                log.info("battery at %.1f V: engine running, reconnecting", volts)
+            return
+        self.state.update_values({VOLTAGE_COLUMN.name: (volts, "V")})
+        self._idle(VOLTAGE_PROBE)
 
     def _serve_requests(self, conn: Optional[ElmConnection]) -> None:
         self.heartbeat()  # called between requests, and every 0.1 s while idle

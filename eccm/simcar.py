@@ -182,6 +182,7 @@ class SimulatedCar:
     stored_dtcs: List[str] = field(default_factory=lambda: ["P0420"])
     pending_dtcs: List[str] = field(default_factory=list)
     ignition: bool = True
+    battery: Optional[float] = None  # volts the adapter reads; None: from the drive
     pids: List[int] = field(default_factory=lambda: list(DEMO_PIDS))
     clock: Callable[[], float] = time.monotonic
     started: float = field(default=0.0)
@@ -224,6 +225,7 @@ class ElmResponder:
         self.car = car
         self.profile = profile or AdapterProfile()
         self.baudrate = self.profile.baudrate
+        self.obd_requests = 0  # requests that reach the car's bus
         self.pending_baud = 0  # a speed switch announced, waiting for the host's CR
         self.reset()
 
@@ -280,7 +282,9 @@ class ElmResponder:
         if at == "@1":
             return ["OBDII to RS232 Interpreter"]
         if at == "RV":
-            return [f"{self.car.state().voltage if self.car.ignition else 12.3:.1f}V"]
+            volts = self.car.battery if self.car.battery is not None else (
+                self.car.state().voltage if self.car.ignition else 12.3)
+            return [f"{volts:.1f}V"]
         if at == "DPN":
             return [("A" if self.protocol_found else "") + PROTOCOL]
         if at == "DP":
@@ -312,6 +316,7 @@ class ElmResponder:
 
     def _obd(self, cmd: str) -> List[str]:
         self.obd_request = True
+        self.obd_requests += 1
         wanted = 0
         if len(cmd) % 2:  # a trailing response-count digit (ELM327 v1.3+)
             wanted = int(cmd[-1], 16) if self.profile.count_digit else 0
@@ -419,7 +424,7 @@ class SimulatedAdapter(PtyDevice):
 
     thread_name = "simcar"
 
-    def __init__(self, car: Optional[SimulatedCar] = None, latency: float = 0.015,
+    def __init__(self, car: Optional["SimulatedCar"] = None, latency: float = 0.015,
                  at_latency: float = 0.001, profile: Optional[AdapterProfile] = None):
         self.car = car or SimulatedCar()
         self.profile = profile

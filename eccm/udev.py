@@ -89,7 +89,7 @@ def render_rules(devices: Sequence[UsbSerial], names: Dict[str, str]) -> str:
         link = names.get(dev.tty)
         if not link:
             continue
-        match = [f'SUBSYSTEM=="tty"', f'ATTRS{{idVendor}}=="{_quote(dev.vendor)}"',
+        match = ['SUBSYSTEM=="tty"', f'ATTRS{{idVendor}}=="{_quote(dev.vendor)}"',
                  f'ATTRS{{idProduct}}=="{_quote(dev.product)}"']
         if dev.serial:
             match.append(f'ATTRS{{serial}}=="{_quote(dev.serial)}"')

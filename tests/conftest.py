@@ -71,7 +71,7 @@ class Emulator:
             pytest.fail("ELM327-emulator is not installed: pip install -e '.[test]'")
         self.batch = workdir / f"elm-{time.monotonic_ns()}.out"
         self.proc = subprocess.Popen([exe, "-s", scenario, "-b", str(self.batch)],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, cwd=workdir)
         self.port = str(wait_for(self._read_port, 15, what="the emulator's pty"))
 
@@ -81,6 +81,12 @@ class Emulator:
         except (OSError, IndexError):
             return None
         return first if first.startswith("/dev/") and os.path.exists(first) else None
+
+    def command(self, line: str) -> None:
+        """A command of the emulator's own prompt (batch mode reads them from stdin)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
 
     def stop(self) -> None:
         stop_process(self.proc)
