@@ -19,7 +19,7 @@ import serial
 
 from .nmea import Fix, NmeaParser
 from .state import CONNECTED, CONNECTING, LOST, SharedState
-from .worker import Backoff, Worker
+from .worker import Backoff, LinkLog, Worker
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +83,7 @@ class GnssReader(Worker):
         self.backoff = Backoff(max_delay)
         self.on_fix = on_fix
         self.parser = NmeaParser()
-        self._last_failure: Optional[str] = None
-
-    def _link(self, state: str, reason: str = "") -> None:
-        self.state.set_link("gnss", state, reason)
-        if state == LOST:
-            if reason != self._last_failure:
-                log.warning("GNSS receiver: %s", reason)
-                self._last_failure = reason
-        elif state == CONNECTED:
-            log.info("GNSS receiver connected: %s", reason)
-            self._last_failure = None
+        self._link = LinkLog(state, "gnss", "GNSS receiver")
 
     def _open(self) -> _Source:
         if self.port.startswith("gpsd://"):

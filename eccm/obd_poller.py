@@ -26,7 +26,7 @@ import obd
 from . import values as obd_values
 from .elm import MAX_PACK, AdapterError, ElmConnection, NoCar, probe_voltage
 from .state import CONNECTED, CONNECTING, LOST, Column, ObdSession, SharedState
-from .worker import Backoff, Worker
+from .worker import Backoff, LinkLog, Worker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,7 +116,7 @@ class ObdPoller(Worker):
         self._reconnect = threading.Event()
         self._sessions = 0
         self._conn: Optional[ElmConnection] = None
-        self._last_failure: Optional[str] = None
+        self._link = LinkLog(state, "obd", "OBD adapter")
         self._asleep = False  # ended for low voltage: probe the voltage only
 
     # --- called from other threads ---------------------------------------------------
@@ -159,19 +159,6 @@ class ObdPoller(Worker):
         if self._conn is not None:
             self._close(self._conn)
         self._fail_requests("ECCM is stopping")
-
-    def _link(self, state: str, reason: str = "") -> None:
-        """Publish the link state; log each distinct failure once, not every attempt."""
-        self.state.set_link("obd", state, reason)
-        if state == LOST:
-            if reason != self._last_failure:
-                log.warning("OBD adapter: %s", reason)
-                self._last_failure = reason
-        elif state == CONNECTED:
-            log.info("OBD adapter connected: %s", reason)
-            self._last_failure = None
-        else:
-            log.debug("OBD adapter %s %s", state, reason)
 
     def _open(self) -> Optional[ElmConnection]:
         ports = [self.port] if self.port else obd.scan_serial()

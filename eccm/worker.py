@@ -1,6 +1,7 @@
 """Thread lifecycle shared by every worker: named thread, shared stop event, joined stop.
 
-Also Backoff, the growing delay every reconnect loop uses.
+Also what every reconnect loop uses: Backoff (the growing delay) and LinkLog (the link
+state in the shared state, each distinct failure logged once).
 """
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import logging
 import random
 import threading
 import time
-from typing import Optional
+from typing import Any, Optional
+
+from .state import CONNECTED, LOST
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,28 @@ class Backoff:
         delay = min(self._next, self.cap)
         self._next = min(self._next * 2, self.cap)
         return delay * random.uniform(1 - self.jitter, 1 + self.jitter) if self.jitter else delay
+
+
+class LinkLog:
+    """Publishes a source's link state; logs a failure once per distinct cause."""
+
+    def __init__(self, state: Any, source: str, label: str):
+        self.state = state
+        self.source = source
+        self.label = label
+        self._last_failure: Optional[str] = None
+
+    def __call__(self, link_state: str, reason: str = "") -> None:
+        self.state.set_link(self.source, link_state, reason)
+        if link_state == LOST:
+            if reason != self._last_failure:
+                log.warning("%s: %s", self.label, reason)
+                self._last_failure = reason
+        elif link_state == CONNECTED:
+            log.info("%s connected: %s", self.label, reason)
+            self._last_failure = None
+        else:
+            log.debug("%s %s %s", self.label, link_state, reason)
 
 
 class Worker:
