@@ -77,18 +77,24 @@ def load(path: Path) -> Trip:
     except OSError as exc:
         raise TripError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     text = data.decode("utf-8", "replace")
+    nuls = text.count("\0")
+    text = text.replace("\0", "")  # zero-filled blocks a power cut can leave behind
     if not text.strip():
         raise TripError(f"{path}: the file is empty")
     first = text.splitlines()[0]
-    separator = max(SEPARATORS, key=lambda s: len(next(csv.reader([first], delimiter=s))))
-    header = next(csv.reader([first], delimiter=separator))
+    try:
+        separator = max(SEPARATORS, key=lambda s: len(next(csv.reader([first],
+                                                                      delimiter=s))))
+        header = next(csv.reader([first], delimiter=separator))
+        rows = list(csv.reader(io.StringIO(text), delimiter=separator))[1:]
+    except csv.Error as exc:
+        raise TripError(f"{path}: not an ECCM record file ({exc})") from None
     if len(header) < 2 or _split_header(header[0])[0] != "TIME":
         raise TripError(f"{path}: not an ECCM record file (the first line must be a header "
                         "starting with 'TIME (UTC)' and values separated by , tab | or ;)")
     names, units = zip(*(_split_header(h) for h in header))
     trip = Trip(Path(path), list(names), dict(zip(names, units)), [],
                 {n: [] for n in names[1:]})
-    rows = list(csv.reader(io.StringIO(text), delimiter=separator))[1:]
     torn_last = not text.endswith("\n")
     for number, row in enumerate(rows, start=2):
         if len(row) != len(header):
@@ -106,6 +112,8 @@ def load(path: Path) -> Trip:
         trip.notes.append("the last line was torn (power cut?) and was left out")
     elif trip.skipped:
         trip.notes.append(f"{trip.skipped} malformed lines were left out")
+    if nuls:
+        trip.notes.append(f"{nuls} NUL bytes (a power cut's zero-filled block?) were left out")
     if not trip.times:
         raise TripError(f"{path}: a header but no readable rows")
     return trip

@@ -150,3 +150,11 @@ def test_torn_last_line_is_left_out_and_said(tmp_path):
     result = run_eccm("summary", path)
     assert result.returncode == 0
     assert "torn" in result.stdout and "Duration          400 s" in result.stdout
+
+
+def test_zero_filled_tail_after_a_power_cut(tmp_path):
+    path = square_trip(tmp_path / "cut.csv")
+    path.write_bytes(path.read_bytes() + b"2026-05-01T08:06:4" + b"\x00" * 4096)
+    result = run_eccm("summary", path)
+    assert result.returncode == 0, result.stderr
+    assert "NUL bytes" in result.stdout and "Duration          400 s" in result.stdout

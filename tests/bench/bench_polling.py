@@ -3,6 +3,8 @@ simulated ELM327 (eccm.simcar profiles) and on the real ELM327-emulator.
 
 Run:  python tests/bench/bench_polling.py [--seconds 5]
 Prints values/s, the fast tier's (RPM) refresh rate and ratios measured in this run.
+Every client is measured in steady state: counting starts after WARMUP seconds of
+polling (connection set-up and first-pass learning, such as response counts, excluded).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from eccm.state import SharedState  # noqa: E402
 
 PIDS30 = sorted(set(DEMO_PIDS) | set(p for p in RICH_PIDS if p not in DEMO_PIDS))[:29] + [0x01]
 SWITCH_TO = 2_000_000
+WARMUP = 1.5
 
 
 class Tally:
@@ -55,6 +58,8 @@ def run_python_obd_async(port: str, seconds: float) -> Tally:
     for cmd in commands(conn):
         conn.watch(cmd, callback=lambda r, n=cmd.name: (not r.is_null()) and tally.add([n]))
     conn.start()
+    time.sleep(WARMUP)
+    tally.values = tally.rpm = 0
     time.sleep(seconds)
     conn.stop()
     conn.close()
@@ -65,12 +70,13 @@ def run_python_obd_fast(port: str, seconds: float) -> Tally:
     tally = Tally()
     conn = obd.OBD(port, fast=True)
     cmds = commands(conn)
-    end = time.monotonic() + seconds
+    counting = time.monotonic() + WARMUP
+    end = counting + seconds
     while time.monotonic() < end:
         for cmd in cmds:
             if time.monotonic() >= end:  # count only what the window holds
                 break
-            if not conn.query(cmd).is_null():
+            if not conn.query(cmd).is_null() and time.monotonic() >= counting:
                 tally.add([cmd.name])
     conn.close()
     return tally
@@ -95,6 +101,7 @@ def run_eccm(port: str, seconds: float) -> Tally:
     poller.start()
     while state.snapshot().obd_session is None:
         time.sleep(0.01)
+    time.sleep(WARMUP)
     tally.values = tally.rpm = 0
     time.sleep(seconds)
     stop.set()
@@ -127,7 +134,8 @@ def run_ideal(port: str, seconds: float, packing: bool, can_switch: bool) -> Tal
     size = 6 if packing else 1
     groups = [pids[i:i + size] for i in range(0, len(pids), size)]
     names = {p: obd.commands[1][p].name for p in pids}
-    end = time.monotonic() + seconds
+    counting = time.monotonic() + WARMUP
+    end = counting + seconds
     while time.monotonic() < end:
         for group in groups:
             if time.monotonic() >= end:
@@ -135,7 +143,8 @@ def run_ideal(port: str, seconds: float, packing: bool, can_switch: bool) -> Tal
             reply = ask(b"01" + b"".join(b"%02X" % p for p in group) + b"1")
             text = re.sub(rb"(^|\r)[0-9]:", b"", reply).replace(b"\r", b"")
             got = [p for p in group if b"%02X" % p in text[2:]]
-            tally.add([names[p] for p in got])
+            if time.monotonic() >= counting:
+                tally.add([names[p] for p in got])
     ser.close()
     return tally
 
