@@ -58,8 +58,6 @@ class ElmLink:
         except (serial.SerialException, OSError, ValueError) as exc:
             raise AdapterError(f"cannot open {port}: {exc}") from None
         self.timeout = timeout
-        self.bytes_out = 0
-        self.bytes_in = 0
         self.last_prompt = False
         self._pending = b""  # bytes read past a prompt, for the next read_until
 
@@ -84,7 +82,6 @@ class ElmLink:
                 out += self.ser.read(self.ser.in_waiting or 1)
         except (serial.SerialException, OSError) as exc:
             raise AdapterError(f"adapter disconnected: {exc}") from None
-        self.bytes_in += len(out)
         reply, prompt, rest = bytes(out).partition(PROMPT)
         self.last_prompt = bool(prompt)
         self._pending = rest
@@ -95,7 +92,7 @@ class ElmLink:
             self.ser.write(data)
         except (serial.SerialException, OSError) as exc:
             raise AdapterError(f"adapter disconnected: {exc}") from None
-        self.bytes_out += len(data)
+
 
     def read_until(self, marker: bytes, timeout: float) -> bytes:
         deadline = time.monotonic() + timeout

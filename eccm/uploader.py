@@ -294,6 +294,3 @@ class Uploader(Worker):
                 log.info("removed %d uploaded copies older than %g days", removed,
                          self.keep_days)
 
-
-def backlog_bytes(files: List[Path]) -> int:
-    return sum(p.stat().st_size for p in files if p.exists())
