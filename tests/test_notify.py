@@ -62,8 +62,13 @@ def notify_socket(tmp_path):
     sock.close()
 
 
-def test_no_socket_no_op():
-    Notifier({}).send("READY=1")  # outside systemd: nothing happens, nothing raised
+def test_no_socket_no_op(tmp_path):
+    quiet = Notifier({})
+    assert not quiet.enabled and quiet.watchdog_interval is None
+    quiet.send("READY=1")  # outside systemd: nothing happens, nothing raised
+    broken = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+    broken.send("READY=1")  # a vanished socket is logged once, never raised
+    assert broken.enabled and broken._failed
 
 
 def test_ready_watchdog_hang_and_stopping(tmp_path, notify_socket):
