@@ -62,6 +62,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def pty_from_batch_output(text: str) -> Optional[str]:
+    """The pty the emulator printed in batch mode. It is not always the first line: when
+    the kernel reuses a pty number, a daemon retrying that path talks to the emulator
+    before it prints the name, and the emulator's log lines come first."""
+    for line in text.splitlines():
+        if line.startswith("/dev/"):
+            return line.strip()
+    return None
+
+
 class Emulator:
     """The third-party ELM327-emulator (`elm`) on its own pty, as a child process."""
 
@@ -77,10 +87,11 @@ class Emulator:
 
     def _read_port(self) -> Optional[str]:
         try:
-            first = self.batch.read_text().splitlines()[0].strip()
-        except (OSError, IndexError):
+            text = self.batch.read_text()
+        except OSError:
             return None
-        return first if first.startswith("/dev/") and os.path.exists(first) else None
+        port = pty_from_batch_output(text)
+        return port if port and os.path.exists(port) else None
 
     def command(self, line: str) -> None:
         """A command of the emulator's own prompt (batch mode reads them from stdin)."""
