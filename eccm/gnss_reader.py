@@ -23,7 +23,7 @@ from .worker import Backoff, LinkLog, Worker
 
 log = logging.getLogger(__name__)
 
-READ_TIMEOUT = 0.5
+READ_TIMEOUT = 0.25  # also the pause after which a burst is taken as a whole epoch
 SILENCE_LIMIT = 5.0  # seconds without a byte: the receiver is reported silent
 GPSD_WATCH = b'?WATCH={"enable":true,"nmea":true};\n'
 
@@ -121,6 +121,9 @@ class GnssReader(Worker):
             data = source.read()
             now = time.monotonic()
             if not data:
+                if not self.parser.cycle_end_known:  # a pause ends the burst of an epoch
+                    for fix in self.parser.quiet():
+                        self._publish(replace(fix, mono=last_byte))
                 if not silent and now - last_byte > SILENCE_LIMIT:
                     silent = True
                     self.state.set_link("gnss", CONNECTED, "no data from the receiver")

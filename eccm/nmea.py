@@ -9,14 +9,20 @@ converted here, strictly, so an empty or malformed field never becomes a 0,0 pos
 
 An epoch is the set of sentences that share one time of day (GGA, RMC, GNS, GLL, ZDA);
 sentences without a time (GSA, VTG) belong to the epoch being read. A fix is emitted when a
-sentence with another time of day arrives (and by finish()).
+sentence with another time of day arrives, by finish(), and -- so that a 1 Hz receiver's
+position is not a whole second old when it is recorded -- as soon as the epoch is known to be
+complete: like gpsd, the parser learns the sentence that ends each cycle (the same last
+sentence, counted by its occurrence, two cycles running) and emits the fix on it; a reader
+may also call quiet() when the line falls silent after a burst. A sentence that still
+arrives for an emitted epoch is dropped and counted as late (and the learnt end forgotten),
+so an epoch is never emitted twice.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import pynmea2
 
@@ -77,6 +83,7 @@ class Counters:
     garbage_bytes: int = 0    # bytes outside any sentence (binary protocols, noise)
     torn: int = 0             # sentences cut by a '$', a non-text byte or the line cap
     unparsed: int = 0         # framed and checked, but not a sentence pynmea2 can read
+    late: int = 0             # sentences of an epoch already emitted early (dropped)
 
 
 def checksum_ok(body: str, given: str) -> bool:
@@ -190,6 +197,13 @@ class _Epoch:
     tod: time
     fields: Dict[str, object] = field(default_factory=dict)
     valid: Optional[bool] = None  # None: no position sentence yet
+    last: Optional[Tuple[str, int]] = None  # (address, occurrence) of the latest sentence
+    seen: Dict[str, int] = field(default_factory=dict)
+
+    def add(self, address: str) -> Tuple[str, int]:
+        self.seen[address] = self.seen.get(address, 0) + 1
+        self.last = (address, self.seen[address])
+        return self.last
 
 
 class NmeaParser:
@@ -201,6 +215,11 @@ class NmeaParser:
         self._epoch: Optional[_Epoch] = None
         self._date: Optional[date] = None
         self._done: List[Fix] = []
+        self._ender: Optional[Tuple[str, int]] = None      # learnt end of a cycle
+        self._last_end: Optional[Tuple[str, int]] = None   # how the previous cycle ended
+        self._emitted: Optional[time] = None  # epoch emitted early; its stragglers are late
+        self._by_quiet = False
+        self._quiet_trusted = True  # until a pause turns out to be inside a burst
 
     @property
     def buffered(self) -> int:
@@ -217,6 +236,21 @@ class NmeaParser:
         """Emit the epoch being read (end of a capture)."""
         fix = self._close_epoch()
         fixes, self._done = self._done + ([fix] if fix is not None else []), []
+        return fixes
+
+    @property
+    def cycle_end_known(self) -> bool:
+        """Whether fixes are emitted on the learnt last sentence of each cycle."""
+        return self._ender is not None
+
+    def quiet(self) -> List[Fix]:
+        """The line fell silent after a burst: the epoch being read is complete. Once a
+        sentence of the epoch arrived after such a pause, pauses are no longer trusted."""
+        if self._epoch is not None and self._quiet_trusted:
+            self._learn(self._epoch.last)
+            self._emit_early()
+            self._by_quiet = True
+        fixes, self._done = self._done, []
         return fixes
 
     def _sentence(self, text: str) -> None:
@@ -237,11 +271,12 @@ class NmeaParser:
         self.counters.sentences += 1
         handler = getattr(self, f"_on_{getattr(msg, 'sentence_type', '').lower()}", None)
         if handler is None:
-            return
+            return  # GSV, TXT, proprietary: no fix data, so no part in the cycle either
         try:
             handler(msg)
         except (ValueError, TypeError, AttributeError, IndexError):
             self.counters.unparsed += 1
+        self._after(body.split(",", 1)[0])
 
     # --- epochs -----------------------------------------------------------------------
 
@@ -249,10 +284,39 @@ class NmeaParser:
         """Make tod the current epoch, finishing the previous one if it differs."""
         if tod is None or (self._epoch is not None and self._epoch.tod == tod):
             return
+        if self._epoch is None and tod == self._emitted:
+            return  # a straggler of the epoch emitted early: _after() counts it
+        if self._epoch is not None:
+            self._learn(self._epoch.last)
         done = self._close_epoch()
         if done is not None:
             self._done.append(done)  # kept even if the rest of this sentence is bad
         self._epoch = _Epoch(tod)
+        self._emitted = None
+
+    def _after(self, address: str) -> None:
+        """Bookkeeping once a sentence is read: cycle-end learning and early emission."""
+        if self._epoch is None:
+            if self._emitted is not None:  # the epoch was emitted too early
+                self.counters.late += 1
+                self._ender = self._last_end = None
+                self._quiet_trusted = self._quiet_trusted and not self._by_quiet
+            return
+        if self._epoch.add(address) == self._ender:
+            self._emit_early()
+            self._by_quiet = False
+
+    def _learn(self, end: Optional[Tuple[str, int]]) -> None:
+        """A cycle ended with `end`: the same end twice running is the cycle's end."""
+        self._ender = end if end is not None and end == self._last_end else None
+        self._last_end = end
+
+    def _emit_early(self) -> None:
+        assert self._epoch is not None
+        self._emitted = self._epoch.tod
+        done = self._close_epoch()
+        if done is not None:
+            self._done.append(done)
 
     def _close_epoch(self) -> Optional[Fix]:
         epoch, self._epoch = self._epoch, None

@@ -165,3 +165,93 @@ def test_fuzz_mutated_captures(mutations, chunk):
             assert fix.lon is None or -180 <= fix.lon <= 180
         assert parser.buffered <= LINE_CAP
     parser.finish()
+
+
+# --- emitting an epoch as soon as it is complete -------------------------------------------
+
+def epoch(second: int, *bodies: str) -> bytes:
+    """Sentences of one epoch at 12:35:<second>; '{t}' in a body is its time of day."""
+    return "".join(nmea_sentence(b.format(t=f"1235{second:02d}.00")) for b in bodies).encode()
+
+
+CYCLE = ("GNGGA,{t},4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,",
+         "GNGSA,A,3,05,07,,,,,,,,,,,1.8,1.0,1.5",
+         "GNGSA,A,3,70,71,,,,,,,,,,,1.8,1.0,1.5",
+         "GNRMC,{t},A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W",
+         "GPGSV,1,1,02,05,40,083,46,07,30,100,40")
+
+
+def test_fix_emitted_on_the_learnt_last_sentence_of_the_cycle():
+    parser = NmeaParser()
+    assert parser.feed(epoch(1, *CYCLE)) == []
+    assert [f.time_of_day.second for f in parser.feed(epoch(2, *CYCLE))] == [1]
+    assert not parser.cycle_end_known
+    # The same last sentence (the RMC; GSV carries no fix data) ended two cycles: learnt,
+    # so the third epoch comes out with its own last sentence, not a second later.
+    assert [f.time_of_day.second for f in parser.feed(epoch(3, *CYCLE))] == [2, 3]
+    assert parser.cycle_end_known
+    # A repeated sentence is counted: the first of two GSAs does not end the cycle.
+    assert parser.feed(epoch(4, *CYCLE[:2])) == []
+    assert parser.feed(epoch(4, *CYCLE[2:3])) == []
+    (fix,) = parser.feed(epoch(4, *CYCLE[3:]))
+    assert fix.time_of_day.second == 4 and fix.speed == pytest.approx(22.4 * 0.514444)
+    assert parser.counters.late == 0
+
+
+def test_a_sentence_after_the_learnt_end_is_late_never_a_second_fix():
+    parser = NmeaParser()
+    for second in (1, 2, 3):
+        parser.feed(epoch(second, *CYCLE))
+    vtg = "GPVTG,054.7,T,034.4,M,005.5,N,010.2,K,A"
+    (fix,) = parser.feed(epoch(4, *CYCLE, vtg, CYCLE[0]))  # a VTG, then the GGA again
+    assert fix.time_of_day.second == 4
+    assert parser.counters.late == 2
+    assert not parser.cycle_end_known  # the receiver changed its cycle: learnt again
+    emitted = parser.feed(epoch(5, *CYCLE, vtg)) + parser.feed(epoch(6, *CYCLE, vtg))
+    assert [f.time_of_day.second for f in emitted] == [5]
+    assert [f.time_of_day.second for f in parser.feed(epoch(7, *CYCLE, vtg))] == [6, 7]
+    assert parser.cycle_end_known
+    assert [f.time_of_day.second for f in parser.feed(epoch(8, *CYCLE, vtg))] == [8]
+
+
+def test_quiet_line_completes_the_epoch_once():
+    parser = NmeaParser()
+    assert parser.feed(epoch(1, *CYCLE)) == []
+    (fix,) = parser.quiet()
+    assert fix.time_of_day.second == 1 and fix.lat == pytest.approx(48.1173)
+    assert parser.quiet() == []
+    assert [f.time_of_day.second for f in parser.feed(epoch(2, *CYCLE)) + parser.quiet()] \
+        == [2]
+    assert parser.counters.late == 0
+
+
+def test_a_pause_inside_a_burst_stops_trusting_pauses():
+    parser = NmeaParser()
+    parser.feed(epoch(1, *CYCLE[:2]))
+    (fix,) = parser.quiet()  # the receiver stalled mid-burst
+    assert fix.time_of_day.second == 1
+    assert parser.feed(epoch(1, *CYCLE[2:])) == []  # the rest: dropped, counted, no 2nd fix
+    assert parser.counters.late == 2
+    parser.feed(epoch(2, *CYCLE[:2]))
+    assert parser.quiet() == []  # no longer trusted: the epoch waits for its end
+    assert [f.time_of_day.second for f in parser.feed(epoch(2, *CYCLE[2:]))
+            + parser.feed(epoch(3, *CYCLE))] == [2]
+
+
+@pytest.mark.skipif(not CAPTURES, reason="receiver captures not found in ../shared")
+def test_captures_give_the_same_fixes_line_by_line_as_whole():
+    """Early emission changes when a fix comes out, never which fixes or their values."""
+    early = total = 0
+    for capture in CAPTURES:
+        data = capture.read_bytes()
+        parser = NmeaParser()
+        fixes = []
+        for line in data.splitlines(keepends=True):
+            for fix in parser.feed(line):
+                early += fix.time_of_day == parser._emitted
+                fixes.append(fix)
+        fixes += parser.finish()
+        total += len(fixes)
+        assert fixes == parse_all(data), capture.name
+    print(f"\n{early}/{total} fixes emitted on their own epoch's last sentence")
+    assert early > total // 2

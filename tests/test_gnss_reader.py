@@ -1,0 +1,53 @@
+"""The GNSS reader thread on a pseudo-terminal: when a fix reaches the shared state."""
+from __future__ import annotations
+
+import os
+import pty
+import threading
+import tty
+
+from eccm.gnss_reader import GnssReader
+from eccm.simgnss import nmea_sentence
+from eccm.state import CONNECTED, SharedState
+
+from conftest import wait_for
+
+GGA = "GPGGA,{t},4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"
+RMC = "GPRMC,{t},A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W"
+
+
+def burst(second: int) -> bytes:
+    t = f"1235{second:02d}.00"
+    return (nmea_sentence(GGA.format(t=t)) + nmea_sentence(RMC.format(t=t))).encode()
+
+
+def test_an_epoch_reaches_the_state_without_waiting_for_the_next_one():
+    """A receiver bursts its epoch and falls silent until the next second: the position
+    must be published from that burst, not a second later (28 m at 100 km/h)."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    stop = threading.Event()
+    state = SharedState()
+    reader = GnssReader(stop, state, port=os.ttyname(slave), max_delay=1)
+    reader.start()
+    try:
+        # pyserial empties the input when it opens the port: send once it is open
+        wait_for(lambda: getattr(state.snapshot().links.get("gnss"), "state", None)
+                 == CONNECTED, 10, what="the reader to open the pty")
+
+        def published_second():
+            fix = state.snapshot().gnss
+            return fix.time_of_day.second if fix is not None else None
+
+        for second in (1, 2, 3, 4):  # the first bursts (cycle unknown), then learnt
+            os.write(master, burst(second))
+            wait_for(lambda: published_second() == second, 10,
+                     what=f"the fix of second {second} with no later sentence sent")
+        assert reader.parser.cycle_end_known
+        assert reader.parser.counters.late == 0
+        assert state.snapshot().counters.get("gnss_fixes") == 4  # each epoch once
+    finally:
+        stop.set()
+        reader.join(5)
+        os.close(master)
+        os.close(slave)
