@@ -6,8 +6,8 @@ python-OBD for what it is good at: its protocol parsers (frames -> messages) and
 decoders (messages -> values). Used by the OBD poller thread only.
 
 Speed-ups, each with a fallback (ELM327 datasheet; clones differ):
-- echo, spaces and line feeds off (fewer bytes per reply), and headers off while a
-  single-ECU car is polled one PID per request;
+- echo, spaces and line feeds off (fewer bytes per reply), and headers off while only
+  one ECU answers (multi-frame replies are then reassembled here);
 - a bounded reply timeout (ATST, 100 ms) and adaptive timing (ATAT1);
 - on CAN, up to 6 mode-01 PIDs per request (one ECU round trip instead of six); an
   adapter that answers packed requests with '?' / NO DATA / garbage gets single PIDs;
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -117,6 +118,52 @@ class ElmLink:
 def is_hex_line(line: str) -> bool:
     text = line.replace(" ", "")
     return bool(text) and all(c in "0123456789ABCDEFabcdef" for c in text)
+
+
+_FRAME_LINE = re.compile(r"([0-9A-F]):((?:[0-9A-F]{2})*)")
+_LENGTH_LINE = re.compile(r"[0-9A-F]{3}")
+
+
+def count_frames(lines: Sequence[str]) -> int:
+    """Bus frames in a reply, with headers on or off: what a response-count digit counts
+    (with headers off a multi-frame message is a length line, then one 'n:' line per frame)."""
+    total = 0
+    for raw in lines:
+        line = raw.replace(" ", "").upper()
+        if _FRAME_LINE.fullmatch(line) or (is_hex_line(line)
+                                           and not _LENGTH_LINE.fullmatch(line)):
+            total += 1
+    return total
+
+
+def bare_messages(lines: Sequence[str]) -> List[bytes]:
+    """A reply printed with headers off (ATH0) -> the payload of each message.
+
+    A single-frame message is one hex line; a multi-frame one (CAN auto-formatting) is
+    its byte count ('014') then its frames ('0:410C..', '1:..'). An incomplete message is
+    left out, so a caller never decodes a cut reply.
+    """
+    messages: List[bytes] = []
+    length, buffer = -1, bytearray()
+
+    def close() -> None:
+        if length >= 0 and len(buffer) >= length:
+            messages.append(bytes(buffer[:length]))
+
+    for raw in lines:
+        line = raw.replace(" ", "").upper()
+        frame = _FRAME_LINE.fullmatch(line)
+        if frame and length >= 0:
+            buffer += bytes.fromhex(frame[2])
+        elif _LENGTH_LINE.fullmatch(line):
+            close()
+            length, buffer = int(line, 16), bytearray()
+        elif is_hex_line(line) and len(line) % 2 == 0:
+            close()
+            length = -1
+            messages.append(bytes.fromhex(line))
+    close()
+    return messages
 
 
 def split_packed(data: bytes, wanted: Sequence[int]) -> Optional[Dict[int, bytes]]:
@@ -318,19 +365,19 @@ class ElmConnection:
             hint = self.hints.get("single")  # one mode-01 PID: as many frames as ECUs
         if hint is not None:
             lines = self.link.command(f"{request}{hint:X}")
-            frames = [ln for ln in lines if is_hex_line(ln)]
+            frames = count_frames(lines)
             if frames:
-                if len(frames) != hint:  # fewer came (and we waited): ask for that many
-                    self.hints[request] = len(frames)
+                if frames != hint:  # fewer came (and we waited): ask for that many
+                    self.hints[request] = frames
                 return lines
             self.no_hint.add(request)  # the digit broke this request: never again
             self.hints.pop(request, None)
         lines = self.link.command(request)
-        frames = [ln for ln in lines if is_hex_line(ln)]
-        if frames and request not in self.no_hint and len(frames) <= 15:
-            self.hints[request] = len(frames)
+        frames = count_frames(lines)
+        if frames and request not in self.no_hint and frames <= 15:
+            self.hints[request] = frames
             if len(request) == 4 and request.startswith("01"):
-                self.hints.setdefault("single", len(frames))
+                self.hints.setdefault("single", frames)
         return lines
 
     def _set_headers(self, on: bool) -> None:
@@ -338,17 +385,25 @@ class ElmConnection:
             self.link.command("ATH1" if on else "ATH0")
             self.headers = on
 
-    def _query_bare(self, cmd: Any) -> Any:
-        """One mode-01 PID with headers off (single-ECU car): fewer bytes per reply."""
+    def _send_bare(self, request: str) -> Optional[List[bytes]]:
+        """A request with headers off (single-ECU car: fewer bytes per reply) -> its
+        messages; None once a second ECU shows up (headers are needed from then on)."""
         self._set_headers(False)
-        lines = [ln.replace(" ", "") for ln in self._send(cmd.command.decode())
-                 if is_hex_line(ln)]
-        if len(lines) != 1:
+        messages = bare_messages(self._send(request))
+        if len(messages) > 1:
+            self.single_ecu = False
+            log.info("more than one ECU answers %s: reading replies with headers on", request)
             return None
-        data = bytes.fromhex(lines[0]) if len(lines[0]) % 2 == 0 else b""
-        if data[:2] != bytes([0x41, cmd.pid]):
+        return messages
+
+    def _query_bare(self, cmd: Any) -> Any:
+        """One mode-01 PID, headers off."""
+        messages = self._send_bare(cmd.command.decode())
+        if messages is None:
+            return self.query(cmd).value
+        if not messages or messages[0][:2] != bytes([0x41, cmd.pid]):
             return None
-        return decode_payload(cmd, data)
+        return decode_payload(cmd, messages[0])
 
     def query(self, cmd: Any, force: bool = False) -> OBDResponse:
         if self.link is None or (not force and not self.supports(cmd)):
@@ -375,9 +430,9 @@ class ElmConnection:
 
     def query_group(self, group: Sequence[Any]) -> Dict[Any, Any]:
         """Decoded values of one request's commands (None where the car gave nothing)."""
-        if not self.can_pack and self.single_ecu:
-            return {cmd: self._query_bare(cmd) for cmd in group}
         if len(group) == 1 or not self.can_pack:
+            if self.single_ecu:
+                return {cmd: self._query_bare(cmd) for cmd in group}
             return {cmd: self.query(cmd).value for cmd in group}
         parts = self._packed(group)
         if parts is None:
@@ -400,13 +455,18 @@ class ElmConnection:
 
     def _packed(self, group: Sequence[Any]) -> Optional[Dict[int, bytes]]:
         request = "01" + "".join(f"{c.pid:02X}" for c in group)
+        pids = [c.pid for c in group]
+        if self.single_ecu:
+            bare = self._send_bare(request)
+            if bare is not None:  # else a second ECU answered: ask again with headers on
+                if not bare:
+                    return None
+                return split_packed(bare[0], pids) or None
+        self._set_headers(True)
         lines = self._send(request)
         messages = self._protocol([ln for ln in lines if is_hex_line(ln)])
         if not messages:
             return None
         engine = [m for m in messages if m.ecu == ECU.ENGINE] or messages
-        parts = split_packed(bytes(engine[0].data), [c.pid for c in group])
-        if parts is None or not parts:
-            return None
-        return parts
+        return split_packed(bytes(engine[0].data), pids) or None
 

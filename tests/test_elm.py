@@ -5,7 +5,7 @@ from __future__ import annotations
 import obd
 import pytest
 
-from eccm.elm import ElmConnection, split_packed
+from eccm.elm import ElmConnection, bare_messages, count_frames, split_packed
 from eccm.obd_poller import DEFAULT_FAST, schedule
 from eccm.simcar import PROFILES, RICH_PIDS, AdapterProfile, SimulatedAdapter, SimulatedCar
 
@@ -39,6 +39,33 @@ def test_split_packed():
     assert split_packed(bytes([0x41, 0x0C, 0x1A]), [0x0C]) is None  # cut short
 
 
+# Replies as an ELM327 prints them with headers off (ATH0), spaces on and off; the
+# multi-frame one is the datasheet's layout: byte count, then 'n:' per CAN frame.
+PACKED_BARE = ["014", "0: 41 0C 0F A0 0D 32", "1: 05 7B 11 40 04 3F 0F",
+               "2: 40 00 00 00 00 00 00"]
+
+
+def test_bare_messages_reassemble_multi_frame_replies():
+    (message,) = bare_messages(PACKED_BARE)
+    assert len(message) == 0x14 and message[:6] == bytes.fromhex("410C0FA00D32")
+    assert split_packed(message, [0x0C, 0x0D, 0x05, 0x11, 0x04, 0x0F]) == {
+        0x0C: bytes.fromhex("410C0FA0"), 0x0D: bytes.fromhex("410D32"),
+        0x05: bytes.fromhex("41057B"), 0x11: bytes.fromhex("411140"),
+        0x04: bytes.fromhex("41043F"), 0x0F: bytes.fromhex("410F40")}
+    assert bare_messages(["410C0FA0"]) == [bytes.fromhex("410C0FA0")]
+    assert bare_messages(["410C0FA0", "410C0FA4"]) == [bytes.fromhex("410C0FA0"),
+                                                       bytes.fromhex("410C0FA4")]
+    assert bare_messages(PACKED_BARE[:3]) == []            # a frame missing: no message
+    assert bare_messages(["NO DATA"]) == [] and bare_messages(["?"]) == []
+    assert bare_messages(["7F0112"]) == [bytes.fromhex("7F0112")]
+
+
+def test_frames_counted_with_headers_on_and_off():
+    assert count_frames(PACKED_BARE) == 3  # the byte-count line is not a frame
+    assert count_frames(["7E8100E410C0FA00D", "7E8210511040F4000", "7E822000000"]) == 3
+    assert count_frames(["410C0FA0"]) == 1 and count_frames(["NO DATA", ">"]) == 0
+
+
 def test_packed_values_equal_single_pid_requests(adapter_factory):
     conn = ElmConnection(adapter_factory().port)
     try:
@@ -46,6 +73,7 @@ def test_packed_values_equal_single_pid_requests(adapter_factory):
         assert len(cmds) >= 30 and conn.can_pack
         packed = conn.query_values(cmds)
         assert len(conn.groups(cmds)) == -(-len(cmds) // 6)
+        assert conn.single_ecu and not conn.headers  # multi-frame replies read bare
         conn.pack = False
         single = conn.query_values(cmds)
         for cmd in cmds:
@@ -118,3 +146,28 @@ def test_schedule_tiers():
     packed = schedule(cmds, DEFAULT_FAST, 20, 6)
     assert all(len(cycle) % 6 == 0 or cycle is packed[-1] for cycle in packed)
     assert {c for cycle in packed for c in cycle} == set(cmds)
+
+
+def test_a_second_ecu_turns_headers_back_on(adapter_factory):
+    """Headers off hides who answers: when two replies come, ask again with headers."""
+    adapter = adapter_factory()
+    conn = ElmConnection(adapter.port)
+    try:
+        cmds = engine_commands(conn)
+        expected = conn.query_values(cmds)
+        assert conn.single_ecu
+        responder = adapter.responder
+        original = responder._obd
+
+        def two_ecus(cmd):  # a gearbox ECU answering as well, printed without headers
+            lines = original(cmd)
+            return lines + lines if not responder.headers and cmd.startswith("01") else lines
+        responder._obd = two_ecus
+        again = conn.query_values(cmds)
+        assert not conn.single_ecu and conn.headers
+        assert conn.can_pack  # the second ECU is no reason to stop packing
+        for cmd in cmds:
+            if cmd.name != "STATUS":
+                assert again[cmd] == expected[cmd], cmd.name
+    finally:
+        conn.close()
