@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MAX_CLIENTS = 64
 IDLE_TIMEOUT = 600.0      # seconds without a line from a client that is not watching
 SEND_TIMEOUT = 5.0        # a client that does not read for this long is dropped
+SEND_BUFFER = 32 * 1024   # per client: bounds kernel memory (Linux would grow it to 4 MiB)
 GREETING_GRACE = 0.25     # a legacy client sends its bare secret at once, before any greeting
 UNTERMINATED_FLUSH = 0.2  # legacy clients send messages without a line end
 REQUEST_TIMEOUT = 15.0    # DTC read/clear through the poller
@@ -250,7 +251,9 @@ class SocketServer(Worker):
         peer = str(addr[0])
         try:
             _Client(self, conn, peer).run()
-        except OSError as exc:  # reset, broken pipe, send timeout: drop this client only
+        except socket.timeout:  # its buffers are full: it stopped reading
+            log.info("client %s dropped: it read nothing for %g s", peer, SEND_TIMEOUT)
+        except OSError as exc:  # reset, broken pipe: drop this client only
             log.debug("client %s dropped: %s", peer, exc)
         except Exception:
             log.exception("client %s: unexpected error", peer)
@@ -279,6 +282,7 @@ class _Client:
             self.conn.sendall(("\n".join(lines) + "\n").encode("utf-8", "replace"))
 
     def run(self) -> None:
+        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self.conn.settimeout(SEND_TIMEOUT)
         stop = self.server.stop_event
         if not select.select([self.conn], [], [], GREETING_GRACE)[0]:

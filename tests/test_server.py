@@ -226,3 +226,34 @@ def test_abuse_leaves_server_and_polling_alive(server):
     print(f"\nOBD samples in 3 s: quiet {baseline}, under abuse {during} "
           f"(ratio {during / max(1, baseline):.2f})")
     assert during >= 0.5 * baseline, "polling was starved by the clients"
+
+
+def test_a_watcher_that_never_reads_is_dropped_once_its_buffers_fill(server):
+    """The server never blocks on a client: when its socket buffers are full for the send
+    timeout, the client is dropped and the others are served."""
+    port, daemon, _ = server
+    listed = talk(port, [f"AUTH {SECRET}", "LIST"]).splitlines()
+    names = " ".join(ln.split()[0] for ln in listed if ln and ln.split()[0] not in
+                     ("ECCM", "OK", "ERR"))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills in seconds
+    try:
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(f"AUTH {SECRET}\nWATCH {names} 10\n".encode())
+        wait_for(lambda: "read nothing for" in daemon.log, 120,
+                 what="the server to drop the client that does not read")
+        sock.settimeout(5)
+        received = b""
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+        except ConnectionResetError:
+            pass  # closed with unsent data queued: a reset after what was delivered
+        assert received.count(b"\nWATCH ") > 10  # it was streaming until dropped
+    finally:
+        sock.close()
+    assert "OK authenticated" in talk(port, [f"AUTH {SECRET}"])
+    assert daemon.proc.poll() is None
