@@ -219,6 +219,8 @@ class SocketServer(Worker):
              else "unknown"),
             ("gnss_fix", "none" if fix is None or fix.lat is None else
              f"mode {fix.mode} {fix.lat:.6f},{fix.lon:.6f} at {fix.time}"),
+            ("gnss_input", " ".join(f"{k}={v}" for k, v in
+                                    snap.info.get("gnss_counters", {}).items())),
             ("record_file", snap.info.get("record_file") or ""),
             ("upload_backlog", snap.info.get("upload_backlog", "")),
             ("last_upload", snap.info.get("last_upload", "")),

@@ -7,6 +7,7 @@ import threading
 import tty
 
 from eccm.gnss_reader import GnssReader
+from eccm.server import SocketServer
 from eccm.simgnss import nmea_sentence
 from eccm.state import CONNECTED, SharedState
 
@@ -46,6 +47,20 @@ def test_an_epoch_reaches_the_state_without_waiting_for_the_next_one():
         assert reader.parser.cycle_end_known
         assert reader.parser.counters.late == 0
         assert state.snapshot().counters.get("gnss_fixes") == 4  # each epoch once
+
+        # Bad bytes are skipped and counted where a user looks: STATUS over the socket.
+        bad_sum = nmea_sentence(GGA.format(t="123505.00"))[:-4] + "00\r\n"
+        os.write(master, b"\xb5\x62\x01\x07garbage" + bad_sum.encode() + burst(6))
+        server = SocketServer(stop, state, None, bind="127.0.0.1", port=0, secret=None,
+                              car="TEST")
+
+        def gnss_input():
+            line = dict(server.status()).get("gnss_input", "")
+            return dict(item.split("=") for item in line.split())
+        wait_for(lambda: gnss_input().get("fixes") == "5", 10, what="the sixth epoch")
+        counts = gnss_input()
+        assert counts["bad_checksum"] == "1" and int(counts["garbage_bytes"]) >= 11
+        assert counts["late"] == "0"
     finally:
         stop.set()
         reader.join(5)
