@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -30,16 +31,52 @@ class SeaweedFS:
         self.folder = folder
         self.port = s3_port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        ports = {"-master.port": free_port(), "-volume.port": free_port(),
-                 "-filer.port": free_port(), "-admin.port": free_port()}
+        # Every listener on a port of its own: weed's defaults (gRPC at port + 10000, the
+        # Iceberg and Lance catalogs at 8181/9101) collide with a second server or another
+        # program, and its search for an alternative port races.
+        names = [f"-{service}.port{kind}" for service in ("master", "volume", "filer", "admin")
+                 for kind in ("", ".grpc")] + ["-s3.port.grpc"]
+        taken = {self.port}
+        ports = {}
+        for name in names:
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            taken.add(port)
+            ports[name] = port
+        self.chosen_ports = taken
         self.log = open(folder / "weed.log", "ab")
         self.proc = subprocess.Popen(
             [exe, "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-s3.config={identities}", f"-s3.port={self.port}", "-admin.ui=false",
-             "-webdav=false", "-s3.autoCreateBucket=false",
+             "-webdav=false", "-s3.autoCreateBucket=false", "-s3.port.iceberg=0",
+             "-s3.port.lance=0", "-master.telemetry=false",
              *(f"{k}={v}" for k, v in ports.items())],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
         self._wait_ready()
+
+    def listening_ports(self) -> set:
+        """TCP ports the server process listens on (from /proc: no ss/netstat needed)."""
+        inodes = set()
+        fd_dir = Path(f"/proc/{self.proc.pid}/fd")
+        for fd in fd_dir.iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        ports = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                rows = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                fields = row.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        return ports
 
     def client(self):
         from eccm.uploader import S3Settings, make_client

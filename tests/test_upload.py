@@ -86,6 +86,21 @@ def test_keep_uploaded_moves_the_file(s3, tmp_path):
     assert kept.exists() and digests(kept)[2] == sha
 
 
+def test_s3_fixture_listens_only_on_ports_it_chose(tmp_path):
+    """CI once failed because a second `weed mini` (another suite on the same machine)
+    held the Iceberg/Lance catalog ports and weed's own search for a free one raced. The
+    fixture must start nothing on a port it did not choose (weed's defaults: 8181, 9101,
+    gRPC at HTTP port + 10000)."""
+    server = SeaweedFS(tmp_path / "weed")
+    try:
+        assert "Buckets" in server.client().list_buckets()
+        listening = server.listening_ports()
+        assert server.port in listening
+        assert listening <= server.chosen_ports, sorted(listening - server.chosen_ports)
+    finally:
+        server.stop()
+
+
 def test_server_down_then_back_delivers_everything_with_backoff(tmp_path):
     port = free_port()
     outbox = tmp_path / "records" / "outbox"
