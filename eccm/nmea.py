@@ -234,8 +234,8 @@ class NmeaParser:
 
     def finish(self) -> List[Fix]:
         """Emit the epoch being read (end of a capture)."""
-        fix = self._close_epoch()
-        fixes, self._done = self._done + ([fix] if fix is not None else []), []
+        self._finish_epoch()
+        fixes, self._done = self._done, []
         return fixes
 
     @property
@@ -288,9 +288,7 @@ class NmeaParser:
             return  # a straggler of the epoch emitted early: _after() counts it
         if self._epoch is not None:
             self._learn(self._epoch.last)
-        done = self._close_epoch()
-        if done is not None:
-            self._done.append(done)  # kept even if the rest of this sentence is bad
+        self._finish_epoch()  # kept even if the rest of this sentence is bad
         self._epoch = _Epoch(tod)
         self._emitted = None
 
@@ -314,6 +312,10 @@ class NmeaParser:
     def _emit_early(self) -> None:
         assert self._epoch is not None
         self._emitted = self._epoch.tod
+        self._finish_epoch()
+
+    def _finish_epoch(self) -> None:
+        """The epoch being read, if any, becomes a fix for the next feed() to return."""
         done = self._close_epoch()
         if done is not None:
             self._done.append(done)
