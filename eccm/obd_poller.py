@@ -199,7 +199,9 @@ class ObdPoller(Worker):
         self.state.start_obd_session(session)
         self.state.set_info(obd_protocol=session.protocol, obd_vin=vin, obd_pids=len(commands),
                             obd_port=session.port, obd_adapter=conn.version)
-        self._link(CONNECTED, f"{session.protocol}, {len(commands)} values"
+        # PIDs asked of the car, and the columns they fill (a PID may fill several; the
+        # adapter's own voltage is one more): the same count as LIST and the record header.
+        self._link(CONNECTED, f"{session.protocol}, {len(commands)} PIDs ({len(columns)} values)"
                               + (f", VIN {vin}" if vin else "") + f", {conn.version}")
         last_answer = time.monotonic()
         next_voltage = 0.0

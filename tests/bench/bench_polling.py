@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -213,9 +213,9 @@ def report(title: str, results: Dict[str, Tally], seconds: float, bound: float =
 
 
 def emulator_run(seconds: float) -> None:
-    exe = shutil.which("elm")
-    if exe is None:
-        print("\nELM327-emulator not installed: skipped")
+    exe = str(Path(sys.executable).parent / "elm")
+    if not os.path.isfile(exe):
+        print(f"\nELM327-emulator not installed in {Path(exe).parent}: skipped")
         return
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "elm.out"
@@ -266,15 +266,23 @@ def start_to_first_row() -> float:
             adapter.stop()
 
 
-def resources(seconds: float, s3: bool) -> Tuple[float, float, int]:
-    """(steady RSS MB, CPU s per 1000 rows, rows) of a demo run."""
+def resources(seconds: float, s3: bool, server: bool = False) -> Tuple[float, float, int]:
+    """(steady RSS MB, CPU s per 1000 rows, rows) of a demo run, with S3 upload (to a closed
+    port: boto3 loaded and retrying) and the socket server on or off."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ECCM_")}
         env.update(PYTHONPATH=str(REPO), ECCM_RECORD_DIRECTORY_LOCATION=f"{tmp}/rec",
                    ECCM_RECORD_INTERVAL="0.05")
-        if s3:
+        if s3:  # a finished file waiting, so that boto3 is loaded and retrying
+            Path(tmp, "rec", "outbox").mkdir(parents=True)
+            Path(tmp, "rec", "outbox", "DEMO_20260101T000000Z.csv").write_text("TIME (UTC)\n")
             env.update(ECCM_S3_SERVER_ENDPOINT="http://127.0.0.1:9", ECCM_S3_SERVER_AK="a",
                        ECCM_S3_SERVER_SK="b", ECCM_S3_SERVER_BUCKET="bench")
+        if server:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            env.update(ECCM_ENABLE_SOCKET_SERVER="yes", ECCM_SOCKET_SERVER_PORT=str(port))
         proc = subprocess.Popen([sys.executable, "-m", "eccm", "run", "--demo"], cwd=tmp,
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(5)  # connected and steady
@@ -299,7 +307,11 @@ def resources(seconds: float, s3: bool) -> Tuple[float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--resources", action="store_true",
+                        help="only the demo's memory and CPU figures")
     args = parser.parse_args()
+    if args.resources:
+        return report_resources()
     quiet_python_obd(False)
     print(f"30 supported PIDs; each client measured for {args.seconds:g} s in this run")
     for name in ("obdlink", "clone"):
@@ -312,10 +324,15 @@ def main() -> None:
     emulator_run(args.seconds)
     print(f"\nprocess start -> first recorded row (obdlink profile): "
           f"{start_to_first_row():.2f} s")
-    for s3 in (False, True):
-        rss, cpu, made = resources(10, s3)
-        print(f"demo {'with' if s3 else 'without'} S3: steady RSS {rss:.1f} MB, "
-              f"CPU {cpu:.2f} s per 1000 rows ({made} rows measured)")
+    report_resources()
+
+
+def report_resources() -> None:
+    for label, s3, server in (("demo alone", False, False), ("demo + S3 upload", True, False),
+                              ("demo + S3 upload + socket server", True, True)):
+        rss, cpu, made = resources(10, s3, server)
+        print(f"{label:34s} steady RSS {rss:.1f} MB, CPU {cpu:.2f} s per 1000 rows "
+              f"({made} rows measured)")
 
 
 if __name__ == "__main__":
