@@ -1,11 +1,12 @@
 """NMEA 0183 bytes -> sentences -> one fix per receiver epoch. Pure: no I/O, no threads.
 
 Framing follows what gpsd tolerates on real receivers: bytes outside a `$...` sentence
-(binary UBX/SiRF messages, noise) are skipped and counted, a `$` inside a sentence starts a
-new one (the torn one is dropped), a sentence longer than the line cap is dropped so a
-stream without line ends cannot grow memory, and a sentence whose checksum is wrong is
-dropped and counted. pynmea2 splits and identifies the sentences; positions and times are
-converted here, strictly, so an empty or malformed field never becomes a 0,0 position.
+(binary UBX/SiRF messages, noise) are skipped and counted, though not the CR/LF line
+end after a sentence, a `$` inside a sentence starts a new one (the torn one is dropped),
+a sentence longer than the line cap is dropped so a stream without line ends cannot grow
+memory, and a sentence whose checksum is wrong is dropped and counted. pynmea2 splits and
+identifies the sentences; positions and times are converted here, strictly, so an empty
+or malformed field never becomes a 0,0 position.
 
 An epoch is the set of sentences that share one time of day (GGA, RMC, GNS, GLL, ZDA);
 sentences without a time (GSA, VTG) belong to the epoch being read. A fix is emitted when a
@@ -37,6 +38,7 @@ _GGA_QUALITY = {1: "GPS", 2: "DGPS", 3: "PPS", 4: "RTK", 5: "FloatRTK", 6: "DR",
 _MODE_INDICATOR = {"A": "GPS", "D": "DGPS", "P": "PPS", "R": "RTK", "F": "FloatRTK",
                    "E": "DR", "M": "Manual", "S": "Simulated"}
 _END = re.compile(rb"[\r\n$]")
+_LINE_ENDS = re.compile(rb"[\r\n]*")
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
 
 
@@ -80,7 +82,7 @@ class Counters:
     sentences: int = 0        # well-formed sentences read
     fixes: int = 0
     bad_checksum: int = 0
-    garbage_bytes: int = 0    # bytes outside any sentence (binary protocols, noise)
+    garbage_bytes: int = 0    # bytes outside any sentence but line ends (binary, noise)
     torn: int = 0             # sentences cut by a '$', a non-text byte or the line cap
     unparsed: int = 0         # framed and checked, but not a sentence pynmea2 can read
     late: int = 0             # sentences of an epoch already emitted early (dropped)
@@ -156,10 +158,21 @@ class Framer:
         self.counters = counters
         self.cap = cap
         self._buf = b""  # empty, or a partial sentence starting with '$' (<= cap bytes)
+        # True while all bytes since the last sentence (or the stream start) are CR/LF:
+        # more of them are still its line end, not garbage, even in the next feed.
+        self._line_end = True
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
+
+    def _skip(self, buf: bytes, pos: int, stop: int) -> None:
+        """Count buf[pos:stop], outside any sentence, as garbage but for a line end."""
+        if self._line_end:
+            pos = _LINE_ENDS.match(buf, pos, stop).end()  # type: ignore[union-attr]
+        if pos < stop:
+            self.counters.garbage_bytes += stop - pos
+            self._line_end = False
 
     def feed(self, data: bytes) -> List[str]:
         buf = self._buf + data
@@ -168,14 +181,15 @@ class Framer:
         while pos < len(buf):
             start = buf.find(b"$", pos)
             if start < 0:
-                self.counters.garbage_bytes += len(buf) - pos
+                self._skip(buf, pos, len(buf))
                 pos = len(buf)
                 break
-            self.counters.garbage_bytes += start - pos
+            self._skip(buf, pos, start)
             end_match = _END.search(buf, start + 1)
             if end_match is None:
                 if len(buf) - start > self.cap:
                     self.counters.torn += 1
+                    self._line_end = False  # the rest of that line is yet to come
                     pos = len(buf)
                 else:
                     pos = start
@@ -187,6 +201,7 @@ class Framer:
                 self.counters.torn += 1  # a new sentence began before this one ended
             else:
                 out.append(buf[start:end].decode("latin-1"))
+            self._line_end = True
             pos = end if buf[end:end + 1] == b"$" else end + 1
         self._buf = buf[pos:]
         return out

@@ -15,10 +15,12 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .recordfmt import format_cell
-from .state import Snapshot
+from .recordfmt import GNSS_COLUMNS, GNSS_FIX_ATTRS, format_cell
+from .state import DISABLED, Reading, Snapshot
+from .text import plural
 
 MAX_LINE = 1024
 MAX_AUTH_ATTEMPTS = 3
@@ -44,6 +46,21 @@ OPEN_COMMANDS = {"AUTH", "HELP", "QUIT"}
 LEGACY = {"QUERY_COMMAND", "QUERY_STATUS", "GET_DTC", "GET_COMMAND_LIST",
           "RESTART_DATA_MANAGER"}
 LEGACY_UNAVAILABLE = "DATA MANAGER NOT AVAILABLE"
+WATCH_MAX_AGE = 5.0  # an older value streams as '-'
+
+# A client asks for a GNSS value by the name it sees in the record header.
+GNSS_NAMES = tuple(c.name for c in GNSS_COLUMNS)
+
+
+def gnss_readings(snap: Snapshot) -> Dict[str, Reading]:
+    """The latest fix as readings named like the record's GNSS columns; {} without one."""
+    fix = snap.gnss
+    if fix is None:
+        return {}
+    mono = fix.mono if fix.mono is not None else snap.mono
+    wall = datetime.now(timezone.utc) - timedelta(seconds=max(0.0, snap.mono - mono))
+    return {col.name: Reading(getattr(fix, attr, None), col.unit, mono, wall)
+            for col, attr in zip(GNSS_COLUMNS, GNSS_FIX_ATTRS)}
 
 
 class Unavailable(Exception):
@@ -165,8 +182,7 @@ class Session:
     def _err(self, text: str) -> str:
         return json.dumps({"ok": False, "error": text}) if self.json else f"ERR {text}"
 
-    def _value_line(self, snap: Snapshot, name: str) -> str:
-        reading = snap.values[name]
+    def _value_line(self, snap: Snapshot, name: str, reading: Reading) -> str:
         age = max(0.0, snap.mono - reading.mono)
         if self.json:
             return json.dumps({"name": name, "value": reading.value, "unit": reading.unit,
@@ -227,35 +243,52 @@ class Session:
         return Reply([self._err("wrong secret")], auth_failed=True)
 
     def _cmd_help(self, args: List[str]) -> Reply:
-        return Reply(HELP + [self._ok(f"{len(HELP)} commands")])
+        return Reply(HELP + [self._ok(plural(len(HELP), "command"))])
 
     def _cmd_quit(self, args: List[str]) -> Reply:
         return Reply([self._ok("bye")], close=True)
 
+    @staticmethod
+    def _readings(snap: Snapshot) -> Dict[str, Reading]:
+        """Engine values (sorted by name), then the GNSS fix's in record column order."""
+        readings = {name: snap.values[name] for name in sorted(snap.values)}
+        for name, reading in gnss_readings(snap).items():
+            readings.setdefault(name, reading)
+        return readings
+
     def _cmd_list(self, args: List[str]) -> Reply:
-        snap = self.backend.snapshot()
         lines = []
-        for name in sorted(snap.values):
-            unit = snap.values[name].unit
-            lines.append(json.dumps({"name": name, "unit": unit}) if self.json
-                         else f"{name} {unit}".rstrip())
-        return Reply(lines + [self._ok(f"{len(lines)} values")])
+        for name, reading in self._readings(self.backend.snapshot()).items():
+            lines.append(json.dumps({"name": name, "unit": reading.unit}) if self.json
+                         else f"{name} {reading.unit}".rstrip())
+        return Reply(lines + [self._ok(plural(len(lines), "value"))])
 
     def _cmd_all(self, args: List[str]) -> Reply:
         snap = self.backend.snapshot()
-        lines = [self._value_line(snap, name) for name in sorted(snap.values)]
-        return Reply(lines + [self._ok(f"{len(lines)} values")])
+        lines = [self._value_line(snap, name, reading)
+                 for name, reading in self._readings(snap).items()]
+        return Reply(lines + [self._ok(plural(len(lines), "value"))])
 
     def _cmd_get(self, args: List[str]) -> Reply:
         if not args:
             return Reply([self._err("GET needs a value name, e.g. GET RPM; LIST shows them")])
         snap = self.backend.snapshot()
+        readings = self._readings(snap)
         names = [a.upper() for a in args]
-        unknown = [n for n in names if n not in snap.values]
-        lines = [self._value_line(snap, n) for n in names if n in snap.values]
+        lines = [self._value_line(snap, n, readings[n]) for n in names if n in readings]
+        missing = [n for n in names if n not in readings]
+        unknown = [n for n in missing if n not in GNSS_NAMES]
+        no_fix = [n for n in missing if n in GNSS_NAMES]  # known, but no fix to read
+        problems = []
         if unknown:
-            return Reply(lines + [self._err("unknown value " + " ".join(u[:40]
-                                                                        for u in unknown[:5]))])
+            problems.append("unknown value " + " ".join(u[:40] for u in unknown[:5]))
+        if no_fix:
+            gnss = snap.links.get("gnss")
+            why = "GNSS is off" if gnss is not None and gnss.state == DISABLED else \
+                "no GNSS fix yet"
+            problems.append(f"no value {' '.join(no_fix[:5])} ({why})")
+        if problems:
+            return Reply(lines + [self._err("; ".join(problems))])
         return Reply(lines + [self._ok()])
 
     def _cmd_position(self, args: List[str]) -> Reply:
@@ -295,8 +328,9 @@ class Session:
         except Unavailable as exc:
             self.backend.audit(f"CLEAR_DTC failed: {exc}")
             return Reply([self._err(str(exc))])
-        self.backend.audit(f"CLEAR_DTC done, {left} stored codes left")
-        return Reply([self._ok(f"trouble codes cleared; {left} stored codes left")])
+        left_text = plural(left, "stored code")
+        self.backend.audit(f"CLEAR_DTC done, {left_text} left")
+        return Reply([self._ok(f"trouble codes cleared; {left_text} left")])
 
     def _cmd_watch(self, args: List[str]) -> Reply:
         if not args:
@@ -312,11 +346,12 @@ class Session:
             return Reply([self._err("WATCH needs value names and a rate above 0")])
         hz = min(hz, MAX_WATCH_HZ)
         known = self.backend.snapshot().values
-        unknown = [n for n in names if n not in known]
+        unknown = [n for n in names if n not in known and n not in GNSS_NAMES]
         if unknown:
             return Reply([self._err("unknown value " + " ".join(u[:40] for u in unknown[:5]))])
         self.watch = (names, hz)
-        return Reply([self._ok(f"watching {len(names)} values at {hz:g} Hz; UNWATCH stops")])
+        return Reply([self._ok(f"watching {plural(len(names), 'value')} at {hz:g} Hz; "
+                               "UNWATCH stops")])
 
     def _cmd_unwatch(self, args: List[str]) -> Reply:
         self.watch = None
@@ -333,18 +368,19 @@ class Session:
         """One streamed line for the current WATCH (the server calls this on its timer)."""
         assert self.watch is not None
         snap = self.backend.snapshot()
+        readings = self._readings(snap)
         names, _hz = self.watch
-        if self.json:
-            values: Dict[str, Any] = {}
-            for name in names:
-                reading = snap.fresh(name, 5.0)
-                values[name] = reading.value if reading else None
-            return json.dumps({"watch": values})
-        cells = []
+        fresh: List[Tuple[str, Optional[Reading]]] = []
         for name in names:
-            reading = snap.fresh(name, 5.0)
-            cells.append(f"{name}={format_cell(reading.value) if reading else '-'}")
-        return "WATCH " + " ".join(cells)
+            reading = readings.get(name)
+            if reading is not None and snap.mono - reading.mono > WATCH_MAX_AGE:
+                reading = None
+            fresh.append((name, reading))
+        if self.json:
+            return json.dumps({"watch": {name: reading.value if reading else None
+                                         for name, reading in fresh}})
+        return "WATCH " + " ".join(f"{name}={format_cell(reading.value) if reading else '-'}"
+                                   for name, reading in fresh)
 
     def _legacy(self, word: str, args: List[str]) -> str:
         if word == "RESTART_DATA_MANAGER":
@@ -357,6 +393,12 @@ class Session:
             return ",".join(c.name for c in session.columns)
         if word == "CLEAR_DTC":
             self.backend.audit("CLEAR_DTC (legacy command)")
+        name = args[0].upper() if args else ""
+        if word == "QUERY_COMMAND" and name in GNSS_NAMES:  # from the fix, not the car
+            reading = gnss_readings(self.backend.snapshot()).get(name)
+            if reading is None or reading.value is None:
+                return "None"  # what the original answered for a value it did not have
+            return f"{format_cell(reading.value)} {reading.unit}".rstrip()
         try:
             return self.backend.query_legacy(word, args[0] if args else "")
         except Unavailable:

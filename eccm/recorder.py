@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
 
-from .recordfmt import (GNSS_COLUMNS, PART_SUFFIX, TIME_COLUMN, RowFormat,
+from .recordfmt import (GNSS_COLUMNS, GNSS_FIX_ATTRS, PART_SUFFIX, TIME_COLUMN, RowFormat,
                         complete_length, file_name)
 from .state import Column, SharedState, Snapshot
 from .worker import Worker
@@ -144,8 +144,7 @@ def gnss_cells(fix: Any, snap: Snapshot, max_age: float) -> List[Any]:
     """The GNSS columns of a row; empty cells without a fresh fix."""
     if fix is None or getattr(fix, "mono", snap.mono) < snap.mono - max_age:
         return [None] * len(GNSS_COLUMNS)
-    return [getattr(fix, attr, None) for attr in
-            ("time", "lat", "lon", "alt", "speed", "track", "mode", "sats", "hdop")]
+    return [getattr(fix, attr, None) for attr in GNSS_FIX_ATTRS]
 
 
 class Recorder(Worker):

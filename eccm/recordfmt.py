@@ -23,6 +23,10 @@ GNSS_COLUMNS: Tuple[Column, ...] = (
     Column("SATELLITES", "count"),
     Column("HDOP"),
 )
+# The fix attribute (eccm.nmea.Fix) behind each GNSS column, in the same order: the record
+# and the socket's GET read a fix through this one list.
+GNSS_FIX_ATTRS: Tuple[str, ...] = ("time", "lat", "lon", "alt", "speed", "track", "mode",
+                                   "sats", "hdop")
 
 _NAME_RE = re.compile(r"^(?P<car>.+)_(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<n>\d+))?(?P<ext>\.[^.]+)$")
 

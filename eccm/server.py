@@ -22,7 +22,7 @@ from . import __version__
 from .elm import AdapterError
 from .obd_poller import NotConnected, ObdPoller
 from .protocol import MAX_LINE, Backend, Reply, Session, Unavailable, strip_telnet
-from .state import SharedState, Snapshot
+from .state import DISABLED, SharedState, Snapshot
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -222,14 +222,28 @@ class SocketServer(Worker):
             ("gnss_input", " ".join(f"{k}={v}" for k, v in
                                     snap.info.get("gnss_counters", {}).items())),
             ("record_file", snap.info.get("record_file") or ""),
-            ("upload_backlog", snap.info.get("upload_backlog", "")),
-            ("last_upload", snap.info.get("last_upload", "")),
+            *self._upload_status(snap),
         ]
         errors = {k: v for k, v in snap.counters.items()
                   if "error" in k or k.startswith("restarts_") or k == "socket_refused"}
         items.append(("errors", " ".join(f"{k}={v}" for k, v in sorted(errors.items()))
                       or "none"))
         return items
+
+    @staticmethod
+    def _upload_status(snap: Snapshot) -> List[Tuple[str, Any]]:
+        """Upload lines that say something even before, or without, any upload."""
+        link = snap.links.get("s3")
+        if link is not None and link.state == DISABLED:
+            return [("upload", "off (S3 not configured)")]
+        backlog = snap.info.get("upload_backlog")
+        # No s3 link yet: the uploader has not tried to upload anything so far.
+        state = f"{link.state} {link.reason}".strip() if link else "on, nothing tried yet"
+        return [
+            ("upload", state),
+            ("upload_backlog", "not counted yet" if backlog is None else backlog),
+            ("last_upload", snap.info.get("last_upload") or "never"),
+        ]
 
     # --- one client (its own thread) --------------------------------------------------
 

@@ -92,6 +92,40 @@ def test_binary_between_sentences_is_skipped():
     assert parser.counters.garbage_bytes > 0 and parser.counters.torn >= 1
 
 
+def _stream(end: str, seconds=range(10, 20)) -> bytes:
+    """GGA+RMC epochs, each sentence ended by `end` instead of CR LF."""
+    return "".join(nmea_sentence(body.replace("123519", f"1235{s}")).replace("\r\n", end)
+                   for s in seconds for body in (GGA, RMC)).encode()
+
+
+def _counted(data: bytes, chunk: int):
+    parser = NmeaParser()
+    for i in range(0, len(data), chunk):
+        parser.feed(data[i:i + chunk])
+    parser.finish()
+    return parser.counters
+
+
+@pytest.mark.parametrize("end", ["\r\n", "\n", "\r", "\r\n\r\n", "\n\r"])
+@pytest.mark.parametrize("chunk", [1, 2, 7, 1 << 20])
+def test_line_ends_between_sentences_are_not_garbage(end, chunk):
+    counters = _counted(b"\r\n" + _stream(end), chunk)  # opened after a line's $...*hh
+    assert counters.sentences == 20 and counters.fixes == 10
+    assert counters.garbage_bytes == 0 and counters.torn == 0
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64, 1 << 20])
+def test_real_garbage_is_counted_byte_for_byte(chunk):
+    """Binary messages and noise count in full, CR/LF bytes inside them too."""
+    ubx = bytes([0xB5, 0x62, 0x01, 0x07, 0x04, 0x00, 0x0D, 0x0A, 0x0D, 0x0A])
+    noise = b"\x00\xff\r\nabc\r\n"
+    data = (noise + _stream("\r\n", [10]) + ubx + _stream("\r\n", [11]) + ubx + ubx
+            + _stream("\n", [12]) + noise)
+    counters = _counted(data, chunk)
+    assert counters.sentences == 6
+    assert counters.garbage_bytes == 2 * len(noise) + 3 * len(ubx)
+
+
 def test_a_fix_survives_a_bad_sentence_that_starts_the_next_epoch():
     torn = "$GPRMC,123520.00,A,4807.038,N,01131.000,E,0.\r\n"  # no checksum, cut short
     fixes = feed(nmea_sentence(GGA) + torn + nmea_sentence(GGA.replace("123519", "123521")))
@@ -238,7 +272,7 @@ def test_a_pause_inside_a_burst_stops_trusting_pauses():
             + parser.feed(epoch(3, *CYCLE))] == [2]
 
 
-@pytest.mark.skipif(not CAPTURES, reason="receiver captures not found in ../shared")
+@pytest.mark.skipif(not CAPTURES, reason=f"receiver captures not found in {SHARED / 'testdata' / 'gpsd'}")
 def test_captures_give_the_same_fixes_line_by_line_as_whole():
     """Early emission changes when a fix comes out, never which fixes or their values."""
     early = total = 0

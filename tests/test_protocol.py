@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import json
+import re
+import time
+from dataclasses import replace
+from datetime import date, time as clock_time
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from eccm.nmea import MODE_NONE, Fix
 from eccm.protocol import (HELP, MAX_AUTH_ATTEMPTS, Backend, Session, Unavailable,
-                           hmac_answer, split_command)
-from eccm.state import Column, ObdSession, SharedState
+                           gnss_readings, hmac_answer, split_command)
+from eccm.recorder import gnss_cells
+from eccm.recordfmt import GNSS_COLUMNS, RowFormat
+from eccm.state import DISABLED, Column, ObdSession, SharedState
 
 SECRET = "Open Sesame 42"
 
@@ -25,6 +32,7 @@ class Car(Backend):
         self.state.update_values({"RPM": (812.5, "rpm"), "SPEED": (42, "km/h")})
         self.connected = connected
         self.stored = [("P0301", "Cylinder 1 Misfire Detected")]
+        self.left_after_clear = 0
         self.clears = 0
         self.audits = []
 
@@ -41,7 +49,7 @@ class Car(Backend):
             raise Unavailable("car not connected")
         self.clears += 1
         self.stored = []
-        return 0
+        return self.left_after_clear
 
     def query_legacy(self, kind, name):
         if not self.connected:
@@ -198,3 +206,110 @@ class SessionMachine(RuleBasedStateMachine):
 TestSessionMachine = SessionMachine.TestCase
 TestSessionMachine.settings = settings(max_examples=300, stateful_step_count=30,
                                        deadline=None)
+
+
+# --- GNSS values under the record header's names ----------------------------------------
+
+FIX = Fix(time_of_day=clock_time(12, 35, 19), date=date(1994, 3, 23), lat=48.1173,
+          lon=11.516667, alt=545.4, speed=11.52, track=84.4, mode=3, quality="GPS", sats=8,
+          hdop=0.9)
+
+
+def arrived(fix: Fix) -> Fix:
+    """The fix as the reader publishes it: stamped with its arrival, now."""
+    return replace(fix, mono=time.monotonic())
+HEADER = RowFormat(",").header(GNSS_COLUMNS).strip()  # as a record file writes it
+HEADER_NAMES = [h.split(" (")[0] for h in HEADER.split(",")]  # 'LATITUDE (deg)' -> LATITUDE
+
+
+def logged_in(**kw):
+    car, s = session(**kw)
+    s.handle(f"AUTH {SECRET}")
+    return car, s
+
+
+def test_get_knows_every_gnss_column_of_the_record_file_by_its_header_name():
+    car, s = logged_in()
+    car.state.set_gnss(arrived(FIX))
+    assert HEADER_NAMES[:3] == ["GNSS_TIME", "LATITUDE", "LONGITUDE"]
+    reply = s.handle("GET " + " ".join(n.lower() for n in HEADER_NAMES))  # any case
+    assert reply.lines[-1] == "OK"
+    assert [ln.split()[0] for ln in reply.lines[:-1]] == HEADER_NAMES
+    assert re.fullmatch(r"LATITUDE 48\.1173 deg age=\d+\.\ds", reply.lines[1])
+    assert reply.lines[0].startswith("GNSS_TIME 1994-03-23T12:35:19.000Z UTC age=")
+    assert reply.lines[6].startswith("FIX_MODE 3 age=")
+    mixed = s.handle("get Rpm Latitude")
+    assert mixed.lines[0].startswith("RPM 812.5 rpm") and mixed.lines[-1] == "OK"
+    s.handle("JSON on")
+    value = json.loads(s.handle("GET LONGITUDE").lines[0])
+    assert value == {"name": "LONGITUDE", "value": 11.516667, "unit": "deg",
+                     "age": value["age"]}
+
+
+def test_gnss_values_are_the_cells_the_recorder_writes():
+    state = SharedState()
+    fix = arrived(FIX)
+    state.set_gnss(fix)
+    view = state.snapshot()
+    readings = gnss_readings(view)
+    assert [readings[n].value for n in HEADER_NAMES] == gnss_cells(fix, view, 1e9)
+    assert [readings[c.name].unit for c in GNSS_COLUMNS] == [c.unit for c in GNSS_COLUMNS]
+
+
+def test_get_a_gnss_value_without_a_fix_says_so():
+    car, s = logged_in()
+    assert s.handle("GET LATITUDE").lines == ["ERR no value LATITUDE (no GNSS fix yet)"]
+    reply = s.handle("GET RPM latitude NOPE")
+    assert reply.lines[0].startswith("RPM 812.5 rpm")
+    assert reply.lines[-1] == "ERR unknown value NOPE; no value LATITUDE (no GNSS fix yet)"
+    car.state.set_link("gnss", DISABLED)
+    assert s.handle("GET ALTITUDE").lines == ["ERR no value ALTITUDE (GNSS is off)"]
+    # A fix without a position: an empty value, as for an engine value without one.
+    car.state.set_gnss(Fix(time_of_day=clock_time(1, 2, 3), mode=MODE_NONE, sats=2,
+                           mono=time.monotonic()))  # arrived now
+    reply = s.handle("GET LATITUDE SATELLITES")
+    assert re.fullmatch(r"LATITUDE - deg age=\d+\.\ds", reply.lines[0])
+    assert reply.lines[1].startswith("SATELLITES 2 count") and reply.lines[-1] == "OK"
+
+
+def test_list_all_and_watch_include_the_gnss_values():
+    car, s = logged_in()
+    before = s.handle("LIST").lines
+    assert before == ["RPM rpm", "SPEED km/h", "OK 2 values"]
+    car.state.set_gnss(arrived(FIX))
+    listed = s.handle("LIST").lines
+    assert listed[:2] == before[:2]
+    assert listed[2:-1] == [f"{c.name} {c.unit}".rstrip() for c in GNSS_COLUMNS]
+    assert listed[-1] == f"OK {2 + len(GNSS_COLUMNS)} values"
+    everything = s.handle("ALL").lines
+    assert any(ln.startswith("LATITUDE 48.1173 deg") for ln in everything)
+    assert s.handle("WATCH latitude hdop 2").lines[-1].startswith("OK watching 2 values")
+    assert s.watch_line() == "WATCH LATITUDE=48.1173 HDOP=0.9"
+
+
+def test_legacy_query_command_answers_gnss_values_from_the_fix():
+    car, s = session(connected=False)  # the car is not needed for a position
+    s.handle(SECRET)
+    assert s.handle("QUERY_COMMAND>>LATITUDE").lines == ["None"]
+    car.state.set_gnss(arrived(FIX))
+    assert s.handle("QUERY_COMMAND>>LATITUDE").lines == ["48.1173 deg"]
+    assert s.handle("QUERY_COMMAND>>satellites").lines == ["8 count"]
+    assert s.handle("QUERY_COMMAND>>RPM").lines == ["DATA MANAGER NOT AVAILABLE"]
+
+
+# --- counts in replies ------------------------------------------------------------------
+
+def test_replies_with_a_count_of_one_are_singular():
+    car, s = logged_in()
+    assert s.handle("WATCH RPM 2").lines == ["OK watching 1 value at 2 Hz; UNWATCH stops"]
+    assert s.handle("WATCH RPM SPEED").lines == [
+        "OK watching 2 values at 1 Hz; UNWATCH stops"]
+    car.state = SharedState()
+    car.state.update_values({"RPM": (800, "rpm")})
+    assert s.handle("LIST").lines[-1] == "OK 1 value"
+    assert s.handle("ALL").lines[-1] == "OK 1 value"
+    car.left_after_clear = 1
+    assert s.handle("CLEAR_DTC").lines == ["OK trouble codes cleared; 1 stored code left"]
+    assert car.audits[-1] == "CLEAR_DTC done, 1 stored code left"
+    car.left_after_clear = 2
+    assert s.handle("CLEAR_DTC").lines == ["OK trouble codes cleared; 2 stored codes left"]

@@ -6,18 +6,25 @@ the DTC-count byte in mode 03/07 replies; see DESIGN.md).
 """
 from __future__ import annotations
 
+import itertools
+import os
+import pty
 import re
 import socket
 import subprocess
 import threading
 import time
+import tty
 
 import pytest
 
 from eccm.protocol import hmac_answer
+from eccm.server import SocketServer
 from eccm.simcar import SimulatedAdapter, SimulatedCar
+from eccm.simgnss import nmea_sentence
+from eccm.state import CONNECTED, DISABLED, LOST, SharedState
 
-from conftest import free_port, require_tool, wait_for, write_config
+from conftest import free_port, part_files, read_records, require_tool, wait_for, write_config
 
 SECRET = "t0p-secret-Key"
 
@@ -257,3 +264,98 @@ def test_a_watcher_that_never_reads_is_dropped_once_its_buffers_fill(server):
         sock.close()
     assert "OK authenticated" in talk(port, [f"AUTH {SECRET}"])
     assert daemon.proc.poll() is None
+
+
+def upload_status(state: SharedState) -> dict:
+    server = SocketServer(threading.Event(), state, None, bind="127.0.0.1", port=0,
+                          secret=None, car="TEST")  # never listens: status() only
+    upload = {k: v for k, v in server.status() if "upload" in k}
+    assert all(str(value).strip() for value in upload.values()), upload  # no blank line
+    return upload
+
+
+def test_status_upload_lines_say_something_when_nothing_was_uploaded():
+    state = SharedState()
+    state.set_link("s3", DISABLED)  # what the daemon sets without S3 settings
+    assert upload_status(state) == {"upload": "off (S3 not configured)"}
+
+    state = SharedState()  # S3 configured, the uploader not through its first look yet
+    assert upload_status(state) == {"upload": "on, nothing tried yet",
+                                    "upload_backlog": "not counted yet",
+                                    "last_upload": "never"}
+    state.set_info(upload_backlog=0)
+    assert upload_status(state)["upload_backlog"] == 0
+    state.set_info(upload_backlog=1)
+    state.set_link("s3", LOST, "connection refused")
+    assert upload_status(state) == {"upload": "lost connection refused",
+                                    "upload_backlog": 1, "last_upload": "never"}
+    state.set_link("s3", CONNECTED, "car-logs")
+    state.set_info(upload_backlog=0, last_upload="TEST/x.csv at 2026-01-01T00:00:00+00:00")
+    assert upload_status(state) == {
+        "upload": "connected car-logs", "upload_backlog": 0,
+        "last_upload": "TEST/x.csv at 2026-01-01T00:00:00+00:00"}
+
+
+GGA = "GPGGA,{t},4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"
+RMC = "GPRMC,{t},A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W"
+
+
+def test_gnss_values_and_status_over_the_socket(tmp_path, frozen_car, daemon_factory):
+    """The daemon with a receiver on a pty: GET answers every GNSS column of the record
+    file by its header name, and STATUS has no blank upload lines nor line ends counted
+    as garbage in a healthy CR LF stream."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    try:
+        port = free_port()
+        records = tmp_path / "records"
+        daemon = daemon_factory(write_config(
+            tmp_path, OBD_INTERFACE=frozen_car.port, ENABLE_SOCKET_SERVER="yes",
+            SOCKET_SERVER_PORT=port, SOCKET_SERVER_SECRET=SECRET,
+            GPS_POSITION_MONITORING="yes", GNSS_PORT=os.ttyname(slave)))
+        seconds = itertools.count()
+
+        def latitude():
+            """Send one epoch (the reader may not have the port open yet), then ask."""
+            t = f"12{next(seconds) % 3600:04d}.00"
+            os.write(master, (nmea_sentence(GGA.format(t=t)) +
+                              nmea_sentence(RMC.format(t=t))).encode())
+            try:
+                out = talk(port, [f"AUTH {SECRET}", "GET latitude"], pause=0.1, read_for=0.3)
+            except OSError:  # not listening yet
+                return None
+            return re.search(r"^LATITUDE 48\.1173 deg age=\d+\.\ds$", out, re.M)
+        wait_for(latitude, 60, what="GET LATITUDE to answer the position sent")
+
+        files = wait_for(lambda: part_files(records), 30, what="a record file")
+        header = read_records(files[0])[0]
+        gnss = [h.split(" (")[0] for h in header[header.index("GNSS_TIME (UTC)"):]]
+        assert gnss[:3] == ["GNSS_TIME", "LATITUDE", "LONGITUDE"]
+        out = talk(port, [f"AUTH {SECRET}", "GET " + " ".join(n.lower() for n in gnss),
+                          "STATUS"], pause=0.2, read_for=0.5)
+        lines = out.splitlines()
+        answered = [ln.split()[0] for ln in lines if ln.split() and ln.split()[0] in gnss]
+        assert answered == gnss, out
+        assert "ERR" not in out, out
+        assert "upload: off (S3 not configured)" in lines
+        assert not [ln for ln in lines if ln.startswith(("upload_backlog:", "last_upload:"))]
+        counters = dict(item.split("=") for item in
+                        next(ln for ln in lines if ln.startswith("gnss_input: "))
+                        .split(": ", 1)[1].split())
+        assert int(counters["sentences"]) >= 4 and counters["garbage_bytes"] == "0", out
+
+        # One count of values everywhere a user sees it: the connect log, the record
+        # header and LIST (the GNSS fields included while there is a fix).
+        values = [h.split(" (")[0] for h in header[1:]]
+
+        def listed():
+            out = talk(port, [f"AUTH {SECRET}", "LIST"], pause=0.2, read_for=0.5)
+            names = [ln.split()[0] for ln in out.splitlines()
+                     if ln.split() and not ln.startswith(("OK", "ERR", "ECCM"))]
+            return sorted(names) == sorted(values) and f"OK {len(values)} values" in out
+        wait_for(listed, 20, what="LIST to show the record's columns")
+        engine = len(values) - len(gnss)
+        assert f" PIDs ({engine} values)" in daemon.log
+    finally:
+        os.close(master)
+        os.close(slave)
