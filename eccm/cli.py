@@ -10,10 +10,17 @@ from typing import List, Optional
 
 from . import __version__
 from .config import Config, ConfigError, load
+from .text import plural
 
 log = logging.getLogger("eccm")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+# Third-party modules ECCM imports (lazily, where they are used) -> the package providing
+# them. A Python without them gets one line saying what to run instead of a traceback.
+REQUIRED_MODULES = {"obd": "obd", "serial": "pyserial", "pynmea2": "pynmea2",
+                    "boto3": "boto3", "botocore": "boto3", "dotenv": "python-dotenv"}
+VIEW_MODULES = {"matplotlib": "matplotlib", "gpxpy": "gpxpy"}  # the [view] extra
 
 
 def setup_logging(level: str) -> None:
@@ -54,13 +61,34 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     width = max(len(key) for key, _, _ in rows)
     for key, shown, source in rows:
         print(f"  {key:<{width}} = {shown}   [{source}]")
+    if cfg.S3_SERVER_ENDPOINT:
+        print(_endpoint_note(cfg.S3_SERVER_ENDPOINT))
     return EXIT_OK
+
+
+def _endpoint_note(endpoint: str) -> str:
+    """What the S3 endpoint resolves to: a bare host:port means https, which a plain-http
+    server (SeaweedFS, a default MinIO) answers with a TLS error that names no cause."""
+    from .uploader import endpoint_url
+    url = endpoint_url(endpoint)
+    if "://" in endpoint:
+        return f"S3 uploads go to {url}"
+    return (f"S3 uploads go to {url} (an endpoint without scheme means https; for a "
+            f"plain-http server write S3_SERVER_ENDPOINT=http://{endpoint})")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.demo:
+        if args.config:
+            # The demo's records are a simulated car's: with a real car's configuration
+            # they would join its record folder and its uploads.
+            print("run: --demo does not take --config: the simulated car must not write "
+                  "into a real car's record folder or upload to its bucket. Run "
+                  "`eccm run --demo` alone (ECCM_* variables still change its settings), "
+                  "or `eccm run --config FILE` for the car", file=sys.stderr)
+            return EXIT_CONFIG
         from .demo import run_demo
-        return run_demo(Path(args.config) if args.config else None, setup_logging)
+        return run_demo(setup_logging)
     cfg = _load_or_report(Path(args.config or "config.ini"))
     if cfg is None:
         return EXIT_CONFIG
@@ -85,9 +113,10 @@ def cmd_gnss_parse(args: argparse.Namespace) -> int:
             if not chunk:
                 break
     c = parser.counters
-    print(f"{c.fixes} fixes from {c.sentences} sentences; skipped: {c.bad_checksum} bad "
-          f"checksums, {c.torn} torn or binary, {c.unparsed} unreadable, "
-          f"{c.garbage_bytes} stray bytes", file=sys.stderr)
+    print(f"{plural(c.fixes, 'fix', 'fixes')} from {plural(c.sentences, 'sentence')}; "
+          f"skipped: {plural(c.bad_checksum, 'bad checksum')}, {c.torn} torn or binary, "
+          f"{c.unparsed} unreadable, {plural(c.garbage_bytes, 'stray byte')}",
+          file=sys.stderr)
     return EXIT_OK
 
 
@@ -108,20 +137,24 @@ def cmd_upload(args: argparse.Namespace) -> int:
     session = upload_session(cfg)
     files = pending_files(session.outbox)
     total = sum(p.stat().st_size for p in files)
-    print(f"{len(files)} files, {total / 1e6:.1f} MB to upload to "
+    print(f"{plural(len(files), 'file')}, {total / 1e6:.1f} MB to upload to "
           f"s3://{cfg.S3_SERVER_BUCKET}/{cfg.S3_KEY_PREFIX}")
     started, done_bytes = time.monotonic(), 0
     for number, path in enumerate(files, 1):
         size = path.stat().st_size
+        shown = None
         for attempt in range(3):
             try:
                 key = session.upload(path)
                 break
             except UploadError as exc:
-                print(f"  {path.name}: {exc}", file=sys.stderr)
+                if str(exc) != shown:  # the same cause once, not once per attempt
+                    print(f"  {path.name}: {exc}", file=sys.stderr)
+                    shown = str(exc)
                 if exc.permanent or attempt == 2:
-                    print(f"stopped: {exc}; {len(pending_files(session.outbox))} files kept",
-                          file=sys.stderr)
+                    kept = len(pending_files(session.outbox))
+                    print(f"stopped after {plural(attempt + 1, 'attempt')}; "
+                          f"{plural(kept, 'file')} kept in {session.outbox}", file=sys.stderr)
                     return EXIT_FAILURE
                 time.sleep(2 ** attempt)
         done_bytes += size
@@ -223,9 +256,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     except TripError as exc:
         print(f"export: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except ImportError:
-        print("export: GPX needs gpxpy: .venv/bin/pip install -e '.[view]'", file=sys.stderr)
-        return EXIT_FAILURE
     out = Path(args.output) if args.output else Path(args.file).with_suffix("." + args.format)
     out.write_text(text, encoding="utf-8")
     print(f"wrote {out}")
@@ -239,11 +269,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     except TripError as exc:
         print(f"plot: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    try:
-        from .plot import plot
-    except ImportError:
-        print("plot: needs matplotlib: .venv/bin/pip install -e '.[view]'", file=sys.stderr)
-        return EXIT_FAILURE
+    from .plot import plot  # matplotlib itself is imported by plot(): see main()
     out = Path(args.output) if args.output else Path(args.file).with_suffix(".png")
     plot(trip, out)
     print(f"wrote {out}")
@@ -261,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="PATH", default=None,
                      help="configuration file (default: ./config.ini)")
     run.add_argument("--demo", action="store_true",
-                     help="run against ECCM's built-in simulated car (no hardware needed)")
+                     help="run against ECCM's built-in simulated car (no hardware needed; "
+                          "car DEMO, records in ./demo-records; not with --config)")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate the configuration and print it")
@@ -307,10 +334,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def missing_module_message(exc: ModuleNotFoundError, command: str) -> Optional[str]:
+    """One line saying what to install or run when a dependency is missing; None when the
+    module is not one of ECCM's dependencies (a bug: the traceback is wanted then)."""
+    module = (exc.name or "").split(".")[0]
+    if module in VIEW_MODULES:
+        return (f"eccm {command}: needs {VIEW_MODULES[module]}, from ECCM's [view] extra: "
+                "pip install 'eccm[view]' (in a checkout: .venv/bin/pip install -e '.[view]')")
+    if module in REQUIRED_MODULES:
+        return (f"eccm: {sys.executable} does not have ECCM's dependencies (no module "
+                f"{module!r}, from {REQUIRED_MODULES[module]}): run ECCM with ./start.sh "
+                "or .venv/bin/eccm from its folder, or install it with pip")
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except ModuleNotFoundError as exc:
+        message = missing_module_message(exc, args.command)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
     except BrokenPipeError:  # `eccm gnss-parse FILE | head`: the reader left, not an error

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 from typing import List, Tuple
 
-from .trip import Trip, summarize
+from .trip import Trip, format_distance, format_duration, summarize
 
 PANELS = [("SPEED", "Speed", "km/h"), ("RPM", "Engine speed", "rpm"),
           ("THROTTLE_POS", "Throttle", "%"), ("COOLANT_TEMP", "Coolant", "°C")]
@@ -41,7 +41,7 @@ def plot(trip: Trip, out: Path) -> Path:
         fig.axes[-1].set_xlabel("Time (UTC)")
     if track:
         ax = fig.add_subplot(grid[:, 1])
-        points = trip.points()
+        points = trip.fixes()
         speeds = trip.series("SPEED") or trip.series("GNSS_SPEED")
         colour = [speeds[r] if speeds and speeds[r] is not None else 0 for r, _, _ in points]
         ax.plot([p[2] for p in points], [p[1] for p in points], color="0.8", linewidth=1)
@@ -59,9 +59,9 @@ def plot(trip: Trip, out: Path) -> Path:
     distance = s["distance_gnss_km"] if s["distance_gnss_km"] is not None else \
         s["distance_speed_km"]
     fig.suptitle(f"{trip.path.name}: {s['start'][:16].replace('T', ' ')} UTC, "
-                 f"{s['duration_s'] / 60:.1f} min"
-                 + (f", {distance:.2f} km" if distance is not None else "")
-                 + (f", max {s['max_speed_kmh']:g} km/h" if s["max_speed_kmh"] is not None
+                 f"{format_duration(s['duration_s'])}"
+                 + (f", {format_distance(distance)}" if distance is not None else "")
+                 + (f", max {s['max_speed_kmh']:.0f} km/h" if s["max_speed_kmh"] is not None
                     else ""), fontsize=13)
     fig.tight_layout()
     fig.savefig(out)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 UNIT_NAME = "eccm.service"
 UNIT_DIR = Path("/etc/systemd/system")
@@ -24,6 +24,15 @@ class Installation:
     records: str          # RECORD_DIRECTORY_LOCATION (written)
     user: str
     group: str
+    docs: Optional[Path] = None  # ECCM's README, where this installation has one
+
+
+def documentation_line(readme: Optional[Path]) -> str:
+    """Documentation= pointing at ECCM's own README as a file: URL ('%' doubled: systemd
+    reads it as a specifier); nothing when the install has no README (a wheel ships none)."""
+    if readme is None:
+        return ""
+    return "Documentation=" + readme.resolve().as_uri().replace("%", "%%") + "\n"
 
 
 def render_unit(inst: Installation) -> str:
@@ -31,8 +40,7 @@ def render_unit(inst: Installation) -> str:
     ports (USB, UART, Bluetooth RFCOMM) or the network (S3, socket server)."""
     return f"""[Unit]
 Description=ECCM car monitoring daemon (OBD-II, GNSS, S3 upload)
-Documentation=https://pypi.org/project/obd/
-After=network-online.target bluetooth.target
+{documentation_line(inst.docs)}After=network-online.target bluetooth.target
 Wants=network-online.target
 StartLimitIntervalSec=0
 
@@ -105,7 +113,18 @@ def detect(config: Path, records: str) -> Installation:
         group = user
     config = config.resolve()
     return Installation(executable=str(Path(executable).resolve()), config=str(config),
-                        workdir=str(config.parent), records=records, user=user, group=group)
+                        workdir=str(config.parent), records=records, user=user, group=group,
+                        docs=find_readme())
+
+
+def find_readme() -> Optional[Path]:
+    """README.md of the checkout this package runs from (pip install -e, ./start.sh)."""
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    try:
+        head = readme.read_text(encoding="utf-8")[:200]
+    except (OSError, UnicodeDecodeError):
+        return None
+    return readme if "ECCM" in head else None
 
 
 def install(unit: str) -> List[str]:

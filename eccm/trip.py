@@ -13,15 +13,18 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from xml.etree import ElementTree as ET
 
+from .text import plural
 from .recordfmt import format_time
 
 EARTH_RADIUS_M = 6_371_008.8
 PETROL_AFR = 14.7           # stoichiometric air/fuel mass ratio
 PETROL_DENSITY = 745.0      # g per litre
 SEPARATORS = (",", "\t", "|", ";")
+COORD_DIGITS = 7            # ~1 cm: past it, decimals are float noise, not position
+VALUE_DIGITS = 3            # engine values, metres, km, seconds in JSON
 
 
 class TripError(Exception):
@@ -50,6 +53,22 @@ class Trip:
         lats, lons = self.series("LATITUDE"), self.series("LONGITUDE")
         return [(i, la, lo) for i, (la, lo) in enumerate(zip(lats, lons))
                 if la is not None and lo is not None]
+
+    def fixes(self) -> List[Tuple[int, float, float]]:
+        """points(), one per GNSS fix: rows are written more often than a receiver fixes
+        (2 rows/s, 1 fix/s), so a fix repeats; the first row of each is kept. Rows without
+        a GNSS time cannot be told apart and are all kept."""
+        stamps = self.values.get("GNSS_TIME")
+        if stamps is None:
+            return self.points()
+        kept: List[Tuple[int, float, float]] = []
+        previous: Any = None
+        for point in self.points():
+            stamp = stamps[point[0]]
+            if stamp is None or stamp != previous:
+                kept.append(point)
+            previous = stamp
+        return kept
 
 
 def _parse_time(text: str) -> datetime:
@@ -111,9 +130,10 @@ def load(path: Path) -> Trip:
     if torn_last and trip.skipped:
         trip.notes.append("the last line was torn (power cut?) and was left out")
     elif trip.skipped:
-        trip.notes.append(f"{trip.skipped} malformed lines were left out")
+        trip.notes.append(f"left out {plural(trip.skipped, 'malformed line')}")
     if nuls:
-        trip.notes.append(f"{nuls} NUL bytes (a power cut's zero-filled block?) were left out")
+        trip.notes.append(f"left out {plural(nuls, 'NUL byte')} (a power cut's zero-filled "
+                          "block?)")
     if not trip.times:
         raise TripError(f"{path}: a header but no readable rows")
     return trip
@@ -144,7 +164,12 @@ def _integral(trip: Trip, name: str) -> Optional[float]:
 
 def _max(trip: Trip, name: str) -> Optional[float]:
     values = [v for v in trip.series(name) if v is not None]
-    return max(values) if values else None
+    return _tidy(max(values)) if values else None
+
+
+def _tidy(value: Any, digits: int = VALUE_DIGITS) -> Any:
+    """A float without noise (12.345678901234567 -> 12.346): rounded, for JSON."""
+    return round(value, digits) if isinstance(value, float) else value
 
 
 def summarize(trip: Trip) -> Dict[str, Any]:
@@ -193,26 +218,48 @@ def summarize(trip: Trip) -> Dict[str, Any]:
     }
 
 
-SUMMARY_LABELS = [
-    ("start", "Start (UTC)", ""), ("end", "End (UTC)", ""), ("duration_s", "Duration", "s"),
-    ("distance_gnss_km", "Distance (GNSS)", "km"),
-    ("distance_speed_km", "Distance (speed)", "km"), ("max_speed_kmh", "Max speed", "km/h"),
-    ("avg_speed_kmh", "Average speed", "km/h"), ("idle_s", "Idle time", "s"),
-    ("rpm_max", "RPM max", "rpm"), ("coolant_max_c", "Coolant max", "degC"),
-    ("fuel_l", "Fuel used", "L"), ("dtc_count", "Trouble codes", ""),
+def format_duration(seconds: float) -> str:
+    """155.001 -> '2 min 35 s', 3725 -> '1 h 2 min 5 s': to the second, as people read it."""
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min {secs} s"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def format_distance(km: float) -> str:
+    """Metres below 1 km, else km to 10 m (GNSS and speed sensors are no finer)."""
+    return f"{km * 1000:.0f} m" if km < 1 else f"{km:.2f} km"
+
+
+def _number(digits: int, unit: str) -> Callable[[float], str]:
+    return lambda value: f"{value:.{digits}f} {unit}".rstrip()
+
+
+SUMMARY_LABELS: List[Tuple[str, str, Callable[[Any], str]]] = [
+    ("start", "Start (UTC)", str), ("end", "End (UTC)", str),
+    ("duration_s", "Duration", format_duration),
+    ("distance_gnss_km", "Distance (GNSS)", format_distance),
+    ("distance_speed_km", "Distance (speed)", format_distance),
+    ("max_speed_kmh", "Max speed", _number(0, "km/h")),
+    ("avg_speed_kmh", "Average speed", _number(0, "km/h")),
+    ("idle_s", "Idle time", format_duration),
+    ("rpm_max", "RPM max", _number(0, "rpm")),
+    ("coolant_max_c", "Coolant max", _number(0, "degC")),
+    ("fuel_l", "Fuel used", _number(2, "L")), ("dtc_count", "Trouble codes", str),
 ]
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
     width = max(len(label) for _, label, _ in SUMMARY_LABELS)
     lines = [summary["file"]]
-    for key, label, unit in SUMMARY_LABELS:
+    for key, label, show in SUMMARY_LABELS:
         value = summary[key]
-        shown = "-" if value is None else (f"{value:g}" if isinstance(value, float) else
-                                           str(value))
-        if key == "fuel_l" and summary["fuel_source"]:
-            unit += f"  (from {summary['fuel_source']})"
-        lines.append(f"  {label:<{width}}  {shown} {unit}".rstrip())
+        shown = "-" if value is None else show(value)
+        if key == "fuel_l" and value is not None and summary["fuel_source"]:
+            shown += f"  (from {summary['fuel_source']})"
+        lines.append(f"  {label:<{width}}  {shown}")
     lines += [f"  note: {note}" for note in summary["notes"]]
     return "\n".join(lines)
 
@@ -224,7 +271,7 @@ ENGINE_EXCLUDE = {"GNSS_TIME", "LATITUDE", "LONGITUDE", "ALTITUDE", "GNSS_SPEED"
 
 
 def _engine(trip: Trip, row: int) -> Dict[str, Any]:
-    return {name: trip.values[name][row] for name in trip.columns[1:]
+    return {name: _tidy(trip.values[name][row]) for name in trip.columns[1:]
             if name not in ENGINE_EXCLUDE and trip.values[name][row] is not None}
 
 
@@ -239,14 +286,21 @@ def _point_time(trip: Trip, row: int) -> datetime:
 
 
 def _require_track(trip: Trip) -> List[Tuple[int, float, float]]:
-    points = trip.points()
+    """(row, lat, lon) of each GNSS fix once, coordinates rounded to ~1 cm."""
+    points = trip.fixes()
     if not points:
         raise TripError(f"{trip.path}: no GNSS position in this file, nothing to export "
                         "(record with GPS_POSITION_MONITORING=yes)")
-    return points
+    return [(row, round(lat, COORD_DIGITS), round(lon, COORD_DIGITS))
+            for row, lat, lon in points]
+
+
+def _altitudes(trip: Trip) -> List[Optional[float]]:
+    return [None if a is None else round(a, 2) for a in trip.series("ALTITUDE")]
 
 
 def to_gpx(trip: Trip) -> str:
+    points = _require_track(trip)  # before gpxpy: a file without positions says so first
     import gpxpy.gpx
     gpx = gpxpy.gpx.GPX()
     gpx.creator = "ECCM"
@@ -255,8 +309,8 @@ def to_gpx(trip: Trip) -> str:
     segment = gpxpy.gpx.GPXTrackSegment()
     track.segments.append(segment)
     gpx.tracks.append(track)
-    alts = trip.series("ALTITUDE")
-    for row, lat, lon in _require_track(trip):
+    alts = _altitudes(trip)
+    for row, lat, lon in points:
         point = gpxpy.gpx.GPXTrackPoint(lat, lon, elevation=alts[row] if alts else None,
                                         time=_point_time(trip, row))
         engine = ET.Element("eccm:engine")
@@ -270,7 +324,7 @@ def to_gpx(trip: Trip) -> str:
 
 def to_geojson(trip: Trip) -> str:
     points = _require_track(trip)
-    alts = trip.series("ALTITUDE")
+    alts = _altitudes(trip)
     features = [{
         "type": "Feature",
         "geometry": {"type": "LineString",
@@ -290,7 +344,7 @@ def to_geojson(trip: Trip) -> str:
 
 def to_kml(trip: Trip) -> str:
     points = _require_track(trip)
-    alts = trip.series("ALTITUDE")
+    alts = _altitudes(trip)
     ns = "http://www.opengis.net/kml/2.2"
     ET.register_namespace("", ns)
     kml = ET.Element(f"{{{ns}}}kml")

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
+from .text import plural
 from .recordfmt import PART_SUFFIX, parse_file_name
 from .state import CONNECTED, LOST, SharedState
 from .worker import Backoff, Worker
@@ -114,9 +116,11 @@ def make_client(settings: S3Settings) -> Any:
                         verify=settings.verify_tls, config=config)
 
 
-def classify(exc: Exception) -> UploadError:
-    """botocore's errors -> one user-readable sentence (never the keys)."""
-    from botocore.exceptions import BotoCoreError, ClientError
+def classify(exc: Exception, endpoint: str = "") -> UploadError:
+    """botocore's errors -> one user-readable sentence (never the keys). `endpoint` as the
+    user wrote it: a TLS failure on a bare host:port gets the fix, in words that name no
+    object, so the daemon (which logs a problem when its text changes) says it once."""
+    from botocore.exceptions import BotoCoreError, ClientError, SSLError
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -130,6 +134,14 @@ def classify(exc: Exception) -> UploadError:
             return UploadError(f"the S3 server refused access ({code or status})",
                                permanent=True)
         return UploadError(f"the S3 server answered {code or status}")
+    if isinstance(exc, SSLError) and endpoint and "://" not in endpoint:
+        # 'host:port' means https; against a plain-http server the TLS handshake reads an
+        # HTTP reply (WRONG_VERSION_NUMBER). Only the user can change the endpoint.
+        reason = re.sub(r"\s*\(_ssl\.c:\d+\)", "", str(exc.kwargs.get("error", "")))
+        return UploadError(
+            f"TLS handshake with the S3 server failed ({reason or 'SSL error'}): "
+            f"S3_SERVER_ENDPOINT={endpoint} has no scheme, which means https; for a "
+            f"plain-http server write S3_SERVER_ENDPOINT=http://{endpoint}", permanent=True)
     if isinstance(exc, BotoCoreError):
         return UploadError(f"cannot reach the S3 server: {exc}")
     return UploadError(f"{exc.__class__.__name__}: {exc}")
@@ -170,9 +182,9 @@ class UploadSession:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code.isdigit():  # a HEAD reply has no body to say why: ask in a way that does
                 self._diagnose()
-            raise classify(exc) from None
+            raise classify(exc, self.settings.endpoint) from None
         except BotoCoreError as exc:
-            raise classify(exc) from None
+            raise classify(exc, self.settings.endpoint) from None
         self._retire(path)
         return key
 
@@ -182,7 +194,7 @@ class UploadSession:
         try:
             self.client.list_objects_v2(Bucket=self.settings.bucket, MaxKeys=1)
         except (ClientError, BotoCoreError) as exc:
-            raise classify(exc) from None
+            raise classify(exc, self.settings.endpoint) from None
 
     def _stored(self, key: str, size: int, sha256: str) -> bool:
         from botocore.exceptions import ClientError
@@ -291,6 +303,7 @@ class Uploader(Worker):
             self._last_prune = self.clock()
             removed = prune_uploaded(self.session.outbox.parent / UPLOADED, self.keep_days)
             if removed:
-                log.info("removed %d uploaded copies older than %g days", removed,
-                         self.keep_days)
+                log.info("removed %s older than %s", plural(removed, "uploaded copy",
+                                                            "uploaded copies"),
+                         plural(float(self.keep_days), "day"))
 

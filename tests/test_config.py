@@ -220,3 +220,23 @@ def test_readme_documents_every_key_with_its_default():
         assert row is not None, f"{key} missing from the README configuration table"
         if defaults[key]:
             assert f"`{defaults[key]}`" in row, f"{key}: README default differs from template"
+
+
+@pytest.mark.parametrize("endpoint,resolved,hint", [
+    ("minio.example.net:9000", "https://minio.example.net:9000", True),
+    ("http://127.0.0.1:8333", "http://127.0.0.1:8333", False),
+    ("https://s3.eu-west-3.amazonaws.com", "https://s3.eu-west-3.amazonaws.com", False),
+])
+def test_check_config_says_which_scheme_the_s3_endpoint_means(tmp_path, endpoint, resolved,
+                                                               hint):
+    """A bare host:port means https: check-config says so, and how to write plain http."""
+    secret = "s3cr3t-Value-42"
+    path = write(tmp_path, f"CAR_IDENTIFIER=X\nS3_SERVER_ENDPOINT={endpoint}\n"
+                           f"S3_SERVER_AK=AKIDEXAMPLE\nS3_SERVER_SK={secret}\n"
+                           "S3_SERVER_BUCKET=logs\n")
+    result = run_check(path)
+    assert result.returncode == 0, result.stderr
+    assert f"S3 uploads go to {resolved}" in result.stdout
+    fix = f"S3_SERVER_ENDPOINT=http://{endpoint}"
+    assert (fix in result.stdout) == hint
+    assert secret not in result.stdout + result.stderr

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+from eccm.service import Installation, render_unit
+
 from conftest import REPO, require_tool, write_config
 
 
@@ -45,3 +47,31 @@ def test_systemd_analyze_verify_and_security(tmp_path):
     assert match, security.stdout + security.stderr
     print(f"\nsystemd-analyze security exposure: {match[1]}")
     assert float(match[1]) <= 4.0
+
+
+def test_documentation_is_eccms_own_readme(tmp_path):
+    """Documentation= once pointed at python-OBD's page; it is ECCM's README now."""
+    unit = rendered_unit(tmp_path)
+    docs = [ln.split("=", 1)[1] for ln in unit.splitlines() if ln.startswith("Documentation=")]
+    assert docs == [(REPO / "README.md").as_uri()]
+    assert "pypi.org/project/obd" not in unit
+    assert (REPO / "README.md").read_text(encoding="utf-8").startswith("# ECCM")
+
+
+def test_documentation_of_a_folder_with_spaces_and_percent_passes_verify(tmp_path):
+    """systemd reads '%' as a specifier: a README under 'my docs 100%' must still verify."""
+    analyze = require_tool("systemd-analyze")
+    folder = tmp_path / "my docs 100%"
+    folder.mkdir()
+    readme = folder / "README.md"
+    readme.write_text("# ECCM\n")
+    unit = tmp_path / "eccm.service"
+    unit.write_text(render_unit(Installation(
+        executable="/usr/bin/true", config=str(tmp_path / "config.ini"),
+        workdir=str(tmp_path), records=str(tmp_path / "records"), user="root",
+        group="root", docs=readme)))
+    verify = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                            timeout=60)
+    output = verify.stdout + verify.stderr
+    assert verify.returncode == 0 and "Documentation" not in output and \
+        "specifier" not in output and "Invalid URL" not in output, output

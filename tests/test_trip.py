@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 
 from eccm.recordfmt import GNSS_COLUMNS, RowFormat, TIME_COLUMN, format_time
 from eccm.state import Column
-from eccm.trip import load, summarize
+from eccm.trip import format_distance, format_duration, haversine, load, summarize
 
 from conftest import REPO, outbox_files, part_files, wait_for
 
@@ -23,8 +24,9 @@ START = datetime(2026, 5, 1, 8, 0, 0, tzinfo=timezone.utc)
 ORIGIN = (45.0, 5.0)
 
 
-def square_trip(path, gnss=True, separator=","):
-    """A square of 1 km sides at a steady 36 km/h (10 m/s), a row every 0.5 s."""
+def square_trip(path, gnss=True, separator=",", rows_per_fix=1):
+    """A square of 1 km sides at a steady 36 km/h (10 m/s), a row every 0.5 s; the GNSS
+    columns change every rows_per_fix rows (2: a 1 Hz receiver, as in a real car)."""
     cols = [TIME_COLUMN, Column("RPM", "rpm"), Column("SPEED", "km/h"),
             Column("COOLANT_TEMP", "degC"), Column("MAF", "g/s")]
     if gnss:
@@ -43,9 +45,11 @@ def square_trip(path, gnss=True, separator=","):
                 (0, 0)][int(side)]
         moment = START + timedelta(seconds=t)
         row = [moment, 2000.0, SPEED_KMH, 80 + i / steps * 10, 12.5]
+        if gnss and i % rows_per_fix == 0:
+            fix = [format_time(moment), ORIGIN[0] + y / metres_per_deg_lat,
+                   ORIGIN[1] + x / metres_per_deg_lon, 200.0, SPEED_KMH / 3.6, 0, 3, 9, 0.8]
         if gnss:
-            row += [format_time(moment), ORIGIN[0] + y / metres_per_deg_lat,
-                    ORIGIN[1] + x / metres_per_deg_lon, 200.0, SPEED_KMH / 3.6, 0, 3, 9, 0.8]
+            row += fix
         lines.append(fmt.line(row))
     path.write_text("".join(lines))
     return path
@@ -149,7 +153,7 @@ def test_torn_last_line_is_left_out_and_said(tmp_path):
     path.write_bytes(path.read_bytes() + b"2026-05-01T08:06:40.500Z,2000,3")
     result = run_eccm("summary", path)
     assert result.returncode == 0
-    assert "torn" in result.stdout and "Duration          400 s" in result.stdout
+    assert "torn" in result.stdout and "Duration          6 min 40 s" in result.stdout
 
 
 def test_zero_filled_tail_after_a_power_cut(tmp_path):
@@ -157,4 +161,100 @@ def test_zero_filled_tail_after_a_power_cut(tmp_path):
     path.write_bytes(path.read_bytes() + b"2026-05-01T08:06:4" + b"\x00" * 4096)
     result = run_eccm("summary", path)
     assert result.returncode == 0, result.stderr
-    assert "NUL bytes" in result.stdout and "Duration          400 s" in result.stdout
+    assert "4096 NUL bytes" in result.stdout
+    assert "Duration          6 min 40 s" in result.stdout
+
+
+def test_exports_have_one_point_per_gnss_fix(tmp_path):
+    """2 rows/s and a 1 Hz receiver: each fix is in two rows, but once in every export;
+    the first row of each fix is the one kept. Distances are those of all rows."""
+    import gpxpy
+    path = square_trip(tmp_path / "trip.csv", rows_per_fix=2)
+    trip = load(path)
+    rows = trip.points()
+    fixes = sorted({trip.values["GNSS_TIME"][r] for r, _, _ in rows})
+    assert len(rows) == 801 and len(fixes) == 401
+    s = summarize(trip)
+    along_rows = sum(haversine(a[1], a[2], b[1], b[2]) for a, b in zip(rows, rows[1:]))
+    assert s["distance_gnss_km"] == round(along_rows / 1000, 3)
+    assert abs(s["distance_gnss_km"] - 4.0) / 4.0 < 0.01
+    for fmt in ("gpx", "geojson", "kml"):
+        result = run_eccm("export", path, "--format", fmt)
+        assert result.returncode == 0, result.stderr
+    points = gpxpy.parse((tmp_path / "trip.gpx").read_text()).tracks[0].segments[0].points
+    assert [format_time(p.time) for p in points] == fixes
+    collection = json.loads((tmp_path / "trip.geojson").read_text())
+    line, *marks = collection["features"]
+    assert len(line["geometry"]["coordinates"]) == len(marks) == len(fixes)
+    assert [m["properties"]["time"] for m in marks] == [f.replace(".000Z", "Z")
+                                                        for f in fixes]
+    kml = ET.fromstring((tmp_path / "trip.kml").read_text().encode())
+    ns = {"k": "http://www.opengis.net/kml/2.2"}
+    assert len(kml.findall(".//k:Placemark/k:TimeStamp", ns)) == len(fixes)
+    assert len(kml.find(".//k:LineString/k:coordinates", ns).text.split()) == len(fixes)
+
+
+def noisy_trip(path):
+    """Cells as another tool (or float arithmetic) writes them: 15+ decimals."""
+    lines = ["TIME (UTC),RPM (rpm),SPEED (km/h),MAF (g/s),GNSS_TIME (UTC),LATITUDE (deg),"
+             "LONGITUDE (deg),ALTITUDE (m)\n"]
+    for i in range(20):
+        moment = format_time(START + timedelta(seconds=i))
+        lines.append(f"{moment},{2000.1234567891 + i},{36.00000000000001 + i / 3},"
+                     f"{12.345678901234567},{moment},{45.766308166666676 + i / 3e4},"
+                     f"{4.8357166666666665 + i / 3e4},{201.30000000000001 + i / 7}\n")
+    path.write_text("".join(lines))
+    return path
+
+
+def test_json_outputs_carry_no_float_noise(tmp_path):
+    path = noisy_trip(tmp_path / "noisy.csv")
+    summary = run_eccm("summary", path, "--json")
+    assert summary.returncode == 0, summary.stderr
+    export = run_eccm("export", path, "--format", "geojson")
+    assert export.returncode == 0, export.stderr
+    geojson = (tmp_path / "noisy.geojson").read_text()
+    for text in (summary.stdout, geojson):
+        noise = re.findall(r"-?\d+\.\d{8,}", text)
+        assert noise == [], noise[:5]
+    s = json.loads(summary.stdout)[0]
+    assert s["rpm_max"] == 2019.123 and s["max_speed_kmh"] == 42.333
+    line, first, *_ = json.loads(geojson)["features"]
+    assert first["geometry"]["coordinates"] == [4.8357167, 45.7663082]
+    assert line["geometry"]["coordinates"][0] == [4.8357167, 45.7663082, 201.3]
+    assert first["properties"]["MAF"] == 12.346 and first["properties"]["RPM"] == 2000.123
+
+
+def test_text_summary_reads_like_a_person_wrote_it(tmp_path):
+    result = run_eccm("summary", square_trip(tmp_path / "CAR_20260501T080000Z.csv"))
+    assert result.returncode == 0, result.stderr
+    lines = dict(re.split(r"\s{2,}", ln.strip(), maxsplit=1)
+                 for ln in result.stdout.splitlines()[1:])
+    assert lines["Duration"] == "6 min 40 s"
+    assert re.fullmatch(r"(3\.9\d|4\.0\d) km", lines["Distance (GNSS)"])
+    assert lines["Max speed"] == "36 km/h" and lines["Average speed"] == "36 km/h"
+    assert lines["Idle time"] == "0 s" and lines["RPM max"] == "2000 rpm"
+    assert lines["Coolant max"] == "90 degC"
+    assert re.fullmatch(r"0\.\d\d L  \(from MAF .*\)", lines["Fuel used"])
+
+
+@pytest.mark.parametrize("seconds,shown", [
+    (0.4, "0 s"), (45, "45 s"), (155.001, "2 min 35 s"), (400, "6 min 40 s"),
+    (3600, "1 h 0 min 0 s"), (3725.4, "1 h 2 min 5 s"),
+])
+def test_durations_for_people(seconds, shown):
+    assert format_duration(seconds) == shown
+
+
+def test_distances_for_people():
+    assert format_distance(0.8504) == "850 m" and format_distance(2.179) == "2.18 km"
+
+
+def test_one_malformed_line_is_said_in_the_singular(tmp_path):
+    path = square_trip(tmp_path / "one.csv")
+    lines = path.read_text().splitlines(keepends=True)
+    lines.insert(5, "2026-05-01T08:00:02.000Z,only,three\n")
+    path.write_text("".join(lines))
+    result = run_eccm("summary", path)
+    assert result.returncode == 0, result.stderr
+    assert "note: left out 1 malformed line\n" in result.stdout + "\n"

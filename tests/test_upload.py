@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from eccm.state import SharedState
-from eccm.uploader import (S3Settings, Uploader, UploadSession, digests, endpoint_url,
-                           object_key, pending_files)
+from eccm.uploader import (S3Settings, UploadError, Uploader, UploadSession, digests,
+                           endpoint_url, object_key, pending_files)
 
 from conftest import REPO, free_port, wait_for, write_config
 from s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS
@@ -168,6 +168,53 @@ def test_clear_errors_files_kept(s3, tmp_path, problem, expected):
     assert "wrong-secret-key-value" not in result.stdout + result.stderr
     assert SECRET_KEY not in result.stdout + result.stderr
     assert path.exists()
+
+
+def test_endpoint_without_scheme_on_a_plain_http_server_names_the_fix(s3, tmp_path):
+    """`host:port` means https; SeaweedFS serves plain http, so the TLS handshake fails.
+    The user is told once what that endpoint means and what to write instead."""
+    endpoint = f"127.0.0.1:{s3.port}"
+    path = record(tmp_path / "records" / "outbox", "TEST-CAR", "20260103T010000Z", 3000)
+    result = run_upload(s3_config(tmp_path, endpoint))
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    fix = f"S3_SERVER_ENDPOINT=http://{endpoint}"
+    assert output.count(fix) == 1, output
+    assert output.count("means https") == 1, output
+    assert "1 file, 0.0 MB to upload" in result.stdout
+    assert "1 file kept" in result.stderr
+    assert "Traceback" not in output and SECRET_KEY not in output
+    assert path.exists()
+
+
+def test_tls_hint_is_the_same_sentence_for_every_file(s3, tmp_path):
+    """The daemon logs a problem when it changes: one sentence for all files, not one per
+    object URL, and permanent (retried slowly: only the user can fix the endpoint)."""
+    outbox = tmp_path / "records" / "outbox"
+    session = UploadSession(settings(f"127.0.0.1:{s3.port}"), "CAR1", outbox)
+    errors = []
+    for i in range(2):
+        path = record(outbox, "CAR1", f"20260101T1{i}0000Z", 1000, seed=i)
+        with pytest.raises(UploadError) as caught:
+            session.upload(path)
+        errors.append(caught.value)
+        assert path.exists()
+    assert str(errors[0]) == str(errors[1]) and errors[0].permanent
+    assert f"http://127.0.0.1:{s3.port}" in str(errors[0])
+
+
+def test_pruned_copies_are_counted_in_the_singular(tmp_path, caplog):
+    outbox = tmp_path / "records" / "outbox"
+    old = record(tmp_path / "records" / "uploaded", "CAR1", "20250101T000000Z", 100)
+    os.utime(old, (0, 0))
+    session = UploadSession(settings("http://127.0.0.1:9"), "CAR1", outbox, keep_uploaded=True)
+    # clock: over an hour since the last pruning, whatever the machine's uptime
+    uploader = Uploader(threading.Event(), SharedState(), session, keep_days=1,
+                        clock=lambda: 1e9)
+    with caplog.at_level("INFO", logger="eccm.uploader"):
+        uploader._housekeeping()
+    assert not old.exists()
+    assert "removed 1 uploaded copy older than 1 day" in caplog.text
 
 
 def test_upload_command_pushes_backlog_with_progress(s3, tmp_path):
