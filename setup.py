@@ -13,8 +13,8 @@ setup(
     description="Electronic Centralized Car Monitoring: OBD-II and GNSS logging daemon",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    # python-OBD, a run-time dependency, is GPL-2.0-only: ECCM's own code is GPL-2.0 or
-    # later, so the two combine under GPL-2.0.
+    # python-OBD, a run-time dependency, is GPL (its files: v2 or later; its metadata:
+    # 2.0 only): ECCM's own code is GPL-2.0 or later, which combines with either.
     license="GPL-2.0-or-later",
     license_files=["LICENSE"],
     packages=find_packages(include=["eccm", "eccm.*"]),

@@ -62,19 +62,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for key, shown, source in rows:
         print(f"  {key:<{width}} = {shown}   [{source}]")
     if cfg.S3_SERVER_ENDPOINT:
-        print(_endpoint_note(cfg.S3_SERVER_ENDPOINT))
+        from .uploader import scheme_note
+        print(scheme_note(cfg.S3_SERVER_ENDPOINT))
     return EXIT_OK
-
-
-def _endpoint_note(endpoint: str) -> str:
-    """What the S3 endpoint resolves to: a bare host:port means https, which a plain-http
-    server (SeaweedFS, a default MinIO) answers with a TLS error that names no cause."""
-    from .uploader import endpoint_url
-    url = endpoint_url(endpoint)
-    if "://" in endpoint:
-        return f"S3 uploads go to {url}"
-    return (f"S3 uploads go to {url} (an endpoint without scheme means https; for a "
-            f"plain-http server write S3_SERVER_ENDPOINT=http://{endpoint})")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -172,7 +162,14 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_CONFIG
     from .service import detect, install, render_unit
-    unit = render_unit(detect(Path(args.config), cfg.RECORD_DIRECTORY_LOCATION))
+    installation = detect(Path(args.config), cfg.RECORD_DIRECTORY_LOCATION)
+    if not os.access(installation.executable, os.X_OK):
+        # A Python outside ECCM's venv: the unit would start a program that is not there.
+        print(f"install-service: no eccm program at {installation.executable}; run this "
+              "command as .venv/bin/eccm install-service from the ECCM folder",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    unit = render_unit(installation)
     if args.print:
         sys.stdout.write(unit)
         return EXIT_OK
@@ -340,7 +337,7 @@ def missing_module_message(exc: ModuleNotFoundError, command: str) -> Optional[s
     module = (exc.name or "").split(".")[0]
     if module in VIEW_MODULES:
         return (f"eccm {command}: needs {VIEW_MODULES[module]}, from ECCM's [view] extra: "
-                "pip install 'eccm[view]' (in a checkout: .venv/bin/pip install -e '.[view]')")
+                "in the ECCM folder, .venv/bin/pip install -e '.[view]'")
     if module in REQUIRED_MODULES:
         return (f"eccm: {sys.executable} does not have ECCM's dependencies (no module "
                 f"{module!r}, from {REQUIRED_MODULES[module]}): run ECCM with ./start.sh "

@@ -23,6 +23,7 @@ from .recorder import Recorder
 from .server import SocketServer
 from .uploader import S3Settings, Uploader, UploadSession
 from .state import DISABLED, SharedState
+from .text import plural
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -146,10 +147,10 @@ class Daemon:
         self.state.set_info(disk=f"{report.used / 1e6:.1f} of {limit / 1e6:.1f} MB"
                                  + (" FULL" if report.full else ""))
         if report.full and not self._disk_full:
-            log.error("RECORD FOLDER FULL: %.1f MB used of %.1f MB allowed; %d files wait for "
+            log.error("RECORD FOLDER FULL: %.1f MB used of %.1f MB allowed; %s for "
                       "upload. Recording goes on; nothing is deleted unless "
                       "RECORD_DROP_OLDEST_WHEN_FULL=yes.", report.used / 1e6, limit / 1e6,
-                      report.waiting)
+                      plural(report.waiting, "file waits", "files wait"))
         elif not report.full and self._disk_full:
             log.info("record folder back under its budget")
         self._disk_full = report.full
@@ -188,7 +189,7 @@ class Daemon:
             parts.append("recording")
         backlog = snap.info.get("upload_backlog")
         if backlog:
-            parts.append(f"{backlog} files to upload")
+            parts.append(f"{plural(backlog, 'file')} to upload")
         if snap.info.get("disk", "").endswith("FULL"):
             parts.append("DISK FULL")
         return ", ".join(parts) or "starting"

@@ -30,6 +30,11 @@ import pynmea2
 LINE_CAP = 1024
 KNOTS = 0.514444  # m/s per knot
 
+
+def _mps(speed: float) -> float:
+    """A converted speed in m/s to the micrometre per second: no float noise."""
+    return round(speed, 6)
+
 # Fix modes, as gpsd numbers them.
 MODE_NONE, MODE_2D, MODE_3D = 1, 2, 3
 
@@ -111,6 +116,9 @@ def degrees(value: str, hemisphere: str) -> Optional[float]:
     result = whole + minutes / 60.0
     if result > limit:
         return None
+    # 9 decimals (0.1 mm) keep all an NMEA field carries and drop binary float noise
+    # (44.06889783333333) from what records, JSON and the socket show.
+    result = round(result, 9)
     return -result if hemisphere in ("S", "W") else result
 
 
@@ -399,7 +407,7 @@ class NmeaParser:
         self._position(msg, valid)
         if valid:
             knots = _float(msg.data[6])
-            self._set(speed=None if knots is None else knots * KNOTS,
+            self._set(speed=None if knots is None else _mps(knots * KNOTS),
                       track=_float(msg.data[7]), quality=_MODE_INDICATOR.get(mode[:1]))
 
     def _on_gll(self, msg: "pynmea2.NMEASentence") -> None:
@@ -443,8 +451,8 @@ class NmeaParser:
         else:  # NMEA 2.0 short form: track, magnetic, knots, km/h
             track, knots, kmh = _float(data[0]), _float(data[2] if len(data) > 2 else ""), \
                 _float(data[3] if len(data) > 3 else "")
-        speed = kmh / 3.6 if kmh is not None else (knots * KNOTS if knots is not None
-                                                     else None)
+        speed = _mps(kmh / 3.6) if kmh is not None else (
+            _mps(knots * KNOTS) if knots is not None else None)
         if self._epoch is not None and "speed" not in self._epoch.fields:
             self._set(speed=speed)
         if self._epoch is not None and "track" not in self._epoch.fields:

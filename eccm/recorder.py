@@ -18,6 +18,7 @@ from typing import Any, Callable, List, Optional, Sequence
 from .recordfmt import (GNSS_COLUMNS, GNSS_FIX_ATTRS, PART_SUFFIX, TIME_COLUMN, RowFormat,
                         complete_length, file_name)
 from .state import Column, SharedState, Snapshot
+from .text import plural
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -270,5 +271,5 @@ class Recorder(Worker):
             return
         if target is not None:
             self.state.count("files_closed")
-            log.info("closed %s (%s, %d rows) -> %s", current.name, reason, current.rows,
-                     target)
+            log.info("closed %s (%s, %s) -> %s", current.name, reason,
+                     plural(current.rows, "row"), target)

@@ -212,7 +212,7 @@ class SocketServer(Worker):
             ("obd", f"{obd_link.state} {obd_link.reason}".strip() if obd_link else "unknown"),
             ("obd_protocol", session.protocol if session else ""),
             ("vin", (session.vin or "") if session else ""),
-            ("pids_polled", len(session.columns) if session else 0),
+            ("pids_polled", snap.info.get("obd_pids", 0) if session else 0),
             ("samples_per_s", round(rate, 1)),
             ("obd_samples", samples),
             ("gnss", f"{gnss_link.state} {gnss_link.reason}".strip() if gnss_link

@@ -128,11 +128,12 @@ def find_readme() -> Optional[Path]:
 
 
 def install(unit: str) -> List[str]:
-    """Write the unit, reload, enable and start it; what was done (root only)."""
+    """Write the unit, reload, enable and (re)start it, so that after an upgrade the new
+    version runs with the new unit; what was done (root only)."""
     path = UNIT_DIR / UNIT_NAME
     path.write_text(unit)
     done = [f"wrote {path}"]
-    for args in (["daemon-reload"], ["enable", "--now", UNIT_NAME]):
+    for args in (["daemon-reload"], ["enable", UNIT_NAME], ["restart", UNIT_NAME]):
         subprocess.run(["systemctl", *args], check=True, timeout=60)
         done.append("systemctl " + " ".join(args))
     return done

@@ -116,6 +116,22 @@ def make_client(settings: S3Settings) -> Any:
                         verify=settings.verify_tls, config=config)
 
 
+# What an OpenSSL handshake reports when the other side answered in plain HTTP.
+PLAIN_HTTP_SIGNS = ("WRONG_VERSION_NUMBER", "RECORD LAYER FAILURE", "HTTP_REQUEST",
+                    "PACKET LENGTH TOO LONG")
+
+
+def scheme_note(endpoint: str) -> str:
+    """Which scheme the endpoint means, and how to write the other one."""
+    url = endpoint_url(endpoint)
+    if "://" in endpoint:
+        return (f"S3 uploads go to {url}" if url.startswith("http://") else
+                f"S3 uploads go to {url} (for a plain-http server write "
+                f"S3_SERVER_ENDPOINT=http://{endpoint.split('://', 1)[1]})")
+    return (f"S3 uploads go to {url} (S3_SERVER_ENDPOINT without a scheme means https; "
+            f"for a plain-http server write S3_SERVER_ENDPOINT=http://{endpoint})")
+
+
 def classify(exc: Exception, endpoint: str = "") -> UploadError:
     """botocore's errors -> one user-readable sentence (never the keys). `endpoint` as the
     user wrote it: a TLS failure on a bare host:port gets the fix, in words that name no
@@ -134,14 +150,15 @@ def classify(exc: Exception, endpoint: str = "") -> UploadError:
             return UploadError(f"the S3 server refused access ({code or status})",
                                permanent=True)
         return UploadError(f"the S3 server answered {code or status}")
-    if isinstance(exc, SSLError) and endpoint and "://" not in endpoint:
-        # 'host:port' means https; against a plain-http server the TLS handshake reads an
-        # HTTP reply (WRONG_VERSION_NUMBER). Only the user can change the endpoint.
+    if isinstance(exc, SSLError) and endpoint:
         reason = re.sub(r"\s*\(_ssl\.c:\d+\)", "", str(exc.kwargs.get("error", "")))
-        return UploadError(
-            f"TLS handshake with the S3 server failed ({reason or 'SSL error'}): "
-            f"S3_SERVER_ENDPOINT={endpoint} has no scheme, which means https; for a "
-            f"plain-http server write S3_SERVER_ENDPOINT=http://{endpoint}", permanent=True)
+        if any(sign in reason.upper() for sign in PLAIN_HTTP_SIGNS):
+            # The TLS handshake read an HTTP reply: the server speaks plain http. Only the
+            # user can change the endpoint; other TLS failures (a certificate, a dropped
+            # link) are reported and retried as they are.
+            return UploadError(f"TLS handshake with the S3 server failed ({reason}): the "
+                               f"server answers in plain HTTP; {scheme_note(endpoint)}",
+                               permanent=True)
     if isinstance(exc, BotoCoreError):
         return UploadError(f"cannot reach the S3 server: {exc}")
     return UploadError(f"{exc.__class__.__name__}: {exc}")

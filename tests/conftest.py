@@ -53,13 +53,18 @@ def venv_tool(name: str) -> str:
     return str(path)
 
 
+# The Debian package of each system tool the tests drive (.ci/run installs them).
+PACKAGES = {"nc": "netcat-openbsd", "systemd-analyze": "systemd", "rfcomm": "bluez"}
+
+
 def require_tool(name: str) -> str:
     """Path of a system (Debian) tool the tests drive, in the system's own directories;
     .ci/run installs them all, so in CI a missing one is a failure, on a developer's machine
     a skip that says what to install."""
     path = shutil.which(name, path="/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
     if path is None:
-        message = f"{name} is not installed (apt-get install it, or run bash .ci/run)"
+        message = (f"{name} is not installed (apt-get install {PACKAGES.get(name, name)}, "
+                   "or run bash .ci/run as root)")
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

@@ -17,7 +17,7 @@ from conftest import REPO, write_config
 
 CORE = ("obd", "serial", "pynmea2", "boto3", "botocore", "dotenv")
 START_HINT = "./start.sh or .venv/bin/eccm"
-VIEW_HINT = "pip install 'eccm[view]'"
+VIEW_HINT = ".venv/bin/pip install -e '.[view]'"
 
 
 def run_without(tmp_path: Path, modules: Iterable[str], *args, cwd=None):

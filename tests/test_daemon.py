@@ -220,3 +220,13 @@ def test_dead_thread_is_logged_and_restarted(tmp_path, caplog):
         daemon.shutdown()
     assert "recorder thread died" in caplog.text
     assert not any(t.name == "recorder" and t.is_alive() for t in threading.enumerate())
+
+
+def test_status_line_counts_one_file_in_the_singular(tmp_path):
+    """What `systemctl status eccm` shows."""
+    cfg, _ = load(write_config(tmp_path, OBD_INTERFACE=tmp_path / "missing"), environ={})
+    daemon = Daemon(cfg)
+    daemon.state.set_info(upload_backlog=1)
+    assert "1 file to upload" in daemon.status_line()
+    daemon.state.set_info(upload_backlog=3)
+    assert "3 files to upload" in daemon.status_line()

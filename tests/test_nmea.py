@@ -289,3 +289,19 @@ def test_captures_give_the_same_fixes_line_by_line_as_whole():
         assert fixes == parse_all(data), capture.name
     print(f"\n{early}/{total} fixes emitted on their own epoch's last sentence")
     assert early > total // 2
+
+
+@pytest.mark.skipif(not CAPTURES,
+                    reason=f"receiver captures not found in {SHARED / 'testdata' / 'gpsd'}")
+def test_fixes_carry_no_float_noise():
+    """44.06889783333333 or 0.014918876000000001 in gnss-parse, JSON or the socket: the
+    parser rounds where it converts (degrees+minutes, knots, km/h)."""
+    checked = 0
+    for capture in CAPTURES:
+        parser = NmeaParser()
+        for fix in parser.feed(capture.read_bytes()) + parser.finish():
+            for value in (fix.lat, fix.lon, fix.speed, fix.alt, fix.track, fix.hdop):
+                if isinstance(value, float):
+                    checked += 1
+                    assert len(repr(value).split(".")[-1]) <= 9, (capture.name, value)
+    assert checked > 1000

@@ -355,7 +355,10 @@ def test_gnss_values_and_status_over_the_socket(tmp_path, frozen_car, daemon_fac
             return sorted(names) == sorted(values) and f"OK {len(values)} values" in out
         wait_for(listed, 20, what="LIST to show the record's columns")
         engine = len(values) - len(gnss)
-        assert f" PIDs ({engine} values)" in daemon.log
+        pids = re.search(r" (\d+) PIDs \((\d+) values\)", daemon.log)
+        assert pids and int(pids[2]) == engine
+        status = talk(port, [f"AUTH {SECRET}", "STATUS"], pause=0.2, read_for=0.5)
+        assert f"pids_polled: {pids[1]}" in status.splitlines(), status
     finally:
         os.close(master)
         os.close(slave)

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from eccm.service import Installation, render_unit
 
 from conftest import REPO, require_tool, write_config
@@ -75,3 +77,19 @@ def test_documentation_of_a_folder_with_spaces_and_percent_passes_verify(tmp_pat
     output = verify.stdout + verify.stderr
     assert verify.returncode == 0 and "Documentation" not in output and \
         "specifier" not in output and "Invalid URL" not in output, output
+
+
+def test_a_python_outside_the_venv_is_told_to_use_the_venvs_eccm(tmp_path):
+    """The unit would run a program that is not there (reported by a reviewer:
+    ExecStart=/usr/bin/eccm from the system's Python)."""
+    python = "/usr/bin/python3"
+    if not os.path.exists(python) or os.path.exists("/usr/bin/eccm"):
+        pytest.skip(f"needs {python} without an eccm beside it")
+    config = write_config(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([python, "-m", "eccm", "install-service", "--print",
+                             "--config", str(config)], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert ".venv/bin/eccm install-service" in result.stderr
+    assert "ExecStart" not in result.stdout

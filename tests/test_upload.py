@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from eccm.state import SharedState
-from eccm.uploader import (S3Settings, UploadError, Uploader, UploadSession, digests,
+from eccm.uploader import (S3Settings, UploadError, Uploader, UploadSession, classify, digests,
                            endpoint_url, object_key, pending_files)
 
 from conftest import REPO, free_port, wait_for, write_config
@@ -201,6 +201,30 @@ def test_tls_hint_is_the_same_sentence_for_every_file(s3, tmp_path):
         assert path.exists()
     assert str(errors[0]) == str(errors[1]) and errors[0].permanent
     assert f"http://127.0.0.1:{s3.port}" in str(errors[0])
+
+
+def test_https_endpoint_on_a_plain_http_server_names_the_fix_too(s3, tmp_path):
+    endpoint = f"https://127.0.0.1:{s3.port}"
+    record(tmp_path / "records" / "outbox", "TEST-CAR", "20260103T020000Z", 3000)
+    result = run_upload(s3_config(tmp_path, endpoint))
+    assert result.returncode == 1
+    assert f"S3_SERVER_ENDPOINT=http://127.0.0.1:{s3.port}" in result.stderr, result.stderr
+
+
+def test_other_tls_failures_are_not_blamed_on_the_scheme():
+    """A certificate problem or a dropped handshake is not 'write http://': said as it
+    is, and retried with the usual backoff."""
+    import ssl
+
+    from botocore.exceptions import SSLError
+    for error in (ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] "
+                                                  "certificate verify failed"),
+                  ssl.SSLEOFError(8, "EOF occurred in violation of protocol")):
+        problem = classify(SSLError(endpoint_url="https://h:9000", error=error), "h:9000")
+        assert not problem.permanent and "http://" not in str(problem), problem
+    plain = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    problem = classify(SSLError(endpoint_url="https://h:9000", error=plain), "h:9000")
+    assert problem.permanent and "S3_SERVER_ENDPOINT=http://h:9000" in str(problem)
 
 
 def test_pruned_copies_are_counted_in_the_singular(tmp_path, caplog):
