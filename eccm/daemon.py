@@ -18,6 +18,7 @@ from .config import Config
 from .disk import check_budget
 from .gnss_reader import GnssReader
 from .notify import Notifier
+from .elmlink import PortInUse, check_free
 from .obd_poller import DEFAULT_FAST, ObdPoller, quiet_python_obd
 from .recorder import Recorder
 from .server import SocketServer
@@ -123,6 +124,12 @@ class Daemon:
 
     def run(self) -> int:
         """Start, supervise until stopped, shut down. Runs in the main thread."""
+        if self.cfg.OBD_INTERFACE:
+            try:  # two ECCMs on one adapter would each read the other's replies
+                check_free(self.cfg.OBD_INTERFACE)
+            except PortInUse as exc:
+                log.error("%s: is ECCM already running (systemctl status eccm)?", exc)
+                return 2
         self.install_signal_handlers()
         self.start()
         try:

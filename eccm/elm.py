@@ -1,190 +1,448 @@
-"""ELM327 driver: fast connect, packed mode-01 requests, response-count hints, baud switch.
+"""ELM327 adapter: connect, discover the ECUs, poll mode-01 values, read DTCs and the VIN.
 
-python-OBD's own connection spends ~4 s in fixed sleeps and sends one PID per request;
-this driver talks to the adapter directly (prompt-driven, no fixed sleeps) and still uses
-python-OBD for what it is good at: its protocol parsers (frames -> messages) and its
-decoders (messages -> values). Used by the OBD poller thread only.
+A reply becomes a value only when it is whole and is the answer to this request from the
+engine: the prompt was seen, the message came from the engine's address (headers stay
+on, ATH1, on every protocol: the ECU is known by its header, never by the order of
+replies), the mode/PID echo matches, and the data length is the PID's SAE J1979 length.
+Anything else is an empty cell and a counted anomaly, logged once per kind.
 
-Speed-ups, each with a fallback (ELM327 datasheet; clones differ):
-- echo, spaces and line feeds off (fewer bytes per reply), and headers off while only
-  one ECU answers (multi-frame replies are then reassembled here);
-- a bounded reply timeout (ATST, 100 ms) and adaptive timing (ATAT1);
-- on CAN, up to 6 mode-01 PIDs per request (one ECU round trip instead of six); an
-  adapter that answers packed requests with '?' / NO DATA / garbage gets single PIDs;
-- a response-count digit (v1.3+: '010C1' returns after one reply instead of waiting out
-  the timeout), learnt per request and dropped for a request it breaks;
+Speed-ups, each provably safe or dropped where it is not (ELM327 datasheet; clones
+differ):
+- echo, spaces and line feeds off; a bounded reply timeout (ATST, 100 ms) and adaptive
+  timing (ATAT1);
+- on CAN, up to 6 mode-01 PIDs per request; PIDs the engine leaves out of a packed answer
+  are asked singly at once, and a PID left out three times running is asked singly from
+  then on; an adapter that refuses packed requests three times running gets single PIDs;
+- a response-count digit ('010C1': return after one frame instead of waiting out the
+  timeout), learnt from a reply without it, for mode-01 only, re-learnt every
+  RELEARN seconds, and dropped as soon as a reply with it lacks the engine's answer (an
+  ECU that woke up after connect); never for DTCs or the VIN;
 - a higher serial speed where the adapter can switch (STN 'STBR', ELM 'ATBRD').
+
+python-OBD decodes the values (eccm.values); this module does all the talking.
+Used by the OBD poller thread only.
 """
 from __future__ import annotations
 
 import logging
 import os
-import re
 import time
+from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import obd
-import serial
-from obd import OBDStatus
-from obd.elm327 import ELM327
-from obd.OBDResponse import OBDResponse
-from obd.protocols import ECU
 
+from .elmlink import (RESYNC, SEARCH_TIMEOUT, AdapterError, Answer, ElmLink, PortInUse,
+                      is_url)
+from .obdframes import (CAN11, CAN29, Message, Reply, decode_dtcs, decode_vin,
+                        engine_address, parse_reply, split_mode01)
 from .values import decode_payload
 
 log = logging.getLogger(__name__)
 
-PROMPT = b">"
-CAN_PROTOCOLS = {"6", "7", "8", "9"}
+__all__ = ["AdapterError", "PortInUse", "NoCar", "ReadError", "ElmConnection",
+           "probe_voltage", "MAX_PACK"]
+
+CAN_PROTOCOLS = CAN11 | CAN29
+PROTOCOL_NAMES = {
+    "1": "SAE J1850 PWM", "2": "SAE J1850 VPW", "3": "ISO 9141-2",
+    "4": "ISO 14230-4 (KWP 5BAUD)", "5": "ISO 14230-4 (KWP FAST)",
+    "6": "ISO 15765-4 (CAN 11/500)", "7": "ISO 15765-4 (CAN 29/500)",
+    "8": "ISO 15765-4 (CAN 11/250)", "9": "ISO 15765-4 (CAN 29/250)",
+}
 MAX_PACK = 6          # PIDs per mode-01 request on CAN (SAE J1979)
-SEARCH_TIMEOUT = 15.0  # the first 0100 may search every protocol
 PROBE_BAUDS = (38400, 9600, 115200, 230400, 57600, 19200)
 BRD_DIVISORS = {115200: 0x23, 230400: 0x11, 500000: 0x08}  # ATBRD: 4 MHz / divisor
-
-
-class AdapterError(Exception):
-    """The adapter is missing, gone, or not an ELM327."""
+RELEARN = 30.0        # s between two replies without the count digit, per request
+PARTIAL_LIMIT = 3     # packed answers in a row without a PID: ask it singly from then on
+REFUSED_LIMIT = 3     # packed requests refused in a row: single PIDs for the session
+LONG_REPLY = 5.0      # s for a DTC list or the VIN (several messages)
 
 
 class NoCar(Exception):
     """The adapter answers but no ECU does (ignition off)."""
 
 
-class ElmLink:
-    """Serial I/O: write one command, read to the '>' prompt within a deadline."""
+class ReadError(Exception):
+    """A DTC/VIN/clear request got no whole answer; never read as an empty list."""
 
-    def __init__(self, port: str, baudrate: int, timeout: float):
-        try:
-            self.ser = serial.Serial(port, baudrate, timeout=0.05, write_timeout=2)
-        except (serial.SerialException, OSError, ValueError) as exc:
-            raise AdapterError(f"cannot open {port}: {exc}") from None
+
+def _frame_count(lines: Sequence[str]) -> int:
+    """Frames in a reply, what a response-count digit counts (ELM327: lines of data)."""
+    return sum(1 for ln in lines if ln.replace(" ", "") and all(
+        c in "0123456789ABCDEFabcdef" for c in ln.replace(" ", "")))
+
+
+def _mode01_sizes() -> Dict[int, int]:
+    """SAE J1979 data length of each mode-01 PID python-OBD knows (its byte count less
+    the two echo bytes)."""
+    return {c.pid: c.bytes - 2 for c in obd.commands[1] if c is not None and c.bytes > 2}
+
+
+SIZES = _mode01_sizes()
+
+
+class ElmConnection:
+    """A connected car; the part of python-OBD's OBD interface that ECCM uses."""
+
+    def __init__(self, port: str, baudrate: Optional[int] = None,
+                 protocol: Optional[str] = None, timeout: float = 1.0,
+                 fast_baudrate: int = 0, pack: bool = True):
+        self.port = port
         self.timeout = timeout
-        self.last_prompt = False
-        self._pending = b""  # bytes read past a prompt, for the next read_until
+        self.link: Optional[ElmLink] = None
+        self.version = ""
+        self.protocol_id = ""
+        self.pack = pack
+        self.engine = 0                      # the engine's address (header)
+        self.ecus: Set[int] = set()          # every address that has answered
+        self.supported: Set[int] = set()     # mode-01 PIDs the engine supports
+        self.supported_commands: Set[Any] = set()
+        self.single_pids: Set[int] = set()   # PIDs the engine leaves out of packed answers
+        self.anomalies: "Counter[str]" = Counter()
+        self._seen_anomalies: Set[str] = set()
+        self._partial: "Counter[int]" = Counter()
+        self._refused = 0
+        self._digit = True                   # the adapter understands count digits
+        self._hints: Dict[str, int] = {}     # request key -> frames of a whole reply
+        self._learnt_at: Dict[str, float] = {}
+        self._own_hint: Set[str] = set()     # single PIDs that differ from the others
+        self._connect(baudrate, protocol, fast_baudrate)
 
-    def command(self, text: str, timeout: Optional[float] = None) -> List[str]:
-        """Send text + CR; the reply's non-empty lines (prompt and echo removed)."""
-        data = self.raw(text.encode("ascii") + b"\r", timeout)
-        lines = [ln.strip() for ln in data.replace(b"\x00", b"").decode("ascii", "replace")
-                 .replace("\n", "\r").split("\r")]
-        lines = [ln for ln in lines if ln and ln != ">"]
-        if lines and lines[0].replace(" ", "") == text.replace(" ", ""):
-            lines = lines[1:]  # echo (before ATE0 took effect)
-        return lines
+    # --- connection -------------------------------------------------------------------
 
-    def raw(self, data: bytes, timeout: Optional[float] = None) -> bytes:
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+    def _command(self, text: str, timeout: Optional[float] = None) -> Answer:
+        if self.link is None:
+            raise AdapterError("not connected")
+        return self.link.command(text, timeout)
+
+    def _connect(self, baudrate: Optional[int], protocol: Optional[str],
+                 fast_baudrate: int) -> None:
+        url = is_url(self.port)
+        real = self.port if url else os.path.realpath(self.port)
+        self.link = ElmLink(real, baudrate or PROBE_BAUDS[0], self.timeout)
         try:
-            self.ser.reset_input_buffer()
-            self._pending = b""
-            self.write(data)
-            out = bytearray()
-            while PROMPT not in out and time.monotonic() <= deadline:
-                out += self.ser.read(self.ser.in_waiting or 1)
-        except (serial.SerialException, OSError) as exc:
-            raise AdapterError(f"adapter disconnected: {exc}") from None
-        reply, prompt, rest = bytes(out).partition(PROMPT)
-        self.last_prompt = bool(prompt)
-        self._pending = rest
+            if baudrate is None and not url and not real.startswith("/dev/pts/"):
+                self._probe_baud()
+            reply = self._command("ATWS", timeout=1.5).lines  # warm start, no reset wait
+            if not any("ELM" in ln or "STN" in ln for ln in reply):
+                reply = self._command("ATZ", timeout=3).lines  # v1.0 clones lack ATWS
+            if not any("ELM" in ln or "STN" in ln or "OK" in ln for ln in reply):
+                raise AdapterError("no ELM327 answers on this port")
+            for setting in ("ATE0", "ATL0", "ATS0", "ATH1", "ATAT1"):
+                answer = self._command(setting)
+                if setting == "ATH1" and "OK" not in answer.lines:
+                    raise AdapterError("the adapter cannot show message headers (ATH1)")
+            self.version = " ".join(self._command("ATI").lines)
+            sti = self._command("STI").lines
+            if sti and sti[0] != "?" and "STN" in sti[0]:
+                self.version += f" / {sti[0]}"
+            if fast_baudrate and not url and fast_baudrate > self.link.baudrate:
+                self._switch_baud(fast_baudrate)
+            self._command(f"ATSP{protocol or '0'}")
+            first = self._command("0100", timeout=SEARCH_TIMEOUT)
+            dpn = self._command("ATDPN").lines
+            self.protocol_id = (dpn[0] if dpn else "").lstrip("A") or (protocol or "")
+            if self.protocol_id not in PROTOCOL_NAMES:
+                if not first.complete or not _frame_count(first.lines):
+                    raise NoCar(f"the adapter answers but the car does not "
+                                f"({' '.join(first.lines) or 'no reply'}; ignition off?)")
+                raise AdapterError(f"unsupported OBD protocol {dpn!r}")
+            reply = parse_reply(first.lines, self.protocol_id)
+            answers = {m.ecu: m.data for m in reply.messages if m.data[:2] == b"\x41\x00"
+                       and len(m.data) == 6}
+            if not first.complete or not answers:
+                raise NoCar(f"the adapter answers but the car does not "
+                            f"({' '.join(first.lines) or 'no reply'}; ignition off?)")
+            self.ecus = set(answers)
+            self.engine = self._choose_engine(answers)
+            # A bounded reply timeout: 100 ms, twice the 50 ms an ECU may take (P2max of
+            # ISO 15765-4 / 14230), instead of the adapter's 200 ms default.
+            self._command("ATST19")
+            self._load_supported(answers[self.engine])
+            log.info("ECUs answering: %s; engine %X", " ".join(f"{e:X}" for e in
+                                                                sorted(self.ecus)),
+                     self.engine)
+        except Exception:
+            self.close()
+            raise
+
+    def _choose_engine(self, answers: Dict[int, bytes]) -> int:
+        """The engine's address: the standard one (7E8, or 10) if it answered, else the
+        only ECU, else the one supporting the most PIDs (as python-OBD does)."""
+        standard = engine_address(self.protocol_id)
+        if standard in answers:
+            return standard
+        if len(answers) == 1:
+            return next(iter(answers))
+        return max(sorted(answers), key=lambda e: bin(int.from_bytes(answers[e][2:],
+                                                                     "big")).count("1"))
+
+    def _probe_baud(self) -> None:
+        """Find the adapter's speed: a nonsense command gets a prompt at the right one."""
+        assert self.link is not None
+        for baud in PROBE_BAUDS:
+            self.link.baudrate = baud
+            if self.link.raw(RESYNC, timeout=0.3).complete:
+                return
+        raise AdapterError("no ELM327 answers at any usual baud rate")
+
+    def _switch_baud(self, baud: int) -> None:
+        """STN 'STBR' or ELM 'ATBRD'; the adapter reverts by itself if we miss its ID."""
+        assert self.link is not None
+        old = self.link.baudrate
+        attempts: List[Tuple[str, bytes]] = []
+        if "STN" in self.version:
+            attempts.append((f"STBR {baud}", b"STN"))
+        if baud in BRD_DIVISORS:
+            attempts.append((f"ATBRD {BRD_DIVISORS[baud]:02X}", b"ELM"))
+        for cmd, ident in attempts:
+            # The adapter answers OK at the old speed, switches, sends its ID at the new
+            # speed and keeps it only if the host answers CR in time (ATBRT, ~75 ms).
+            self.link.write(cmd.encode("ascii") + b"\r")
+            if b"OK" not in self.link.read_until(b"OK", 0.5):
+                self.link.read_until(b">", 0.3)
+                continue
+            self.link.baudrate = baud
+            if ident in self.link.read_until(ident, 0.2):
+                self.link.read_until(b"\r", 0.1)  # the rest of the ID line
+                self.link.write(b"\r")
+                if b"OK" in self.link.read_until(b">", 0.3):
+                    log.info("adapter switched to %d baud (%s)", baud, cmd.split()[0])
+                    return
+            self.link.baudrate = old  # the adapter goes back after its timeout
+            time.sleep(0.1)
+            self.link.synced = False  # the next command waits for a clean prompt
+        log.info("adapter stays at %d baud (no speed switch supported)", old)
+
+    def _load_supported(self, first: bytes) -> None:
+        """The engine's supported-PID bitmaps (0100, 0120, ... each says if the next
+        range exists), mode-01 PIDs up to C0."""
+        bitmap, base = first, 0x00
+        while True:
+            bits = int.from_bytes(bitmap[2:6], "big")
+            for i in range(32):
+                if bits & (1 << (31 - i)):
+                    self.supported.add(base + i + 1)
+            base += 0x20
+            if base > 0xC0 or base not in self.supported:
+                break
+            for _ in range(3):  # a reply lost on the way is asked again
+                got = self._ask_mode01(f"01{base:02X}", [base], hint=False)
+                if base in got:
+                    break
+            else:
+                log.warning("the engine announced PIDs above %02X but never answered "
+                            "%02X: those PIDs are not polled this session", base, base)
+                break
+            bitmap = bytes([0x41, base]) + got[base]
+        self.supported_commands = {
+            obd.commands[1][pid] for pid in self.supported
+            if obd.commands.has_pid(1, pid) and pid % 0x20}
+
+    # --- what went wrong, counted ----------------------------------------------------
+
+    def _anomaly(self, kind: str, detail: str) -> None:
+        """Count one anomaly (STATUS shows the counts); log each kind once a connection."""
+        self.anomalies[kind] += 1
+        if kind not in self._seen_anomalies:
+            self._seen_anomalies.add(kind)
+            log.warning("OBD reply not used (%s): %s; counted in STATUS as %s, never "
+                        "recorded", kind.replace("_", " "), detail, kind)
+
+    def _note(self, answer: Answer, reply: Reply, request: str) -> None:
+        if not answer.complete:
+            self._anomaly("no_prompt", f"request {request} got no prompt in time")
+        for problem in reply.problems:
+            kind = "torn_reply" if problem.startswith("ECU") else \
+                "unreadable_line" if problem.startswith("unreadable") else "adapter_fault"
+            self._anomaly(kind, f"request {request}: {problem}")
+        new = set(reply.ecus) - self.ecus
+        if new:
+            self.ecus |= new
+            log.info("ECU %s answers now (request %s)", " ".join(f"{e:X}" for e in
+                                                                sorted(new)), request)
+
+    # --- mode 01 ----------------------------------------------------------------------
+
+    def _hint_key(self, request: str) -> str:
+        single = len(request) == 4 and request not in self._own_hint
+        return "single" if single else request
+
+    def _ask_mode01(self, request: str, pids: Sequence[int], hint: bool = True
+                    ) -> Dict[int, bytes]:
+        """{pid: data} of the engine's whole answer to one mode-01 request; {} when the
+        answer is not usable (each case counted)."""
+        key = self._hint_key(request)
+        now = time.monotonic()
+        digit = self._hints.get(key) if hint and self._digit and \
+            now - self._learnt_at.get(key, -RELEARN) < RELEARN else None
+        answer = self._command(request + (f"{digit:X}" if digit else ""))
+        if digit and answer.complete and answer.lines == ["?"]:
+            self._digit = False  # this adapter does not take count digits
+            log.info("the adapter refuses response-count digits: waiting out each reply")
+            return self._ask_mode01(request, pids, hint)
+        reply = parse_reply(answer.lines, self.protocol_id)
+        self._note(answer, reply, request)
+        if not answer.complete or reply.unknown_command or any(
+                not p.startswith(("ECU", "unreadable")) for p in reply.problems):
+            return {}
+        engine = [m for m in reply.from_ecu(self.engine) if m.data[:1] != b"\x7f"]
+        if digit is None and engine and len(reply.messages) <= 15:
+            self._hints[key] = _frame_count(answer.lines)
+            self._learnt_at[key] = now
+        if not engine:
+            if digit is not None:  # the digit let another ECU's frame end the reply
+                self._hints.pop(key, None)
+                if key == "single":
+                    self._own_hint.add(request)
+                self._anomaly("count_digit_cut", f"request {request}{digit:X}: the "
+                              "engine's answer was not among the replies counted")
+            return {}
+        if len(engine) > 1:
+            self._anomaly("engine_twice", f"request {request}: two answers from the engine")
+            return {}
+        parts = split_mode01(engine[0].data, pids, SIZES)
+        if parts is None:
+            self._anomaly("mismatch", f"request {request} answered "
+                          f"{engine[0].data.hex().upper()}: not those PIDs with their "
+                          "SAE J1979 lengths")
+            return {}
+        return parts
+
+    @property
+    def can_pack(self) -> bool:
+        return self.pack and self.protocol_id in CAN_PROTOCOLS
+
+    def groups(self, commands: Sequence[Any]) -> List[List[Any]]:
+        """The requests that read these mode-01 commands: by six on CAN, else one each;
+        PIDs the engine leaves out of packed answers alone."""
+        if not self.can_pack:
+            return [[c] for c in commands]
+        packable = [c for c in commands if c.pid not in self.single_pids]
+        alone = [[c] for c in commands if c.pid in self.single_pids]
+        return [packable[i:i + MAX_PACK] for i in range(0, len(packable), MAX_PACK)] + alone
+
+    def query_group(self, group: Sequence[Any]) -> Dict[Any, Any]:
+        """Decoded values of one request's commands (None where the car gave nothing)."""
+        pids = [c.pid for c in group]
+        request = "01" + "".join(f"{p:02X}" for p in pids)
+        got = self._ask_mode01(request, pids)
+        if len(group) > 1:
+            if not got:
+                self._refused += 1
+                if self._refused >= REFUSED_LIMIT and self.pack:
+                    self.pack = False
+                    log.warning("this adapter does not answer multi-PID requests; polling "
+                                "one PID per request")
+            else:
+                self._refused = 0
+            for pid in pids:
+                if pid in got:
+                    self._partial[pid] = 0
+                    continue
+                if got:
+                    self._partial[pid] += 1
+                    self._anomaly("partial_packed", f"the engine left PID {pid:02X} out "
+                                  f"of its answer to {request}")
+                    if self._partial[pid] >= PARTIAL_LIMIT and pid not in self.single_pids:
+                        self.single_pids.add(pid)
+                        log.info("the engine leaves PID %02X out of packed replies: asking "
+                                 "it alone", pid)
+                got.update(self._ask_mode01(f"01{pid:02X}", [pid]))
+        values: Dict[Any, Any] = {}
+        for cmd in group:
+            data = got.get(cmd.pid)
+            values[cmd] = None if data is None else \
+                decode_payload(cmd, bytes([0x41, cmd.pid]) + data)
+        return values
+
+    def query_values(self, commands: Sequence[Any]) -> Dict[Any, Any]:
+        out: Dict[Any, Any] = {}
+        for group in self.groups(commands):
+            out.update(self.query_group(group))
+        return out
+
+    def query(self, cmd: Any) -> Any:
+        """One mode-01 value now (legacy QUERY_COMMAND); None without a whole answer."""
+        if cmd.mode != 1 or cmd.pid not in self.supported:
+            return None
+        return self.query_group([cmd])[cmd]
+
+    # --- DTCs, VIN --------------------------------------------------------------------
+
+    def _long_request(self, request: str) -> Reply:
+        """A request whose answer may span several messages: never a count digit."""
+        answer = self._command(request, timeout=max(self.timeout, LONG_REPLY))
+        reply = parse_reply(answer.lines, self.protocol_id)
+        self._note(answer, reply, request)
+        if not answer.complete:
+            raise ReadError("the adapter did not finish its reply")
+        if reply.problems:
+            raise ReadError(f"the reply was not whole ({reply.problems[0]})")
+        if reply.unknown_command:
+            raise ReadError("the adapter refused the request")
         return reply
 
-    def write(self, data: bytes) -> None:
-        try:
-            self.ser.write(data)
-        except (serial.SerialException, OSError) as exc:
-            raise AdapterError(f"adapter disconnected: {exc}") from None
+    def read_dtcs(self, mode: int = 3) -> List[str]:
+        """Stored (03), pending (07) or permanent (0A) codes of every ECU, in order, no
+        duplicates. Raises ReadError unless every answering ECU's list was whole."""
+        reply = self._long_request(f"{mode:02X}")
+        positive = [m for m in reply.messages if m.data[:1] == bytes([0x40 + mode])]
+        if not positive:
+            raise ReadError("the car did not answer the trouble code request")
+        codes: List[str] = []
+        can = self.protocol_id in CAN_PROTOCOLS
+        for ecu in sorted({m.ecu for m in positive}):
+            try:
+                found = decode_dtcs([m for m in positive if m.ecu == ecu], mode, can)
+            except ValueError as exc:
+                raise ReadError(f"ECU {ecu:X}: {exc}") from None
+            codes += [c for c in found if c not in codes]
+        return codes
 
+    def clear_dtcs(self) -> int:
+        """Mode 04; the number of stored codes left afterwards."""
+        reply = self._long_request("04")
+        if not any(m.data[:1] == b"\x44" for m in reply.messages):
+            raise ReadError("the car did not confirm the clear request")
+        return len(self.read_dtcs(3))
 
-    def read_until(self, marker: bytes, timeout: float) -> bytes:
-        deadline = time.monotonic() + timeout
-        out = bytearray(self._pending)
-        self._pending = b""
+    def read_vin(self) -> Optional[str]:
+        """The VIN (mode 09 PID 02) of the engine, or None unless whole and valid."""
         try:
-            while marker not in out and time.monotonic() < deadline:
-                out += self.ser.read(self.ser.in_waiting or 1)
-        except (serial.SerialException, OSError) as exc:
-            raise AdapterError(f"adapter disconnected: {exc}") from None
-        head, found, rest = bytes(out).partition(marker)
-        self._pending = rest
-        return head + found
+            reply = self._long_request("0902")
+        except ReadError as exc:
+            log.info("no VIN: %s", exc)
+            return None
+        messages: List[Message] = reply.from_ecu(self.engine) or \
+            (reply.messages if len(reply.ecus) == 1 else [])
+        vin = decode_vin(messages, self.protocol_id in CAN_PROTOCOLS) if messages else None
+        if messages and vin is None:
+            self._anomaly("bad_vin", "the VIN reply is not 17 valid characters")
+        return vin
+
+    # --- python-OBD compatible surface -----------------------------------------------
+
+    def voltage(self) -> Optional[float]:
+        """The supply voltage the adapter measures (ATRV), or None."""
+        if self.link is None:
+            return None
+        return parse_volts(self._command("ATRV").lines)
+
+    def protocol_name(self) -> str:
+        return PROTOCOL_NAMES.get(self.protocol_id, "")
+
+    def port_name(self) -> str:
+        return self.port
+
+    def supports(self, cmd: Any) -> bool:
+        return cmd in self.supported_commands
 
     def close(self) -> None:
-        try:
-            self.ser.close()
-        except (serial.SerialException, OSError):
-            pass
-
-
-def is_hex_line(line: str) -> bool:
-    text = line.replace(" ", "")
-    return bool(text) and all(c in "0123456789ABCDEFabcdef" for c in text)
-
-
-_FRAME_LINE = re.compile(r"([0-9A-F]):((?:[0-9A-F]{2})*)")
-_LENGTH_LINE = re.compile(r"[0-9A-F]{3}")
-
-
-def count_frames(lines: Sequence[str]) -> int:
-    """Bus frames in a reply, with headers on or off: what a response-count digit counts
-    (with headers off a multi-frame message is a length line, then one 'n:' line per frame)."""
-    total = 0
-    for raw in lines:
-        line = raw.replace(" ", "").upper()
-        if _FRAME_LINE.fullmatch(line) or (is_hex_line(line)
-                                           and not _LENGTH_LINE.fullmatch(line)):
-            total += 1
-    return total
-
-
-def bare_messages(lines: Sequence[str]) -> List[bytes]:
-    """A reply printed with headers off (ATH0) -> the payload of each message.
-
-    A single-frame message is one hex line; a multi-frame one (CAN auto-formatting) is
-    its byte count ('014') then its frames ('0:410C..', '1:..'). An incomplete message is
-    left out, so a caller never decodes a cut reply.
-    """
-    messages: List[bytes] = []
-    length, buffer = -1, bytearray()
-
-    def close() -> None:
-        if length >= 0 and len(buffer) >= length:
-            messages.append(bytes(buffer[:length]))
-
-    for raw in lines:
-        line = raw.replace(" ", "").upper()
-        frame = _FRAME_LINE.fullmatch(line)
-        if frame and length >= 0:
-            buffer += bytes.fromhex(frame[2])
-        elif _LENGTH_LINE.fullmatch(line):
-            close()
-            length, buffer = int(line, 16), bytearray()
-        elif is_hex_line(line) and len(line) % 2 == 0:
-            close()
-            length = -1
-            messages.append(bytes.fromhex(line))
-    close()
-    return messages
-
-
-def split_packed(data: bytes, wanted: Sequence[int]) -> Optional[Dict[int, bytes]]:
-    """A packed mode-01 reply (41 pidA dataA pidB dataB ...) -> {pid: b'41'+pid+data}.
-
-    None when it does not parse as the requested PIDs (a clone mangling the request).
-    """
-    if len(data) < 2 or data[0] != 0x41:
-        return None
-    out: Dict[int, bytes] = {}
-    i = 1
-    while i < len(data):
-        pid = data[i]
-        if pid not in wanted or pid in out or not obd.commands.has_pid(1, pid):
-            return None if not out else out  # trailing padding after good PIDs is fine
-        size = max(0, obd.commands[1][pid].bytes - 2)
-        if i + 1 + size > len(data):
-            return None
-        out[pid] = bytes([0x41, pid]) + data[i + 1:i + 1 + size]
-        i += 1 + size
-    return out
+        if self.link is not None:
+            self.link.close()
+            self.link = None
 
 
 def parse_volts(lines: List[str]) -> Optional[float]:
@@ -202,271 +460,9 @@ def parse_volts(lines: List[str]) -> Optional[float]:
 
 def probe_voltage(port: str, baudrate: Optional[int], timeout: float) -> Optional[float]:
     """Open the adapter just to read its voltage; the car's bus is not touched."""
-    link = ElmLink(os.path.realpath(port), baudrate or PROBE_BAUDS[0], timeout)
+    link = ElmLink(port if is_url(port) else os.path.realpath(port),
+                   baudrate or PROBE_BAUDS[0], timeout)
     try:
-        return parse_volts(link.command("ATRV"))
+        return parse_volts(link.command("ATRV").lines)
     finally:
         link.close()
-
-
-class ElmConnection:
-    """A connected car; the subset of python-OBD's OBD interface that ECCM uses."""
-
-    def __init__(self, port: str, baudrate: Optional[int] = None,
-                 protocol: Optional[str] = None, timeout: float = 1.0,
-                 fast_baudrate: int = 0, pack: bool = True):
-        self.port = port
-        self.timeout = timeout
-        self.link: Optional[ElmLink] = None
-        self.version = ""
-        self.protocol_id = ""
-        self._protocol: Any = None
-        self.supported_commands: Set[Any] = set()
-        self.pack = pack
-        self.headers = True                  # ATH1: python-OBD's parsers need the CAN IDs
-        self.single_ecu = False              # one ECU answered 0100
-        self.hints: Dict[str, int] = {}      # request -> response count that worked
-        self.no_hint: Set[str] = set()       # requests the count digit broke
-        self._pack_failures = 0
-        self._connect(baudrate, protocol, fast_baudrate)
-
-    # --- connection -------------------------------------------------------------------
-
-    def _connect(self, baudrate: Optional[int], protocol: Optional[str],
-                 fast_baudrate: int) -> None:
-        real = os.path.realpath(self.port)
-        pty = real.startswith("/dev/pts/")
-        self.link = ElmLink(real, baudrate or PROBE_BAUDS[0], self.timeout)
-        try:
-            if baudrate is None and not pty:
-                self._probe_baud()
-            reply = self.link.command("ATWS", timeout=1.5)  # warm start: no 1 s reset wait
-            if not any("ELM" in ln or "STN" in ln for ln in reply):
-                reply = self.link.command("ATZ", timeout=3)
-            if not any("ELM" in ln or "STN" in ln or "OK" in ln for ln in reply):
-                raise AdapterError("no ELM327 answers on this port")
-            for setting in ("ATE0", "ATL0", "ATS0", "ATH1", "ATAT1"):
-                self.link.command(setting)
-            self.version = " ".join(self.link.command("ATI"))
-            sti = self.link.command("STI")
-            if sti and sti[0] != "?" and "STN" in sti[0]:
-                self.version += f" / {sti[0]}"
-            if fast_baudrate and fast_baudrate > self.link.ser.baudrate:
-                self._switch_baud(fast_baudrate)
-            self.link.command(f"ATSP{protocol or '0'}")
-            r0100 = self.link.command("0100", timeout=SEARCH_TIMEOUT)
-            data_lines = [ln for ln in r0100 if is_hex_line(ln)]
-            if not data_lines:
-                reason = " ".join(r0100) or "no reply"
-                raise NoCar(f"the adapter answers but the car does not ({reason}; "
-                            "ignition off?)")
-            dpn = self.link.command("ATDPN")
-            self.protocol_id = (dpn[0] if dpn else "").lstrip("A") or (protocol or "")
-            if self.protocol_id not in ELM327._SUPPORTED_PROTOCOLS:
-                raise AdapterError(f"unknown OBD protocol {dpn!r}")
-            self._protocol = ELM327._SUPPORTED_PROTOCOLS[self.protocol_id](data_lines)
-            self.single_ecu = len(data_lines) == 1
-            # A bounded reply timeout: 100 ms, twice the 50 ms an ECU may take (P2max of
-            # ISO 15765-4 / 14230), instead of the adapter's 200 ms default.
-            self.link.command("ATST19")
-            self._load_supported(data_lines)
-        except Exception:
-            self.close()
-            raise
-
-    def _probe_baud(self) -> None:
-        """Find the adapter's speed: a nonsense command gets a prompt at the right one."""
-        assert self.link is not None
-        for baud in PROBE_BAUDS:
-            self.link.ser.baudrate = baud
-            self.link.raw(b"\x7f\x7f\r", timeout=0.3)  # never a bare CR: it repeats
-            if self.link.last_prompt:
-                return
-        raise AdapterError("no ELM327 answers at any usual baud rate")
-
-    def _switch_baud(self, baud: int) -> None:
-        """STN 'STBR' or ELM 'ATBRD'; the adapter reverts by itself if we miss its ID."""
-        assert self.link is not None
-        old = self.link.ser.baudrate
-        attempts: List[Tuple[str, bytes]] = []
-        if "STN" in self.version:
-            attempts.append((f"STBR {baud}", b"STN"))
-        if baud in BRD_DIVISORS:
-            attempts.append((f"ATBRD {BRD_DIVISORS[baud]:02X}", b"ELM"))
-        for cmd, ident in attempts:
-            # The adapter answers OK at the old speed, switches, sends its ID at the new
-            # speed and keeps it only if the host answers CR in time (ATBRT, ~75 ms).
-            self.link.write(cmd.encode("ascii") + b"\r")
-            if b"OK" not in self.link.read_until(b"OK", 0.5):
-                self.link.read_until(PROMPT, 0.3)
-                continue
-            self.link.ser.baudrate = baud
-            if ident in self.link.read_until(ident, 0.2):
-                self.link.read_until(b"\r", 0.1)  # the rest of the ID line
-                self.link.write(b"\r")
-                if b"OK" in self.link.read_until(PROMPT, 0.3):
-                    log.info("adapter switched to %d baud (%s)", baud, cmd.split()[0])
-                    return
-            self.link.ser.baudrate = old  # the adapter goes back after its timeout
-            time.sleep(0.1)
-            self.link.raw(b"\x7f\x7f\r", timeout=0.3)  # resync; a bare CR would repeat
-        log.info("adapter stays at %d baud (no speed switch supported)", old)
-
-    def _load_supported(self, r0100: List[str]) -> None:
-        supported = self.supported_commands = set(obd.commands.base_commands())
-        for getter in obd.commands.pid_getters():
-            if getter.mode not in (1, 9):
-                continue  # mode 06 monitors are not logged: do not spend time asking
-            if getter.mode == 1 and getter.pid == 0:
-                response = getter(self._protocol(r0100))
-            elif getter in supported:
-                response = self.query(getter)
-            else:
-                continue
-            if response.is_null():
-                continue
-            for i, bit in enumerate(response.value):
-                pid = getter.pid + i + 1
-                if bit and obd.commands.has_pid(getter.mode, pid):
-                    supported.add(obd.commands[getter.mode][pid])
-
-    # --- python-OBD compatible surface -----------------------------------------------
-
-    def voltage(self) -> Optional[float]:
-        """The supply voltage the adapter measures (ATRV), or None."""
-        if self.link is None:
-            return None
-        return parse_volts(self.link.command("ATRV"))
-
-    def status(self) -> str:
-        return OBDStatus.CAR_CONNECTED if self.link is not None else OBDStatus.NOT_CONNECTED
-
-    def protocol_name(self) -> str:
-        return getattr(self._protocol, "ELM_NAME", "")
-
-    def port_name(self) -> str:
-        return self.port
-
-    def supports(self, cmd: Any) -> bool:
-        return cmd in self.supported_commands
-
-    def close(self) -> None:
-        if self.link is not None:
-            self.link.close()
-            self.link = None
-
-    def _send(self, request: str) -> List[str]:
-        """Send one OBD request, with a learnt response-count digit where it works."""
-        if self.link is None:
-            raise AdapterError("not connected")
-        hint = self.hints.get(request)
-        if hint is None and request not in self.no_hint and len(request) == 4 \
-                and request.startswith("01"):
-            hint = self.hints.get("single")  # one mode-01 PID: as many frames as ECUs
-        if hint is not None:
-            lines = self.link.command(f"{request}{hint:X}")
-            frames = count_frames(lines)
-            if frames:
-                if frames != hint:  # fewer came (and we waited): ask for that many
-                    self.hints[request] = frames
-                return lines
-            self.no_hint.add(request)  # the digit broke this request: never again
-            self.hints.pop(request, None)
-        lines = self.link.command(request)
-        frames = count_frames(lines)
-        if frames and request not in self.no_hint and frames <= 15:
-            self.hints[request] = frames
-            if len(request) == 4 and request.startswith("01"):
-                self.hints.setdefault("single", frames)
-        return lines
-
-    def _set_headers(self, on: bool) -> None:
-        if self.link is not None and on != self.headers:
-            self.link.command("ATH1" if on else "ATH0")
-            self.headers = on
-
-    def _send_bare(self, request: str) -> Optional[List[bytes]]:
-        """A request with headers off (single-ECU car: fewer bytes per reply) -> its
-        messages; None once a second ECU shows up (headers are needed from then on)."""
-        self._set_headers(False)
-        messages = bare_messages(self._send(request))
-        if len(messages) > 1:
-            self.single_ecu = False
-            log.info("more than one ECU answers %s: reading replies with headers on", request)
-            return None
-        return messages
-
-    def _query_bare(self, cmd: Any) -> Any:
-        """One mode-01 PID, headers off."""
-        messages = self._send_bare(cmd.command.decode())
-        if messages is None:
-            return self.query(cmd).value
-        if not messages or messages[0][:2] != bytes([0x41, cmd.pid]):
-            return None
-        return decode_payload(cmd, messages[0])
-
-    def query(self, cmd: Any, force: bool = False) -> OBDResponse:
-        if self.link is None or (not force and not self.supports(cmd)):
-            return OBDResponse()
-        self._set_headers(True)
-        if cmd.header != obd.protocols.ECU_HEADER.ENGINE:
-            return OBDResponse()  # other headers are not used by ECCM
-        lines = self._send(cmd.command.decode())
-        messages = self._protocol([ln for ln in lines if is_hex_line(ln)])
-        if not messages:
-            return OBDResponse()
-        return cmd(messages)
-
-    # --- packed polling ---------------------------------------------------------------
-
-    @property
-    def can_pack(self) -> bool:
-        return self.pack and self.protocol_id in CAN_PROTOCOLS
-
-    def groups(self, commands: Sequence[Any]) -> List[List[Any]]:
-        """The requests that read these mode-01 commands: by six on CAN, else one each."""
-        size = MAX_PACK if self.can_pack else 1
-        return [list(commands[i:i + size]) for i in range(0, len(commands), size)]
-
-    def query_group(self, group: Sequence[Any]) -> Dict[Any, Any]:
-        """Decoded values of one request's commands (None where the car gave nothing)."""
-        if len(group) == 1 or not self.can_pack:
-            if self.single_ecu:
-                return {cmd: self._query_bare(cmd) for cmd in group}
-            return {cmd: self.query(cmd).value for cmd in group}
-        parts = self._packed(group)
-        if parts is None:
-            self._pack_failures += 1
-            if self._pack_failures >= 2 and self.pack:
-                self.pack = False
-                log.warning("this adapter rejects multi-PID requests; polling one PID per "
-                            "request")
-            return self.query_group(group) if not self.can_pack else \
-                {cmd: self.query(cmd).value for cmd in group}
-        self._pack_failures = 0
-        return {cmd: None if parts.get(cmd.pid) is None else
-                decode_payload(cmd, parts[cmd.pid]) for cmd in group}
-
-    def query_values(self, commands: Sequence[Any]) -> Dict[Any, Any]:
-        out: Dict[Any, Any] = {}
-        for group in self.groups(commands):
-            out.update(self.query_group(group))
-        return out
-
-    def _packed(self, group: Sequence[Any]) -> Optional[Dict[int, bytes]]:
-        request = "01" + "".join(f"{c.pid:02X}" for c in group)
-        pids = [c.pid for c in group]
-        if self.single_ecu:
-            bare = self._send_bare(request)
-            if bare is not None:  # else a second ECU answered: ask again with headers on
-                if not bare:
-                    return None
-                return split_packed(bare[0], pids) or None
-        self._set_headers(True)
-        lines = self._send(request)
-        messages = self._protocol([ln for ln in lines if is_hex_line(ln)])
-        if not messages:
-            return None
-        engine = [m for m in messages if m.ecu == ECU.ENGINE] or messages
-        return split_packed(bytes(engine[0].data), pids) or None
-

@@ -1,6 +1,7 @@
 """OBD poller thread: owns the ELM327 adapter; discovers and polls every engine value.
 
-The adapter is driven by eccm.elm (packed requests, response counts; python-OBD decodes).
+The adapter is driven by eccm.elm (whole replies only, packed requests, response counts;
+python-OBD decodes).
 Values are polled in two tiers: the fast ones (RPM, speed, throttle...) every cycle, the
 slow ones (temperatures, fuel level...) spread over OBD_SLOW_EVERY cycles, so the fast
 tier refreshes as often as the adapter allows while every value is still logged.
@@ -19,12 +20,13 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Callable, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import obd
 
 from . import values as obd_values
 from .elm import MAX_PACK, AdapterError, ElmConnection, NoCar, probe_voltage
+from .elmlink import PortInUse, is_url
 from .state import CONNECTED, CONNECTING, LOST, Column, ObdSession, SharedState
 from .worker import Backoff, LinkLog, Worker
 
@@ -79,18 +81,6 @@ def schedule(commands: List[Any], fast_names: Sequence[str], slow_every: int,
     return [fast + slow[k::every] for k in range(every)]
 
 
-def read_vin(conn: Any) -> Optional[str]:
-    """VIN from mode 09 PID 02, decoded here: python-OBD strips '0', '1', '2' off its ends."""
-    if not conn.supports(obd.commands.VIN):
-        return None
-    response = conn.query(obd.commands.VIN)
-    if not response.messages:
-        return None
-    data = bytes(response.messages[0].data)
-    text = data[3:].replace(b"\x00", b"").decode("ascii", "replace").strip()
-    return text or None
-
-
 class ObdPoller(Worker):
     name = "obd"
 
@@ -131,6 +121,38 @@ class ObdPoller(Worker):
             future.cancel()
             raise TimeoutError(f"no answer from the OBD thread within {timeout:g} s") from None
 
+    def read_dtcs(self, timeout: float) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
+        """Stored and pending trouble codes read from the car now, with descriptions.
+        Raises NotConnected, ReadError (no whole answer) or TimeoutError."""
+        stored, pending = self.submit(lambda conn: (conn.read_dtcs(3), conn.read_dtcs(7)),
+                                      timeout)
+        return _described(stored), _described(pending)
+
+    def clear_dtcs(self, timeout: float) -> int:
+        """Mode 04; the stored codes left. Raises as read_dtcs."""
+        return self.submit(lambda conn: conn.clear_dtcs(), timeout)
+
+    def legacy_answer(self, kind: str, name: str, timeout: float) -> str:
+        """What the original ECCM answered (python-OBD's text of a value) for
+        QUERY_COMMAND>>NAME, QUERY_STATUS>>NAME, GET_DTC and CLEAR_DTC."""
+        if kind == "GET_DTC":
+            def read(conn: ElmConnection) -> str:
+                return str(_described(conn.read_dtcs(3)))
+        elif kind == "CLEAR_DTC":
+            def read(conn: ElmConnection) -> str:
+                conn.clear_dtcs()
+                return "None"
+        else:
+            statuses = ("FUEL_STATUS", "AIR_STATUS", "AUX_INPUT_STATUS")
+            known = obd.commands.has_name(name) and (kind != "QUERY_STATUS" or name in statuses)
+            if not known:
+                return "None"  # what the original answered for an unknown name
+            command = obd.commands[name]
+
+            def read(conn: ElmConnection) -> str:
+                return str(conn.query(command))
+        return self.submit(read, timeout)
+
     def request_reconnect(self) -> None:
         """Close and reopen the adapter (RESTART_DATA_MANAGER)."""
         self._reconnect.set()
@@ -169,13 +191,15 @@ class ObdPoller(Worker):
             return None
         reason = ""
         for port in ports:
-            if not os.path.exists(port):
+            if not is_url(port) and not os.path.exists(port):
                 reason = f"{port} does not exist (adapter unplugged?)"
                 continue
             try:
                 return ElmConnection(port, baudrate=self.baudrate, protocol=self.protocol,
                                      timeout=self.timeout, fast_baudrate=self.fast_baudrate)
             except NoCar as exc:
+                reason = str(exc)
+            except PortInUse as exc:
                 reason = str(exc)
             except AdapterError as exc:
                 reason = f"no adapter answers on {port}: {exc}"
@@ -191,7 +215,7 @@ class ObdPoller(Worker):
         self._conn = conn
         commands = all_recordable(conn)
         units = {cmd: {c.name: c.unit for c in obd_values.columns_for(cmd)} for cmd in commands}
-        vin = read_vin(conn)
+        vin = conn.read_vin()
         self._sessions += 1
         columns = obd_values.session_columns(commands) + (VOLTAGE_COLUMN,)
         session = ObdSession(self._sessions, columns,
@@ -209,6 +233,7 @@ class ObdPoller(Worker):
         volts = 0.0
         number = 0
         packing: Optional[bool] = None
+        anomalies: dict = {}
         try:
             while not self.stop_event.is_set() and not self._reconnect.is_set():
                 if packing != conn.can_pack:  # (again) after a fallback to single PIDs
@@ -243,6 +268,9 @@ class ObdPoller(Worker):
                                      "sleep")
                     self._asleep = True
                     return
+                if conn.anomalies != anomalies:  # published only when they change
+                    anomalies = dict(conn.anomalies)
+                    self.state.set_info(obd_anomalies=anomalies)
                 if answered:
                     self.state.count("obd_samples", answered)
                     self.state.count("obd_cycles")
@@ -313,6 +341,11 @@ class ObdPoller(Worker):
             if remaining <= 0:
                 return
             self.stop_event.wait(min(0.1, remaining))
+
+
+def _described(codes: List[str]) -> List[Tuple[str, str]]:
+    """Codes with python-OBD's descriptions (SAE J2012 generic codes)."""
+    return [(code, obd.codes.DTC.get(code, "")) for code in codes]
 
 
 def all_recordable(conn: Any) -> List[Any]:

@@ -16,10 +16,8 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-import obd
-
 from . import __version__
-from .elm import AdapterError
+from .elm import AdapterError, ReadError
 from .obd_poller import NotConnected, ObdPoller
 from .protocol import MAX_LINE, Backend, Reply, Session, Unavailable, strip_telnet
 from .state import DISABLED, SharedState, Snapshot
@@ -49,49 +47,27 @@ class DaemonBackend(Backend):
         return self.server.state.snapshot()
 
     def _ask(self, fn: Any) -> Any:
+        """fn(poller): the OBD side answers through its own methods (the server never
+        touches the adapter); its failures become one Unavailable message."""
         poller = self.server.poller
         if poller is None:
             raise Unavailable("no OBD adapter configured")
         try:
-            return poller.submit(fn, timeout=REQUEST_TIMEOUT)
-        except (NotConnected, AdapterError) as exc:
+            return fn(poller)
+        except (NotConnected, AdapterError, ReadError) as exc:
             raise Unavailable(str(exc)) from None
         except TimeoutError:
             raise Unavailable(f"no answer from the OBD thread within {REQUEST_TIMEOUT:g} s") \
                 from None
 
     def read_dtcs(self) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
-        def read(conn: "obd.OBD") -> Tuple[Any, Any]:
-            return (conn.query(obd.commands.GET_DTC).value,
-                    conn.query(obd.commands.GET_CURRENT_DTC).value)
-        stored, pending = self._ask(read)
-        if stored is None:
-            raise Unavailable("the car did not answer the trouble code request")
-        return list(stored), list(pending or [])
+        return self._ask(lambda poller: poller.read_dtcs(REQUEST_TIMEOUT))
 
     def clear_dtcs(self) -> int:
-        def clear(conn: "obd.OBD") -> Optional[int]:
-            conn.query(obd.commands.CLEAR_DTC)
-            left = conn.query(obd.commands.GET_DTC).value
-            return None if left is None else len(left)
-        left = self._ask(clear)
-        if left is None:
-            raise Unavailable("the car did not answer after the clear request")
-        return left
+        return self._ask(lambda poller: poller.clear_dtcs(REQUEST_TIMEOUT))
 
     def query_legacy(self, kind: str, name: str) -> str:
-        statuses = ("FUEL_STATUS", "AIR_STATUS", "AUX_INPUT_STATUS")
-        if kind == "GET_DTC":
-            command: Optional[Any] = obd.commands.GET_DTC
-        elif kind == "CLEAR_DTC":
-            command = obd.commands.CLEAR_DTC
-        elif kind == "QUERY_STATUS":
-            command = obd.commands[name] if name in statuses else None
-        else:
-            command = obd.commands[name] if obd.commands.has_name(name) else None
-        if command is None:
-            return "None"  # what the original answered for an unknown name
-        return self._ask(lambda conn: str(conn.query(command).value))
+        return self._ask(lambda poller: poller.legacy_answer(kind, name, REQUEST_TIMEOUT))
 
     def reconnect(self) -> None:
         if self.server.poller is not None:
@@ -215,6 +191,8 @@ class SocketServer(Worker):
             ("pids_polled", snap.info.get("obd_pids", 0) if session else 0),
             ("samples_per_s", round(rate, 1)),
             ("obd_samples", samples),
+            ("obd_anomalies", " ".join(f"{k}={v}" for k, v in sorted(
+                snap.info.get("obd_anomalies", {}).items())) or "none"),
             ("gnss", f"{gnss_link.state} {gnss_link.reason}".strip() if gnss_link
              else "unknown"),
             ("gnss_fix", "none" if fix is None or fix.lat is None else

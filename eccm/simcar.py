@@ -178,7 +178,7 @@ def encode_dtc(code: str) -> List[int]:
 @dataclass
 class SimulatedCar:
     """The car's side: ignition, DTCs, VIN, and the drive clock."""
-    vin: str = "VF1SIMULATED00042"
+    vin: str = "VF1SMULATED000042"
     stored_dtcs: List[str] = field(default_factory=lambda: ["P0420"])
     pending_dtcs: List[str] = field(default_factory=list)
     ignition: bool = True

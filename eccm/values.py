@@ -42,19 +42,24 @@ STATUS_PIDS = {"STATUS", "STATUS_DRIVE_CYCLE"}
 
 
 def decode_payload(cmd: "obd.OBDCommand", data: bytes) -> Any:
-    """Decode a reply's data bytes (e.g. b'\\x41\\x0c\\x1a\\xf8') with python-OBD's decoder."""
+    """Decode a whole answer (e.g. b'\\x41\\x0c\\x1a\\xf8') with python-OBD's decoder.
+
+    The answer must have the command's exact length: a short one is never padded (a
+    padded '410C1A' would read as RPM 1664), a long one never cut. ValueError otherwise.
+    """
+    if cmd.bytes and len(data) != cmd.bytes:
+        raise ValueError(f"{cmd.name} takes {cmd.bytes} bytes, got {len(data)}")
     message = Message([Frame("")])
     message.ecu = ECU.ENGINE
     message.data = bytearray(data)
-    if cmd.bytes and len(message.data) != cmd.bytes:
-        message.data = (message.data + bytearray(cmd.bytes))[:cmd.bytes]
     return cmd.decode([message])
 
 
 def unit_of(cmd: "obd.OBDCommand") -> Optional[str]:
     """The fixed short unit of a command's values; None if it is not a quantity."""
     try:
-        probe = decode_payload(cmd, bytes([0x40 + (cmd.mode or 0), cmd.pid or 0]))
+        head = bytes([0x40 + (cmd.mode or 0), cmd.pid or 0])
+        probe = decode_payload(cmd, head + bytes(max(0, cmd.bytes - len(head))))
     except (ValueError, IndexError, TypeError, ArithmeticError):
         return None
     units = getattr(probe, "units", None)

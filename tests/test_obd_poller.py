@@ -4,7 +4,6 @@ from __future__ import annotations
 import threading
 import time
 
-import obd
 import pytest
 
 from eccm.obd_poller import NotConnected, ObdPoller
@@ -43,7 +42,7 @@ def test_discovers_polls_and_reads_vin(sim_adapter, poller_factory):
     for name in ("RPM", "SPEED", "COOLANT_TEMP", "FUEL_RATE", "STATUS_MIL"):
         assert name in names
     assert "PIDS_A" not in names
-    assert session.vin == "VF1SIMULATED00042"  # all 17 characters, trailing '2' kept
+    assert session.vin == "VF1SMULATED000042"  # all 17 characters, trailing '2' kept
     wait_for(lambda: {"RPM", "SPEED", "COOLANT_TEMP"} <= set(state.snapshot().values), 10,
              what="values")
     snap = state.snapshot()
@@ -60,7 +59,7 @@ def test_requests_run_on_the_poller_thread(sim_adapter, poller_factory):
 
     def read(conn):
         threads.append(threading.current_thread().name)
-        return [code for code, _ in conn.query(obd.commands.GET_DTC).value]
+        return conn.read_dtcs(3)
     assert poller.submit(read, timeout=5) == ["P0301"]
     assert threads == ["obd"]
 

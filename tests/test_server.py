@@ -100,7 +100,7 @@ def test_socat_and_telnet_clients(server):
     out = run_client([socat, "-t", "2", "-", f"TCP:127.0.0.1:{port}"],
                      f"auth {SECRET}\nstatus\nquit\n")
     assert "OK authenticated" in out
-    assert re.search(r"^vin: VF1SIMULATED00042$", out, re.M)
+    assert re.search(r"^vin: VF1SMULATED000042$", out, re.M)
     assert re.search(r"^pids_polled: \d+$", out, re.M)
     telnet = require_tool("telnet")
     script = f"AUTH {SECRET}\\nLIST\\nQUIT\\n"

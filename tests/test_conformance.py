@@ -1,0 +1,250 @@
+"""Conformance: ECCM's OBD driver against an independent fake adapter (tests/fake_elm.py,
+written from the ELM327 datasheet and SAE J1979, not from ECCM or its simulator).
+
+For every case: every value ECCM decodes equals a value the engine ECU really sent for
+that PID (the fake's oracle; other ECUs' values come from disjoint ranges and a cut or
+padded reply decodes to a value no ECU sent), or is empty; every supported PID is filled
+in most rounds; every DTC read returns exactly the true codes.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List
+
+import obd
+import pytest
+
+from eccm.elm import ElmConnection, ReadError
+from eccm.elmlink import PortInUse
+
+from conftest import (REPO, outbox_files, read_records, stop_process, wait_for,
+                      write_config)
+from fake_elm import Ecu, FakeElm, decode_pid
+
+# Cases: (name, protocol, ECUs, quirks). Each ECU answers from its own value range.
+CASES = [
+    ("can11 engine alone", 6, [Ecu.engine()], {}),
+    ("can11 engine + gearbox", 6, [Ecu.engine(), Ecu.transmission()], {}),
+    ("can11 gearbox answers first", 6,
+     [Ecu.engine(latency=0.015), Ecu.transmission(latency=0.002)], {}),
+    ("can11 three ECUs", 6, [Ecu.engine(), Ecu.transmission(), Ecu.hybrid()], {}),
+    ("can29 500k two ECUs", 7, [Ecu.engine(), Ecu.transmission()], {}),
+    ("can11 250k", 8, [Ecu.engine(), Ecu.transmission()], {}),
+    ("can29 250k", 9, [Ecu.engine(), Ecu.transmission()], {}),
+    ("J1850 PWM two ECUs", 1, [Ecu.engine(), Ecu.transmission()], {}),
+    ("J1850 VPW gearbox first", 2,
+     [Ecu.engine(latency=0.015), Ecu.transmission(latency=0.002)], {}),
+    ("ISO 9141-2 two ECUs", 3, [Ecu.engine(), Ecu.transmission()], {}),
+    ("KWP 5-baud", 4, [Ecu.engine(), Ecu.transmission()], {}),
+    ("KWP fast", 5, [Ecu.engine()], {}),
+    ("gearbox wakes after connect", 6,
+     [Ecu.engine(latency=0.012), Ecu.transmission(latency=0.002, wake_after=1.0)], {}),
+    ("legacy gearbox wakes late", 3,
+     [Ecu.engine(latency=0.012), Ecu.transmission(latency=0.002, wake_after=1.0)], {}),
+    ("clone: multi-PID NO DATA", 6, [Ecu.engine()], {"clone_no_multi_pid": "NO DATA"}),
+    ("clone: multi-PID ?", 6, [Ecu.engine(), Ecu.transmission()], {"clone_no_multi_pid": "?"}),
+    ("partial packed replies", 6, [Ecu.engine()], {"partial_multi_pid": True}),
+    ("first PID only", 6, [Ecu.engine(), Ecu.transmission()], {"first_pid_only": True}),
+    ("count digit refused", 6, [Ecu.engine()], {"ignores_count_digit": "?"}),
+    ("count digit ignored", 6, [Ecu.engine(), Ecu.transmission()],
+     {"ignores_count_digit": "ignore"}),
+    ("sticky echo", 6, [Ecu.engine()], {"sticky_echo": True}),
+    ("no ATST/ATAT", 3, [Ecu.engine()], {"no_atst_atat": True}),
+    ("v1.0 without ATWS", 6, [Ecu.engine()], {"v10_no_atws": True}),
+    ("BUFFER FULL", 6, [Ecu.engine(), Ecu.transmission()], {"buffer_full_after": 60}),
+    ("stalls past the timeout", 6, [Ecu.engine(), Ecu.transmission()], {"stall": (0.8, 7)}),
+    ("legacy stalls", 2, [Ecu.engine(), Ecu.transmission()], {"stall": (0.8, 5)}),
+    ("truncated: last byte lost", 6, [Ecu.engine()], {"truncate": ("byte", 3)}),
+    ("truncated: half lost", 6, [Ecu.engine(), Ecu.transmission()], {"truncate": ("half", 4)}),
+    ("legacy truncated", 1, [Ecu.engine()], {"truncate": ("byte", 3)}),
+    ("K-line re-init mid-drive", 3, [Ecu.engine()], {"kline_reinit": (2.0, 25)}),
+    ("response pending", 6, [Ecu.engine(), Ecu.transmission()], {"response_pending": (2, 5)}),
+    ("CAN ERROR", 6, [Ecu.engine()], {"can_error": 6}),
+]
+
+TIMEOUT = 0.5
+ROUNDS = 12
+
+
+def python_obd_value(cmd: Any, value: Any) -> Any:
+    """A decoded value in the fake oracle's terms."""
+    if cmd.name == "STATUS":
+        return {"mil": bool(value.MIL), "dtc_count": int(value.DTC_count)}
+    return float(value.magnitude)
+
+
+def truth(fake: FakeElm, pid: int) -> List[Any]:
+    return [v if isinstance(v, dict) else float(v)
+            for _, v in fake.true_values("engine", pid)]
+
+
+def connect(fake: FakeElm, **kw: Any) -> ElmConnection:
+    deadline = time.monotonic() + 10
+    while True:  # the K-line init or a stall may fail the first attempt
+        try:
+            return ElmConnection(fake.port, timeout=TIMEOUT, **kw)
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("name,protocol,ecus,quirks", CASES, ids=[c[0] for c in CASES])
+def test_every_value_is_the_engines_or_empty(name, protocol, ecus, quirks):
+    with FakeElm(protocol=protocol, ecus=ecus, quirks=quirks) as fake:
+        conn = connect(fake)
+        try:
+            engine_pids = set(fake.ecu("engine").data_pids())
+            commands = sorted((c for c in conn.supported_commands
+                               if c.mode == 1 and c.pid in engine_pids), key=lambda c: c.pid)
+            assert {c.pid for c in commands} == {p for p in engine_pids
+                                                 if obd.commands.has_pid(1, p)}
+            seen: Dict[Any, List[Any]] = {c: [] for c in commands}
+            for _ in range(ROUNDS):
+                for cmd, value in conn.query_values(commands).items():
+                    if value is not None:
+                        seen[cmd].append(python_obd_value(cmd, value))
+            for cmd, values in seen.items():
+                sent = truth(fake, cmd.pid)
+                for value in values:
+                    assert any(value == pytest.approx(s) if not isinstance(s, dict)
+                               else value == s for s in sent), \
+                        f"{cmd.name} = {value}: the engine never sent it ({name})"
+                assert len(values) >= ROUNDS // 2, \
+                    f"{cmd.name} filled in {len(values)} of {ROUNDS} rounds ({name})"
+            assert not fake.errors
+        finally:
+            conn.close()
+
+
+DTC_PROTOCOLS = [6, 7, 1, 3, 4]
+
+
+@pytest.mark.parametrize("protocol", DTC_PROTOCOLS)
+def test_dtc_lists_are_exactly_the_true_codes(protocol):
+    engine = Ecu.engine(stored_dtcs=["P0133", "P0301", "P0420", "P0A80"],
+                        pending_dtcs=["P0171"])
+    gearbox = Ecu.transmission(stored_dtcs=["P0700"])
+    with FakeElm(protocol=protocol, ecus=[engine, gearbox]) as fake:
+        conn = connect(fake)
+        try:
+            assert conn.read_dtcs(3) == ["P0133", "P0301", "P0420", "P0A80", "P0700"]
+            assert conn.read_dtcs(7) == ["P0171"]
+            # the list grows during the session: read again, no count digit learnt
+            fake.set_dtcs("engine", stored=["P0133", "P0301", "P0420", "P0A80", "C0123",
+                                            "B1100", "U0100"])
+            assert conn.read_dtcs(3) == ["P0133", "P0301", "P0420", "P0A80", "C0123",
+                                         "B1100", "U0100", "P0700"]
+            fake.set_dtcs("engine", stored=["P0420"])
+            assert conn.read_dtcs(3) == ["P0420", "P0700"]
+            assert conn.clear_dtcs() == 0
+            assert conn.read_dtcs(3) == [] and conn.read_dtcs(7) == []
+            assert conn.read_vin() == engine.vin
+        finally:
+            conn.close()
+
+
+def test_a_cut_dtc_list_is_an_error_not_a_short_list():
+    engine = Ecu.engine(stored_dtcs=[f"P0{n:03d}" for n in range(100, 130)])
+    with FakeElm(protocol=6, ecus=[engine], quirks={"buffer_full_after": 60}) as fake:
+        conn = connect(fake)
+        try:
+            with pytest.raises(ReadError):
+                conn.read_dtcs(3)
+            assert conn.read_vin() is None or conn.read_vin() == engine.vin
+        finally:
+            conn.close()
+
+
+def test_a_failed_pending_read_is_an_error_not_zero_codes():
+    with FakeElm(protocol=6, ecus=[Ecu.engine(pending_dtcs=["P0171"])],
+                 quirks={"can_error": 1}) as fake:
+        conn = None
+        try:
+            with pytest.raises(Exception):
+                conn = ElmConnection(fake.port, timeout=TIMEOUT)
+                conn.read_dtcs(7)
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+def test_second_open_of_the_adapter_is_refused_naming_the_holder():
+    with FakeElm(protocol=6, ecus=[Ecu.engine()]) as fake:
+        conn = connect(fake)
+        try:
+            with pytest.raises(PortInUse, match="in use"):
+                ElmConnection(fake.port, timeout=TIMEOUT)
+        finally:
+            conn.close()
+
+
+def test_a_second_eccm_on_the_same_adapter_exits_2_naming_the_first(tmp_path):
+    with FakeElm(protocol=6, ecus=[Ecu.engine()]) as fake:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ECCM_")}
+        env["PYTHONPATH"] = str(REPO)
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        first_cfg = write_config(tmp_path / "a", OBD_INTERFACE=fake.port)
+        second_cfg = write_config(tmp_path / "b", OBD_INTERFACE=fake.port)
+        log = open(tmp_path / "first.log", "wb")
+        first = subprocess.Popen([sys.executable, "-m", "eccm", "run", "--config",
+                                  str(first_cfg)], env=env, stdout=log,
+                                 stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            wait_for(lambda: b"OBD adapter connected" in (tmp_path / "first.log").read_bytes(),
+                     30, what="the first ECCM to connect")
+            second = subprocess.run([sys.executable, "-m", "eccm", "run", "--config",
+                                     str(second_cfg)], env=env, capture_output=True,
+                                    text=True, timeout=60, cwd=tmp_path)
+            assert second.returncode == 2, second.stderr
+            assert f"{fake.port} is in use by PID {first.pid}" in second.stderr
+            assert first.poll() is None  # the first one goes on
+        finally:
+            stop_process(first)
+            log.close()
+
+
+def test_wifi_adapter_over_tcp_records_and_reconnects(tmp_path):
+    engine = Ecu.engine()
+    fake = FakeElm(protocol=6, ecus=[engine], use_pty=False, tcp=True).start()
+    port = fake.tcp_port
+    records = tmp_path / "records"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECCM_")}
+    env["PYTHONPATH"] = str(REPO)
+    cfg = write_config(tmp_path, OBD_INTERFACE=f"socket://127.0.0.1:{port}",
+                       RECONNECT_MAX_DELAY=1, OBD_SESSION_TIMEOUT=1)
+    log = open(tmp_path / "daemon.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "eccm", "run", "--config", str(cfg)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        def connections() -> int:
+            return (tmp_path / "daemon.log").read_bytes().count(b"OBD adapter connected")
+        wait_for(lambda: connections() >= 1, 30, what="a connection over TCP")
+        sent = {v for _, v in fake.true_values("engine", 0x0C)}
+        fake.stop()  # the Wi-Fi adapter loses power
+        time.sleep(1.5)
+        fake = FakeElm(protocol=6, ecus=[engine], use_pty=False, tcp=True,
+                       tcp_port=port).start()
+        wait_for(lambda: connections() >= 2, 30, what="a reconnection over TCP")
+        reconnected = time.monotonic()
+        wait_for(lambda: any(t > reconnected for t, _ in fake.true_values("engine", 0x0C)),
+                 10, what="RPM asked after the reconnection")
+        time.sleep(0.5)
+    finally:
+        stop_process(proc, signal.SIGTERM)
+        log.close()
+        sent |= {v for _, v in fake.true_values("engine", 0x0C)}
+        fake.stop()
+    assert proc.returncode == 0
+    cells = []
+    for path in outbox_files(records):
+        rows = read_records(path)
+        column = [h.split(" (")[0] for h in rows[0]].index("RPM")
+        cells += [float(r[column]) for r in rows[1:] if r[column]]
+    assert cells and set(cells) <= sent
+    assert set(cells) & {v for _, v in fake.true_values("engine", 0x0C)}  # after, too
