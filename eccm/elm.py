@@ -75,8 +75,10 @@ def _frame_count(lines: Sequence[str]) -> int:
 
 def _mode01_sizes() -> Dict[int, int]:
     """SAE J1979 data length of each mode-01 PID python-OBD knows (its byte count less
-    the two echo bytes)."""
-    return {c.pid: c.bytes - 2 for c in obd.commands[1] if c is not None and c.bytes > 2}
+    the two echo bytes), and of the supported-PID bitmaps past its table (4 bytes)."""
+    sizes = {base: 4 for base in range(0x00, 0x100, 0x20)}
+    sizes.update({c.pid: c.bytes - 2 for c in obd.commands[1] if c is not None and c.bytes > 2})
+    return sizes
 
 
 SIZES = _mode01_sizes()
@@ -102,7 +104,9 @@ class ElmConnection:
         self.anomalies: "Counter[str]" = Counter()
         self._seen_anomalies: Set[str] = set()
         self._partial: "Counter[int]" = Counter()
-        self._refused = 0
+        self._refused = 0                    # packed requests turned down in a row
+        self._refused_last = False
+        self._torn_last = False
         self._digit = True                   # the adapter understands count digits
         self._hints: Dict[str, int] = {}     # request key -> frames of a whole reply
         self._learnt_at: Dict[str, float] = {}
@@ -279,11 +283,20 @@ class ElmConnection:
             now - self._learnt_at.get(key, -RELEARN) < RELEARN else None
         answer = self._command(request + (f"{digit:X}" if digit else ""))
         if digit and answer.complete and answer.lines == ["?"]:
-            self._digit = False  # this adapter does not take count digits
-            log.info("the adapter refuses response-count digits: waiting out each reply")
-            return self._ask_mode01(request, pids, hint)
+            answer = self._command(request)  # the same request without the digit
+            digit = None
+            if answer.complete and answer.lines != ["?"]:
+                self._digit = False  # this adapter does not take count digits
+                log.info("the adapter refuses response-count digits: waiting out each "
+                         "reply")
         reply = parse_reply(answer.lines, self.protocol_id)
         self._note(answer, reply, request)
+        # The adapter (or the car) turned the request down as a whole: what a clone that
+        # cannot pack PIDs does. Not a fault of the link, which says nothing of packing.
+        self._refused_last = answer.complete and (reply.unknown_command or (
+            reply.no_data and not reply.messages))
+        # Lost on the way (cut, garbled, late): worth asking again, once, at once.
+        self._torn_last = not answer.complete or bool(reply.problems)
         if not answer.complete or reply.unknown_command or any(
                 not p.startswith(("ECU", "unreadable")) for p in reply.problems):
             return {}
@@ -292,6 +305,7 @@ class ElmConnection:
             self._hints[key] = _frame_count(answer.lines)
             self._learnt_at[key] = now
         if not engine:
+            self._torn_last = bool(reply.messages)  # others answered: the engine's was lost?
             if digit is not None:  # the digit let another ECU's frame end the reply
                 self._hints.pop(key, None)
                 if key == "single":
@@ -304,6 +318,7 @@ class ElmConnection:
             return {}
         parts = split_mode01(engine[0].data, pids, SIZES)
         if parts is None:
+            self._torn_last = True  # a cut frame can still look like a short message
             self._anomaly("mismatch", f"request {request} answered "
                           f"{engine[0].data.hex().upper()}: not those PIDs with their "
                           "SAE J1979 lengths")
@@ -328,14 +343,16 @@ class ElmConnection:
         pids = [c.pid for c in group]
         request = "01" + "".join(f"{p:02X}" for p in pids)
         got = self._ask_mode01(request, pids)
+        if not got and self._torn_last and len(group) == 1:
+            got = self._ask_mode01(request, pids)  # once: a noisy link, not the car
         if len(group) > 1:
-            if not got:
+            if self._refused_last:
                 self._refused += 1
                 if self._refused >= REFUSED_LIMIT and self.pack:
                     self.pack = False
                     log.warning("this adapter does not answer multi-PID requests; polling "
                                 "one PID per request")
-            else:
+            elif got:
                 self._refused = 0
             for pid in pids:
                 if pid in got:
