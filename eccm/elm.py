@@ -63,6 +63,10 @@ class NoCar(Exception):
     """The adapter answers but no ECU does (ignition off)."""
 
 
+class EngineChanged(AdapterError):
+    """The standard engine address answered after connect: discovery must start again."""
+
+
 class ReadError(Exception):
     """A DTC/VIN/clear request got no whole answer; never read as an empty list."""
 
@@ -89,8 +93,11 @@ class ElmConnection:
 
     def __init__(self, port: str, baudrate: Optional[int] = None,
                  protocol: Optional[str] = None, timeout: float = 1.0,
-                 fast_baudrate: int = 0, pack: bool = True):
+                 fast_baudrate: int = 0, pack: bool = True, link: Optional[ElmLink] = None):
+        """`link`: the adapter's port already open (the poller holds it between sessions,
+        so that no other process takes the adapter while the car is off)."""
         self.port = port
+        self._own_link = link is None
         self.timeout = timeout
         self.link: Optional[ElmLink] = None
         self.version = ""
@@ -107,11 +114,13 @@ class ElmConnection:
         self._refused = 0                    # packed requests turned down in a row
         self._refused_last = False
         self._torn_last = False
+        self._digit_refused = 0
+        self._padded: Set[int] = set()       # CAN senders that fill frames to 8 bytes
         self._digit = True                   # the adapter understands count digits
         self._hints: Dict[str, int] = {}     # request key -> frames of a whole reply
         self._learnt_at: Dict[str, float] = {}
         self._own_hint: Set[str] = set()     # single PIDs that differ from the others
-        self._connect(baudrate, protocol, fast_baudrate)
+        self._connect(baudrate, protocol, fast_baudrate, link)
 
     # --- connection -------------------------------------------------------------------
 
@@ -121,19 +130,22 @@ class ElmConnection:
         return self.link.command(text, timeout)
 
     def _connect(self, baudrate: Optional[int], protocol: Optional[str],
-                 fast_baudrate: int) -> None:
+                 fast_baudrate: int, link: Optional[ElmLink]) -> None:
         url = is_url(self.port)
         real = self.port if url else os.path.realpath(self.port)
-        self.link = ElmLink(real, baudrate or PROBE_BAUDS[0], self.timeout)
+        self.link = link or ElmLink(real, baudrate or PROBE_BAUDS[0], self.timeout)
         try:
-            if baudrate is None and not url and not real.startswith("/dev/pts/"):
+            if baudrate is None and not url and not real.startswith("/dev/pts/") and \
+                    self._own_link:  # a held link is at the speed the adapter was left at
                 self._probe_baud()
             reply = self._command("ATWS", timeout=1.5).lines  # warm start, no reset wait
             if not any("ELM" in ln or "STN" in ln for ln in reply):
                 reply = self._command("ATZ", timeout=3).lines  # v1.0 clones lack ATWS
             if not any("ELM" in ln or "STN" in ln or "OK" in ln for ln in reply):
                 raise AdapterError("no ELM327 answers on this port")
-            for setting in ("ATE0", "ATL0", "ATS0", "ATH1", "ATAT1"):
+            # Adaptive timing stays off (AT0) until the ECUs are known: with it the adapter
+            # may stop listening after a fast gearbox and never hear a slower engine.
+            for setting in ("ATE0", "ATL0", "ATS0", "ATH1", "ATAT0"):
                 answer = self._command(setting)
                 if setting == "ATH1" and "OK" not in answer.lines:
                     raise AdapterError("the adapter cannot show message headers (ATH1)")
@@ -152,17 +164,24 @@ class ElmConnection:
                     raise NoCar(f"the adapter answers but the car does not "
                                 f"({' '.join(first.lines) or 'no reply'}; ignition off?)")
                 raise AdapterError(f"unsupported OBD protocol {dpn!r}")
-            reply = parse_reply(first.lines, self.protocol_id)
-            answers = {m.ecu: m.data for m in reply.messages if m.data[:2] == b"\x41\x00"
-                       and len(m.data) == 6}
+            answers = self._bitmaps(first)
             if not first.complete or not answers:
                 raise NoCar(f"the adapter answers but the car does not "
                             f"({' '.join(first.lines) or 'no reply'}; ignition off?)")
+            for _ in range(2):  # the engine may be slow to wake: ask again before choosing
+                if engine_address(self.protocol_id) in answers:
+                    break
+                answers.update(self._bitmaps(self._command("0100")))
             self.ecus = set(answers)
             self.engine = self._choose_engine(answers)
+            # Without the engine at its standard address the set of ECUs is in doubt (a
+            # sleeping engine?): no count digit, so that every reply is heard whole.
+            self._digit = self.engine == engine_address(self.protocol_id)
             # A bounded reply timeout: 100 ms, twice the 50 ms an ECU may take (P2max of
-            # ISO 15765-4 / 14230), instead of the adapter's 200 ms default.
+            # ISO 15765-4 / 14230), instead of the adapter's 200 ms default; adaptive
+            # timing from now on.
             self._command("ATST19")
+            self._command("ATAT1")
             self._load_supported(answers[self.engine])
             log.info("ECUs answering: %s; engine %X", " ".join(f"{e:X}" for e in
                                                                 sorted(self.ecus)),
@@ -170,6 +189,11 @@ class ElmConnection:
         except Exception:
             self.close()
             raise
+
+    def _bitmaps(self, answer: Answer) -> Dict[int, bytes]:
+        """{ECU: its whole 0100 answer}."""
+        return {m.ecu: m.data for m in self._parse(answer).messages
+                if m.data[:2] == b"\x41\x00" and len(m.data) == 6}
 
     def _choose_engine(self, answers: Dict[int, bytes]) -> int:
         """The engine's address: the standard one (7E8, or 10) if it answered, else the
@@ -254,6 +278,11 @@ class ElmConnection:
             log.warning("OBD reply not used (%s): %s; counted in STATUS as %s, never "
                         "recorded", kind.replace("_", " "), detail, kind)
 
+    def _parse(self, answer: Answer) -> Reply:
+        reply = parse_reply(answer.lines, self.protocol_id, self._padded)
+        self._padded |= reply.padded  # from now on their frames must be 8 bytes
+        return reply
+
     def _note(self, answer: Answer, reply: Reply, request: str) -> None:
         if not answer.complete:
             self._anomaly("no_prompt", f"request {request} got no prompt in time")
@@ -266,6 +295,12 @@ class ElmConnection:
             self.ecus |= new
             log.info("ECU %s answers now (request %s)", " ".join(f"{e:X}" for e in
                                                                 sorted(new)), request)
+            standard = engine_address(self.protocol_id)
+            if standard in new and self.engine != standard:
+                # The engine woke up after another ECU was taken for it: start again, so
+                # that its own PIDs are read and nothing else is recorded as the engine's.
+                raise EngineChanged(f"the engine ({standard:X}) answers now, after ECU "
+                                    f"{self.engine:X} was taken for it: reconnecting")
 
     # --- mode 01 ----------------------------------------------------------------------
 
@@ -286,10 +321,12 @@ class ElmConnection:
             answer = self._command(request)  # the same request without the digit
             digit = None
             if answer.complete and answer.lines != ["?"]:
-                self._digit = False  # this adapter does not take count digits
-                log.info("the adapter refuses response-count digits: waiting out each "
-                         "reply")
-        reply = parse_reply(answer.lines, self.protocol_id)
+                self._digit_refused += 1  # twice, not one garbled request
+                if self._digit_refused >= 2:
+                    self._digit = False  # this adapter does not take count digits
+                    log.info("the adapter refuses response-count digits: waiting out "
+                             "each reply")
+        reply = self._parse(answer)
         self._note(answer, reply, request)
         # The adapter (or the car) turned the request down as a whole: what a clone that
         # cannot pack PIDs does. Not a fault of the link, which says nothing of packing.
@@ -301,12 +338,14 @@ class ElmConnection:
                 not p.startswith(("ECU", "unreadable")) for p in reply.problems):
             return {}
         engine = [m for m in reply.from_ecu(self.engine) if m.data[:1] != b"\x7f"]
-        if digit is None and engine and len(reply.messages) <= 15:
-            self._hints[key] = _frame_count(answer.lines)
+        frames = _frame_count(answer.lines)
+        if digit is None and engine and frames <= 15:  # one hex digit, or none at all
+            self._hints[key] = frames
             self._learnt_at[key] = now
         if not engine:
-            self._torn_last = bool(reply.messages)  # others answered: the engine's was lost?
-            if digit is not None:  # the digit let another ECU's frame end the reply
+            torn = any(p.startswith(f"ECU {self.engine:X}:") for p in reply.problems)
+            self._torn_last = torn or bool(reply.messages)  # the engine's lost on the way?
+            if digit is not None and not torn:  # another ECU's frame ended the reply
                 self._hints.pop(key, None)
                 if key == "single":
                     self._own_hint.add(request)
@@ -338,27 +377,29 @@ class ElmConnection:
         alone = [[c] for c in commands if c.pid in self.single_pids]
         return [packable[i:i + MAX_PACK] for i in range(0, len(packable), MAX_PACK)] + alone
 
+    def _ask_single(self, pid: int) -> Dict[int, bytes]:
+        """One PID; asked again, once, at once, if its reply was lost on the way (a noisy
+        link, not the car: a cut frame, a late prompt)."""
+        got = self._ask_mode01(f"01{pid:02X}", [pid])
+        if not got and self._torn_last:
+            got = self._ask_mode01(f"01{pid:02X}", [pid])
+        return got
+
     def query_group(self, group: Sequence[Any]) -> Dict[Any, Any]:
         """Decoded values of one request's commands (None where the car gave nothing)."""
         pids = [c.pid for c in group]
         request = "01" + "".join(f"{p:02X}" for p in pids)
-        got = self._ask_mode01(request, pids)
-        if not got and self._torn_last and len(group) == 1:
-            got = self._ask_mode01(request, pids)  # once: a noisy link, not the car
+        got = self._ask_single(pids[0]) if len(group) == 1 else \
+            self._ask_mode01(request, pids)
         if len(group) > 1:
-            if self._refused_last:
-                self._refused += 1
-                if self._refused >= REFUSED_LIMIT and self.pack:
-                    self.pack = False
-                    log.warning("this adapter does not answer multi-PID requests; polling "
-                                "one PID per request")
-            elif got:
+            refused, packed = self._refused_last, bool(got)
+            if packed:
                 self._refused = 0
             for pid in pids:
                 if pid in got:
                     self._partial[pid] = 0
                     continue
-                if got:
+                if packed:
                     self._partial[pid] += 1
                     self._anomaly("partial_packed", f"the engine left PID {pid:02X} out "
                                   f"of its answer to {request}")
@@ -366,13 +407,29 @@ class ElmConnection:
                         self.single_pids.add(pid)
                         log.info("the engine leaves PID %02X out of packed replies: asking "
                                  "it alone", pid)
-                got.update(self._ask_mode01(f"01{pid:02X}", [pid]))
+                got.update(self._ask_single(pid))
+            # Turned down as a whole while the same PIDs, asked alone, were answered: the
+            # adapter cannot pack (a silent car, cranking say, is no evidence of that).
+            if refused and got:
+                self._refused += 1
+                if self._refused >= REFUSED_LIMIT and self.pack:
+                    self.pack = False
+                    log.warning("this adapter does not answer multi-PID requests; polling "
+                                "one PID per request")
         values: Dict[Any, Any] = {}
         for cmd in group:
             data = got.get(cmd.pid)
-            values[cmd] = None if data is None else \
-                decode_payload(cmd, bytes([0x41, cmd.pid]) + data)
+            values[cmd] = None if data is None else self._decode(cmd, data)
         return values
+
+    def _decode(self, cmd: Any, data: bytes) -> Any:
+        """python-OBD's decoder on a whole answer; None (counted) where it fails on bytes
+        it does not expect (AIR_STATUS with a reserved bit raises IndexError)."""
+        try:
+            return decode_payload(cmd, bytes([0x41, cmd.pid]) + data)
+        except (ValueError, IndexError, KeyError, TypeError, ArithmeticError) as exc:
+            self._anomaly("undecodable", f"{cmd.name} = {data.hex().upper()}: {exc!r}")
+            return None
 
     def query_values(self, commands: Sequence[Any]) -> Dict[Any, Any]:
         out: Dict[Any, Any] = {}
@@ -389,9 +446,14 @@ class ElmConnection:
     # --- DTCs, VIN --------------------------------------------------------------------
 
     def _long_request(self, request: str) -> Reply:
-        """A request whose answer may span several messages: never a count digit."""
-        answer = self._command(request, timeout=max(self.timeout, LONG_REPLY))
-        reply = parse_reply(answer.lines, self.protocol_id)
+        """A request whose answer may span several messages: never a count digit, and no
+        adaptive timing (which may stop listening before a slower ECU's last message)."""
+        self._command("ATAT0")
+        try:
+            answer = self._command(request, timeout=max(self.timeout, LONG_REPLY))
+        finally:
+            self._command("ATAT1")
+        reply = self._parse(answer)
         self._note(answer, reply, request)
         if not answer.complete:
             raise ReadError("the adapter did not finish its reply")
@@ -403,11 +465,24 @@ class ElmConnection:
 
     def read_dtcs(self, mode: int = 3) -> List[str]:
         """Stored (03), pending (07) or permanent (0A) codes of every ECU, in order, no
-        duplicates. Raises ReadError unless every answering ECU's list was whole."""
+        duplicates. Raises ReadError unless every ECU answered a whole list."""
+        codes = self._dtcs_once(mode)
+        if self.protocol_id not in CAN_PROTOCOLS:
+            # A legacy list is several messages with no count: one lost on the way leaves
+            # a shorter list that looks whole. Two reads must agree.
+            if self._dtcs_once(mode) != codes:
+                raise ReadError("two reads of the list differ (a message lost?): try again")
+        return codes
+
+    def _dtcs_once(self, mode: int) -> List[str]:
         reply = self._long_request(f"{mode:02X}")
         positive = [m for m in reply.messages if m.data[:1] == bytes([0x40 + mode])]
         if not positive:
             raise ReadError("the car did not answer the trouble code request")
+        silent = self.ecus - {m.ecu for m in positive}
+        if mode in (3, 7) and silent:  # SAE J1979: every OBD ECU answers, codes or none
+            raise ReadError(f"ECU {' '.join(f'{e:X}' for e in sorted(silent))} did not "
+                            "answer the trouble code request")
         codes: List[str] = []
         can = self.protocol_id in CAN_PROTOCOLS
         for ecu in sorted({m.ecu for m in positive}):
@@ -457,9 +532,10 @@ class ElmConnection:
         return cmd in self.supported_commands
 
     def close(self) -> None:
-        if self.link is not None:
+        """Done with the car; the port is closed unless it was handed in (held)."""
+        if self.link is not None and self._own_link:
             self.link.close()
-            self.link = None
+        self.link = None
 
 
 def parse_volts(lines: List[str]) -> Optional[float]:

@@ -83,17 +83,15 @@ def check_free(port: str) -> None:
     if is_url(port) or not os.path.exists(port):
         return
     try:
-        handle = serial.Serial(port, exclusive=True, timeout=0)
-    except (serial.SerialException, OSError, ValueError) as exc:
-        if "lock" in str(exc).lower():
-            raise PortInUse(f"{port} is in use by {holder_of(port) or 'another process'}") \
-                from None
+        ElmLink(port, 38400, 0.1).close()
+    except PortInUse:
+        raise
+    except AdapterError:
         return
-    handle.close()
 
 
 class ElmLink:
-    """One open adapter. `anomalies` counts what was read that should not have been."""
+    """One open adapter; `stale_bytes` and `missed_prompts` count what went wrong."""
 
     def __init__(self, port: str, baudrate: int, timeout: float):
         self.port = port
@@ -170,10 +168,9 @@ class ElmLink:
     def _drain_stale(self) -> None:
         self.stale_bytes += len(self._pending)
         self._pending = b""
-        try:
-            waiting = self.ser.in_waiting
-            if waiting:
-                self.stale_bytes += len(self.ser.read(waiting))
+        try:  # a socket's in_waiting says 0 or 1: read until nothing is left
+            while self.ser.in_waiting:
+                self.stale_bytes += len(self.ser.read(self.ser.in_waiting))
         except (serial.SerialException, OSError) as exc:
             raise AdapterError(f"adapter disconnected: {exc}") from None
 

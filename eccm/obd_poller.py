@@ -25,8 +25,9 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
 import obd
 
 from . import values as obd_values
-from .elm import MAX_PACK, AdapterError, ElmConnection, NoCar, probe_voltage
-from .elmlink import PortInUse, is_url
+from .elm import (MAX_PACK, PROBE_BAUDS, AdapterError, ElmConnection, EngineChanged, NoCar,
+                  parse_volts, probe_voltage)
+from .elmlink import ElmLink, PortInUse, is_url
 from .state import CONNECTED, CONNECTING, LOST, Column, ObdSession, SharedState
 from .worker import Backoff, LinkLog, Worker
 
@@ -108,6 +109,9 @@ class ObdPoller(Worker):
         self._conn: Optional[ElmConnection] = None
         self._link = LinkLog(state, "obd", "OBD adapter")
         self._asleep = False  # ended for low voltage: probe the voltage only
+        # The configured adapter's port, held open (and so locked) between sessions: a
+        # second ECCM cannot take it while the car is off.
+        self._held: Optional[ElmLink] = None
 
     # --- called from other threads ---------------------------------------------------
 
@@ -180,7 +184,13 @@ class ObdPoller(Worker):
     def on_exit(self) -> None:
         if self._conn is not None:
             self._close(self._conn)
+        self._release()
         self._fail_requests("ECCM is stopping")
+
+    def _release(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     def _open(self) -> Optional[ElmConnection]:
         ports = [self.port] if self.port else obd.scan_serial()
@@ -195,14 +205,19 @@ class ObdPoller(Worker):
                 reason = f"{port} does not exist (adapter unplugged?)"
                 continue
             try:
+                if self.port and self._held is None:  # held from now on, car on or off
+                    self._held = ElmLink(port if is_url(port) else os.path.realpath(port),
+                                         self.baudrate or PROBE_BAUDS[0], self.timeout)
                 return ElmConnection(port, baudrate=self.baudrate, protocol=self.protocol,
-                                     timeout=self.timeout, fast_baudrate=self.fast_baudrate)
+                                     timeout=self.timeout, fast_baudrate=self.fast_baudrate,
+                                     link=self._held)
             except NoCar as exc:
-                reason = str(exc)
+                reason = str(exc)  # the adapter answers: keep holding it
             except PortInUse as exc:
                 reason = str(exc)
             except AdapterError as exc:
                 reason = f"no adapter answers on {port}: {exc}"
+                self._release()  # unplugged, or not an adapter: open it afresh next time
         self._link(LOST, reason)
         return None
 
@@ -215,7 +230,12 @@ class ObdPoller(Worker):
         self._conn = conn
         commands = all_recordable(conn)
         units = {cmd: {c.name: c.unit for c in obd_values.columns_for(cmd)} for cmd in commands}
-        vin = conn.read_vin()
+        try:
+            vin = conn.read_vin()
+        except AdapterError as exc:  # unplugged while asking: reopened like any loss
+            self._link(LOST, f"the adapter stopped answering ({exc})")
+            self._release()
+            return
         self._sessions += 1
         columns = obd_values.session_columns(commands) + (VOLTAGE_COLUMN,)
         session = ObdSession(self._sessions, columns,
@@ -282,16 +302,23 @@ class ObdPoller(Worker):
                     return
                 if not commands:
                     self.stop_event.wait(0.1)
+        except EngineChanged as exc:  # the link is fine: discovery starts again on it
+            self._link(LOST, str(exc))
         except AdapterError as exc:
             self._link(LOST, f"the adapter stopped answering ({exc})")
+            self._release()
 
     def _wait_for_engine(self) -> None:
         """After a low-voltage stop: ask only the adapter for the voltage (the car's bus
         stays quiet) every VOLTAGE_PROBE seconds, until the engine charges again."""
         port = self.port or ""
         try:
-            volts = probe_voltage(port, self.baudrate, self.timeout) if port else None
+            if self._held is not None:
+                volts = parse_volts(self._held.command("ATRV").lines)
+            else:
+                volts = probe_voltage(port, self.baudrate, self.timeout) if port else None
         except AdapterError:
+            self._release()
             volts = None
         if volts is None or volts >= self.sleep_below + VOLTAGE_HYSTERESIS:
             self._asleep = False

@@ -18,8 +18,8 @@ lengths are fixed per PID; ECCM never guesses).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import AbstractSet, Dict, List, Optional, Sequence, Set, Tuple
 
 CAN11 = {"6", "8"}
 CAN29 = {"7", "9"}
@@ -56,6 +56,7 @@ class Reply:
     problems: List[str]          # torn frames, bad checksums, adapter faults: counted
     no_data: bool = False        # the adapter said NO DATA (nobody answered)
     unknown_command: bool = False  # '?': the adapter did not understand the request
+    padded: Set[int] = field(default_factory=set)  # CAN senders that pad single frames
 
     def from_ecu(self, ecu: int) -> List[Message]:
         return [m for m in self.messages if m.ecu == ecu]
@@ -102,8 +103,13 @@ def _frame(line: str, protocol: str) -> Optional[Tuple[int, bytes]]:
     return None
 
 
-def parse_reply(lines: Sequence[str], protocol: str) -> Reply:
-    """The lines of one reply (echo and prompt removed) -> whole messages per ECU."""
+def parse_reply(lines: Sequence[str], protocol: str,
+                padded: AbstractSet[int] = frozenset()) -> Reply:
+    """The lines of one reply (echo and prompt removed) -> whole messages per ECU.
+
+    `padded`: CAN senders known to fill every frame to 8 data bytes, as ISO 15765-4
+    asks; a shorter frame of theirs lost bytes on the way (the padding would otherwise
+    fill the gap: '7E8 04 41 0C 1A 00 00 00' read as RPM 1664), so it is not whole."""
     reply = Reply([], [])
     can_parts: Dict[int, List[bytes]] = {}
     order: List[int] = []
@@ -136,7 +142,14 @@ def parse_reply(lines: Sequence[str], protocol: str) -> Reply:
         elif data:
             reply.messages.append(Message(sender, data))
     for sender in order:
-        messages, problems = _isotp(can_parts[sender])
+        frames = can_parts[sender]
+        if any(len(f) == 8 and f[0] >> 4 == 0 for f in frames):  # a padded single frame
+            reply.padded.add(sender)
+        if sender in padded and any(len(f) != 8 for f in frames):
+            reply.problems.append(f"ECU {sender:X}: a frame of {sorted({len(f) for f in frames})} "
+                                  "bytes where it sends 8 (bytes lost on the way)")
+            continue
+        messages, problems = _isotp(frames)
         reply.messages += [Message(sender, m) for m in messages]
         reply.problems += [f"ECU {sender:X}: {p}" for p in problems]
     return reply

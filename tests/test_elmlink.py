@@ -14,11 +14,17 @@ def setup(link: ElmLink) -> None:
         assert link.command(command).complete
 
 
+@pytest.mark.parametrize("transport", ["pty", "tcp"])
 @pytest.mark.parametrize("interruptible", [False, True])
-def test_a_late_reply_is_dropped_not_shifted(interruptible):
+def test_a_late_reply_is_dropped_not_shifted(interruptible, transport):
+    """On a serial port and over TCP (a Wi-Fi adapter: pyserial's socket in_waiting
+    says at most 1, so stale bytes are drained in a loop)."""
     quirks = {"stall": (0.6, 2), "stall_interruptible": interruptible}
-    with FakeElm(protocol=6, ecus=[Ecu.engine()], quirks=quirks) as fake:
-        link = ElmLink(fake.port, 38400, timeout=0.2)
+    tcp = transport == "tcp"
+    with FakeElm(protocol=6, ecus=[Ecu.engine()], quirks=quirks, use_pty=not tcp,
+                 tcp=tcp) as fake:
+        link = ElmLink(f"socket://127.0.0.1:{fake.tcp_port}" if tcp else fake.port, 38400,
+                       timeout=0.2)
         try:
             setup(link)
             assert link.command("010C").complete                # request 1
@@ -55,3 +61,46 @@ def test_an_adapter_that_never_prompts_again_is_an_error():
                 link.command("010D")
         finally:
             link.close()
+
+
+def test_stale_bytes_on_a_socket_are_all_drained_before_the_next_command():
+    """pyserial's socket in_waiting reports at most one byte: draining once would leave
+    a late reply in place, to be read as the next request's answer."""
+    import socket
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    def adapter():
+        conn, _ = server.accept()
+        with conn:
+            buffer = b""
+            while True:
+                data = conn.recv(100)
+                if not data:
+                    return
+                buffer += data
+                while b"\r" in buffer:
+                    line, buffer = buffer.split(b"\r", 1)
+                    if line == b"010C":  # answered, then a late duplicate arrives
+                        conn.sendall(b"7E804410C1AF8\r\r>")
+                        time.sleep(0.05)
+                        conn.sendall(b"7E804410C0BB8\r\r>")
+                    elif line == b"010D":
+                        conn.sendall(b"7E803410D32\r\r>")
+    thread = threading.Thread(target=adapter, daemon=True)
+    thread.start()
+    link = ElmLink(f"socket://127.0.0.1:{port}", 38400, timeout=0.5)
+    try:
+        assert link.command("010C").lines == ["7E804410C1AF8"]
+        time.sleep(0.3)  # the duplicate is waiting in the socket
+        assert link.command("010D").lines == ["7E803410D32"]
+        assert link.stale_bytes >= 15
+    finally:
+        link.close()
+        server.close()
+        thread.join(2)

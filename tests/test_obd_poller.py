@@ -93,3 +93,17 @@ def test_reconnect_request_opens_a_new_session(sim_adapter, poller_factory):
     second = wait_for(lambda: (s := session_of(state)) and s.number != first.number and s,
                       30, what="a new session")
     assert second.number == first.number + 1
+
+
+def test_adapter_lost_during_the_vin_read_is_a_lost_link_not_a_dead_thread(
+        sim_adapter, poller_factory, monkeypatch):
+    from eccm.elm import AdapterError, ElmConnection
+
+    def unplugged(self):
+        raise AdapterError("adapter disconnected: unplugged during 0902")
+    monkeypatch.setattr(ElmConnection, "read_vin", unplugged)
+    state, poller = poller_factory(sim_adapter.port)
+    wait_for(lambda: state.snapshot().links.get("obd") and "0902" in
+             state.snapshot().links["obd"].reason, 20, what="the loss reported")
+    assert state.snapshot().links["obd"].state == LOST
+    assert poller.is_alive() and not poller.crashed

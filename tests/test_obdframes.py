@@ -130,3 +130,18 @@ def test_vin_whole_and_valid_only():
     assert decode_vin(legacy[:4], False) is None
     bad = Message(0x7E8, b"\x49\x02\x01" + b"1D4GP00R55B12345I")  # 'I' is never in a VIN
     assert decode_vin([bad], True) is None
+
+
+def test_a_byte_lost_inside_a_padded_frame_is_not_refilled_by_padding():
+    """ISO 15765-4 frames carry 8 bytes; an ECU that pads its single frames has every
+    shorter frame cut on the way (reported by a reviewer: '7E804410C1A000000' read as RPM
+    1664, '7E806430201330400' as P0133 P0400)."""
+    first = parse_reply(["7E8 03 41 05 46 00 00 00 00"], "6")
+    assert first.padded == {0x7E8} and msgs(["7E8 03 41 05 46 00 00 00 00"], "6")
+    for cut in (["7E804410C1A000000"], ["7E806430201330400"],
+                ["7E8 10 0A 43 04 01 02 01 13", "7E8 21 01 23 02 22 00 00"]):
+        reply = parse_reply(cut, "6", padded={0x7E8})
+        assert reply.messages == [] and reply.problems, cut
+    # an ECU that never padded (ECCM's simulator, some clones) is read as before
+    assert parse_reply(["7E8 03 41 0D 32"], "6").padded == set()
+    assert msgs(["7E8 03 41 0D 32"], "6") == [(0x7E8, "410D32")]
