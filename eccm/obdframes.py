@@ -143,8 +143,8 @@ def parse_reply(lines: Sequence[str], protocol: str,
             reply.messages.append(Message(sender, data))
     for sender in order:
         frames = can_parts[sender]
-        if any(len(f) == 8 and f[0] >> 4 == 0 for f in frames):  # a padded single frame
-            reply.padded.add(sender)
+        if any(len(f) == 8 and f[0] >> 4 == 0 and f[0] & 0x0F < 7 for f in frames):
+            reply.padded.add(sender)  # a single frame with bytes past its length: padding
         if sender in padded and any(len(f) != 8 for f in frames):
             reply.problems.append(f"ECU {sender:X}: a frame of {sorted({len(f) for f in frames})} "
                                   "bytes where it sends 8 (bytes lost on the way)")

@@ -142,6 +142,8 @@ def test_a_byte_lost_inside_a_padded_frame_is_not_refilled_by_padding():
                 ["7E8 10 0A 43 04 01 02 01 13", "7E8 21 01 23 02 22 00 00"]):
         reply = parse_reply(cut, "6", padded={0x7E8})
         assert reply.messages == [] and reply.problems, cut
-    # an ECU that never padded (ECCM's simulator, some clones) is read as before
+    # an ECU that never padded (ECCM's simulator, some clones) is read as before; a
+    # single frame full to its 7 bytes is no evidence of padding
     assert parse_reply(["7E8 03 41 0D 32"], "6").padded == set()
+    assert parse_reply(["7E8 07 41 00 BE 3F B8 13 01"], "6").padded == set()
     assert msgs(["7E8 03 41 0D 32"], "6") == [(0x7E8, "410D32")]
