@@ -320,59 +320,31 @@ def test_second_open_of_the_adapter_is_refused_naming_the_holder():
             conn.close()
 
 
-def test_a_second_eccm_on_the_same_adapter_exits_2_naming_the_first(tmp_path):
-    with FakeElm(protocol=6, ecus=[Ecu.engine()]) as fake:
+@pytest.mark.parametrize("protocol,first_says", [
+    (6, "OBD adapter connected"),   # the car on: the first one is polling
+    (None, "car does not"),         # the car off: the first one holds the port between tries
+])
+def test_a_second_eccm_on_the_same_adapter_exits_2_naming_the_first(
+        tmp_path, daemon_factory, protocol, first_says):
+    """The service and a manual ./start.sh never take turns on one adapter."""
+    with FakeElm(protocol=protocol, ecus=[Ecu.engine()]) as fake:
+        configs = []
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            configs.append(write_config(tmp_path / name, OBD_INTERFACE=fake.port))
+        first = daemon_factory(configs[0])
+        wait_for(lambda: first_says in first.log, 30, what=f"the first ECCM: {first_says}")
         env = {k: v for k, v in os.environ.items() if not k.startswith("ECCM_")}
         env["PYTHONPATH"] = str(REPO)
-        (tmp_path / "a").mkdir()
-        (tmp_path / "b").mkdir()
-        first_cfg = write_config(tmp_path / "a", OBD_INTERFACE=fake.port)
-        second_cfg = write_config(tmp_path / "b", OBD_INTERFACE=fake.port)
-        log = open(tmp_path / "first.log", "wb")
-        first = subprocess.Popen([sys.executable, "-m", "eccm", "run", "--config",
-                                  str(first_cfg)], env=env, stdout=log,
-                                 stderr=subprocess.STDOUT, cwd=tmp_path)
-        try:
-            wait_for(lambda: b"OBD adapter connected" in (tmp_path / "first.log").read_bytes(),
-                     30, what="the first ECCM to connect")
+        for _ in range(2):  # at any moment of the first one's work or retries
             second = subprocess.run([sys.executable, "-m", "eccm", "run", "--config",
-                                     str(second_cfg)], env=env, capture_output=True,
+                                     str(configs[1])], env=env, capture_output=True,
                                     text=True, timeout=60, cwd=tmp_path)
             assert second.returncode == 2, second.stderr
-            assert f"{fake.port} is in use by PID {first.pid}" in second.stderr
-            assert first.poll() is None  # the first one goes on
-        finally:
-            stop_process(first)
-            log.close()
-
-
-def test_a_second_eccm_exits_2_even_while_the_car_is_off(tmp_path):
-    """The first ECCM holds the adapter between sessions (no car answering here), so the
-    service and a manual ./start.sh never take turns on it."""
-    with FakeElm(protocol=None) as fake:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ECCM_")}
-        env["PYTHONPATH"] = str(REPO)
-        (tmp_path / "a").mkdir()
-        (tmp_path / "b").mkdir()
-        first_cfg = write_config(tmp_path / "a", OBD_INTERFACE=fake.port)
-        second_cfg = write_config(tmp_path / "b", OBD_INTERFACE=fake.port)
-        log = open(tmp_path / "first.log", "wb")
-        first = subprocess.Popen([sys.executable, "-m", "eccm", "run", "--config",
-                                  str(first_cfg)], env=env, stdout=log,
-                                 stderr=subprocess.STDOUT, cwd=tmp_path)
-        try:
-            wait_for(lambda: b"car does not" in (tmp_path / "first.log").read_bytes(), 30,
-                     what="the first ECCM to find no car")
-            for _ in range(2):  # at any moment of the first one's retries
-                second = subprocess.run([sys.executable, "-m", "eccm", "run", "--config",
-                                         str(second_cfg)], env=env, capture_output=True,
-                                        text=True, timeout=60, cwd=tmp_path)
-                assert second.returncode == 2, second.stderr
-                assert f"in use by PID {first.pid}" in second.stderr
-                time.sleep(1.3)
-        finally:
-            stop_process(first)
-            log.close()
+            assert f"{fake.port} is in use by PID {first.proc.pid}" in second.stderr
+            assert first.proc.poll() is None  # the first one goes on
+            time.sleep(1.3)
+        first.stop()
 
 
 def test_wifi_adapter_over_tcp_records_and_reconnects(tmp_path):
