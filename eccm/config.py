@@ -11,10 +11,13 @@ import difflib
 import ipaddress
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
+
+from .layout import OUTBOX, UPLOADED
 
 TEMPLATE_PATH = Path(__file__).with_name("config.ini.template")
 ENV_PREFIX = "ECCM_"
@@ -22,11 +25,16 @@ SECTION = "DEFAULT"
 
 
 class ConfigError(Exception):
-    """One or more configuration problems; each entry is a full sentence for the user."""
+    """One or more configuration problems; each entry is a full sentence for the user.
 
-    def __init__(self, problems: List[str]):
+    `warnings` holds the warnings found on the way (unknown keys, ignored sections): show
+    them with the problems, a misspelt key often explains a missing one.
+    """
+
+    def __init__(self, problems: List[str], warnings: Optional[List[str]] = None):
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.warnings = list(warnings or [])
 
 
 # --- value parsers: raw string -> value, or ValueError("expected ...") ------------------
@@ -122,9 +130,26 @@ def _bind_address(raw: str) -> str:
         raise ValueError("expected an IP address such as 127.0.0.1 or 0.0.0.0") from None
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _mask_credentials(raw: str) -> str:
+    """'http://user:pw@host:9000' -> 'http://***@host:9000': everything before the last
+    '@' is hidden, whatever characters the password holds."""
+    if "@" not in raw:
+        return raw
+    scheme = _SCHEME.match(raw)
+    head = scheme.group(0) if scheme else ""
+    return f"{head}***@{raw.rpartition('@')[2]}"
+
+
 def _endpoint(raw: str) -> Optional[str]:
     if raw == "":
         return None
+    if "@" in raw:  # no host name holds '@': this is user[:password]@ (boto3 ignores it)
+        raise ValueError("expected no user name or password in the endpoint (the part "
+                         "before '@', hidden here): write http://host:port and put the "
+                         "access key in S3_SERVER_AK and the secret key in S3_SERVER_SK")
     url = raw if "://" in raw else "http://" + raw
     try:
         parts = urlsplit(url)
@@ -139,14 +164,21 @@ def _endpoint(raw: str) -> Optional[str]:
 @dataclass(frozen=True)
 class _Key:
     parse: Callable[[str], Any]
-    secret: bool = False
+    secret: bool = False  # the value is never shown
+    show: Callable[[str], str] = str  # how a value is shown (check-config, errors)
+
+    def shown(self, text: str) -> str:
+        """' = VALUE' for an error message; nothing for a secret or an empty value."""
+        return "" if self.secret or not text else f" = {self.show(text)!r}"
 
 
 _LOOPBACK = ("127.0.0.1", "::1")
 
 SCHEMA: Dict[str, _Key] = {
-    "CAR_IDENTIFIER": _Key(_text(r"[A-Za-z0-9._-]{1,64}",
-                                 "1 to 64 letters, digits, '.', '_' or '-'", optional=False)),
+    # Part of file names and S3 keys: no '.', '..', hidden (.x) or option-like (-x) names.
+    "CAR_IDENTIFIER": _Key(_text(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?",
+                                 "1 to 64 letters, digits, '.', '_' or '-' that start and end "
+                                 "with a letter or digit", optional=False)),
     "OBD_INTERFACE": _Key(_text()),
     "OBD_BAUDRATE": _Key(_number(300, 4_000_000, integer=True, optional=True)),
     "OBD_PROTOCOL": _Key(_choice("1", "2", "3", "4", "5", "6", "7", "8", "9", "A",
@@ -172,7 +204,7 @@ SCHEMA: Dict[str, _Key] = {
     "VALUE_MAX_AGE": _Key(_number(0.1, 3600)),
     "RECORD_DIRECTORY_MAX_MB": _Key(_number(0, 10_000_000)),
     "RECORD_DROP_OLDEST_WHEN_FULL": _Key(_boolean),
-    "S3_SERVER_ENDPOINT": _Key(_endpoint),
+    "S3_SERVER_ENDPOINT": _Key(_endpoint, show=_mask_credentials),
     "S3_SERVER_AK": _Key(_text(), secret=True),
     "S3_SERVER_SK": _Key(_text(), secret=True),
     "S3_SERVER_BUCKET": _Key(_text(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]",
@@ -231,8 +263,10 @@ class Config:
                 shown = "(empty)"
             elif isinstance(value, bool):
                 shown = "yes" if value else "no"
+            elif isinstance(value, str):
+                shown = repr(SCHEMA[key].show(value))[1:-1]
             else:
-                shown = repr(value)[1:-1] if isinstance(value, str) else str(value)
+                shown = str(value)
             rows.append((key, shown, self._sources[key]))
         return rows
 
@@ -254,36 +288,102 @@ def _new_parser() -> configparser.ConfigParser:
     return parser
 
 
-def _read_ini(path: Path, problems: List[str], warnings: List[str]) -> Dict[str, str]:
+# An inline comment: ';' or '#' after a blank ("KEY=abc ; note"), or a whole value that is
+# one ("KEY= ; note"). A ';' or '#' inside a value ("ab;c#d") or alone (";") is a value.
+_INLINE_COMMENT = re.compile(r"\s[;#]|^[;#]\s")
+_OPTION = re.compile(r"(?P<key>.*?)\s*[=:]")  # configparser's OPTCRE, key part
+_HEADER = re.compile(r"\[(?P<name>.+)\]")       # configparser's SECTCRE
+
+
+def _decode(data: bytes) -> str:
+    """UTF-8 with or without a BOM (Windows Notepad writes one); ValueError if not UTF-8."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValueError("is UTF-16 text (Notepad's 'Unicode'); save it as UTF-8")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ValueError(f"is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                         "save it as UTF-8") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _key_lines(text: str) -> Dict[str, int]:
+    """KEY -> the line it is set on in the [DEFAULT] part (or the headerless top) of an INI
+    text, following configparser's reading: indented lines under a key continue it."""
+    found: Dict[str, int] = {}
+    section: Optional[str] = SECTION
+    indent: Optional[int] = None  # of the last key line, while its value may continue
+    for number, line in enumerate(text.split("\n"), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", ";")):
+            continue
+        level = len(line) - len(line.lstrip())
+        if indent is not None and level > indent:
+            continue
+        header = _HEADER.match(stripped)
+        if header:
+            section, indent = header.group("name"), None
+            continue
+        option = _OPTION.match(stripped)
+        if option:
+            indent = level
+            if section == SECTION:
+                found.setdefault(option.group("key").strip().upper(), number)
+    return found
+
+
+def _read_ini(path: Path, problems: List[str], warnings: List[str]
+              ) -> Tuple[Dict[str, str], Dict[str, int]]:
+    """(KEY -> value, KEY -> line number) of the file's [DEFAULT] part; the line numbers
+    are the editor's: the [DEFAULT] header added to a plain KEY=value file is not counted."""
+    try:
+        text = _decode(path.read_bytes())
     except FileNotFoundError:
         problems.append(f"{path}: no such file. Create it from the template: "
                         f"cp config.ini.template {path}")
-        return {}
-    except (OSError, UnicodeDecodeError) as exc:
+        return {}, {}
+    except OSError as exc:
         problems.append(f"{path}: cannot be read ({exc.__class__.__name__}: {exc})")
-        return {}
+        return {}, {}
+    except ValueError as exc:
+        problems.append(f"{path}: {exc}")
+        return {}, {}
     offset = 0
-    first = next((ln.strip() for ln in text.splitlines()
+    first = next((ln.strip() for ln in text.split("\n")
                   if ln.strip() and not ln.lstrip().startswith(("#", ";"))), "")
+    parsed = text
     if not first.startswith("["):
-        text = f"[{SECTION}]\n" + text  # accept a plain KEY=value file
+        parsed = f"[{SECTION}]\n" + text  # accept a plain KEY=value file
         offset = 1
     parser = _new_parser()
     try:
-        parser.read_string(text, source=str(path))
+        parser.read_string(parsed, source=str(path))
     except configparser.DuplicateOptionError as exc:
         problems.append(f"{path} line {exc.lineno - offset}: key {exc.option} "
                         "is set twice; keep one")
-        return {}
-    except configparser.Error as exc:
-        msg = str(exc).replace("\n", " ")
-        problems.append(f"{path}: not a valid INI file ({msg})")
-        return {}
+        return {}, {}
+    except configparser.DuplicateSectionError as exc:
+        problems.append(f"{path} line {exc.lineno - offset}: section [{exc.section}] "
+                        "appears twice; keep one")
+        return {}, {}
+    except configparser.MissingSectionHeaderError as exc:
+        problems.append(f"{path} line {exc.lineno - offset}: not a valid INI file: expected "
+                        "a [DEFAULT] header or KEY=value")
+        return {}, {}
+    except configparser.ParsingError as exc:
+        numbers = [str(number - offset) for number, _ in exc.errors]
+        where = ("line " if len(numbers) == 1 else "lines ") + ", ".join(numbers)
+        # The line itself is not repeated: it may be a secret pasted without its KEY=.
+        problems.append(f"{path} {where}: not a valid INI file: expected KEY=value, a "
+                        "[section] header, or a comment line starting with # or ;")
+        return {}, {}
+    except configparser.Error as exc:  # nothing else is known to be raised; stay readable
+        problems.append(f"{path}: not a valid INI file ({exc.__class__.__name__})")
+        return {}, {}
     for section in parser.sections():
         warnings.append(f"{path}: section [{section}] ignored; ECCM reads [{SECTION}] only")
-    return dict(parser.defaults())
+    return dict(parser.defaults()), _key_lines(text)
 
 
 def _read_dotenv(path: Path) -> Dict[str, str]:
@@ -308,9 +408,11 @@ def _unknown(key: str, where: str) -> str:
 
 def load(path: Optional[Path], environ: Optional[Mapping[str, str]] = None,
          require_file: bool = True) -> Tuple[Config, List[str]]:
-    """Read and validate; return (config, warnings) or raise ConfigError.
+    """Read and validate; return (config, warnings) or raise ConfigError (which carries
+    the warnings too).
 
     Layers, later wins: template defaults, config file, .env beside it, ECCM_* environment.
+    The record folder is judged as the daemon will use it, without creating anything.
     """
     environ = os.environ if environ is None else environ
     problems: List[str] = []
@@ -321,15 +423,22 @@ def load(path: Optional[Path], environ: Optional[Mapping[str, str]] = None,
     base = Path.cwd()
 
     layers: List[Tuple[str, Dict[str, str]]] = []
+    file_name = ""
+    file_values: Dict[str, str] = {}
+    file_lines: Dict[str, int] = {}
+    commented: Dict[str, int] = {}  # key -> line, of config-file values with a comment
     if path is not None:
         path = Path(path)
         base = path.resolve().parent
         if path.exists() or require_file:
-            file_values = _read_ini(path, problems, warnings)
+            file_values, file_lines = _read_ini(path, problems, warnings)
+            file_name = path.name
             for key in list(file_values):
                 if key not in SCHEMA:
                     warnings.append(_unknown(key, str(path)))
                     del file_values[key]
+                elif _INLINE_COMMENT.search(file_values[key].strip()):
+                    commented[key] = file_lines.get(key, 0)
             layers.append((path.name, file_values))
         layers.append((".env", _read_dotenv(base / ".env")))
     env_values = {}
@@ -347,24 +456,47 @@ def load(path: Optional[Path], environ: Optional[Mapping[str, str]] = None,
             raw[key] = value
             sources[key] = source
 
+    def where(key: str) -> str:
+        line = file_lines.get(key) if sources[key] == file_name else None
+        return f"{sources[key]} line {line}" if line else sources[key]
+
     if problems:  # the file itself is unusable: its keys cannot be judged
-        raise ConfigError(problems)
+        raise ConfigError(problems, warnings)
     values: Dict[str, Any] = {}
+    texts: Dict[str, str] = {}
     for key, spec in SCHEMA.items():
+        if key in commented:
+            # Refused, not stripped: a secret may hold ' #', and cutting it would leave a
+            # shorter secret than the user wrote, silently.
+            line = f" line {commented[key]}" if commented[key] else ""
+            value = spec.shown(file_values[key].strip())
+            problems.append(
+                f"{key}{value} (from {file_name}{line}): expected no comment after the "
+                "value (';' or '#' after a space starts one): put the comment on its own "
+                "line; a value that really holds ' ;' or ' #' goes in .env, in quotes, or "
+                f"in the environment variable {ENV_PREFIX}{key}")
+            continue
         text = raw.get(key, "").strip()
         if text == "" and defaults.get(key, "").strip():
             text = defaults[key].strip()  # empty means "the default"
+        texts[key] = text
         try:
             values[key] = spec.parse(text)
         except ValueError as exc:
-            shown = "" if spec.secret or not text else f" = {text!r}"
-            problems.append(f"{key}{shown} (from {sources[key]}): {exc}")
+            problems.append(f"{key}{spec.shown(text)} (from {where(key)}): {exc}")
 
     _check_together(values, problems)
-    if not problems:
-        _derive(values, base)
+    _derive(values, base)
+    key = "RECORD_DIRECTORY_LOCATION"
+    if key in values and (values.get("FILE_RECORDING") is not False
+                          or values.get("S3_SERVER_ENDPOINT")):
+        # The recorder writes there; the uploader takes outbox/ from there.
+        trouble = folder_problem(Path(values[key]))
+        if trouble:
+            problems.append(f"{key}{SCHEMA[key].shown(texts[key])} (from {where(key)}): "
+                            f"{trouble}; expected a folder ECCM can create or write in")
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, warnings)
     return Config(values, sources, path), warnings
 
 
@@ -388,8 +520,79 @@ def default_separator(extension: str) -> str:
 
 
 def _derive(values: Dict[str, Any], base: Path) -> None:
-    if values["MONITORING_FILE_SEPARATION_CHARACTER"] is None:
+    """Values that follow from others; each only when the keys it needs parsed."""
+    if (values.get("MONITORING_FILE_SEPARATION_CHARACTER", "") is None
+            and "MONITORING_FILE_EXTENSION" in values):
         values["MONITORING_FILE_SEPARATION_CHARACTER"] = default_separator(
             values["MONITORING_FILE_EXTENSION"])
-    folder = Path(os.path.expanduser(values["RECORD_DIRECTORY_LOCATION"]))
-    values["RECORD_DIRECTORY_LOCATION"] = str(folder if folder.is_absolute() else base / folder)
+    if "RECORD_DIRECTORY_LOCATION" in values:
+        folder = Path(os.path.expanduser(values["RECORD_DIRECTORY_LOCATION"]))
+        values["RECORD_DIRECTORY_LOCATION"] = str(folder if folder.is_absolute()
+                                                  else base / folder)
+
+
+# Subfolders the daemon makes and writes in (recorder's outbox/, uploader's uploaded/).
+RECORD_SUBFOLDERS = (OUTBOX, UPLOADED)
+
+
+def folder_problem(folder: Path) -> Optional[str]:
+    """Why ECCM could not use folder as its record folder (a phrase), or None if it can.
+
+    Creates nothing: a missing folder is judged by its nearest existing ancestor, which
+    must be a folder ECCM may write in. os.access is the kernel's own answer for this
+    user, read-only file systems included (root passes permission bits, not those).
+    """
+    problem = _folder_state(folder)
+    if problem == "":
+        for name in RECORD_SUBFOLDERS:
+            sub = _folder_state(folder / name)
+            if sub:
+                return f"{sub} (ECCM keeps files in {name}/ there)"
+        return None
+    if problem is not None:
+        return problem
+    ancestor = folder.parent
+    while True:
+        problem = _folder_state(ancestor)
+        if problem == "":
+            return None
+        if problem is not None:
+            return f"{folder} cannot be created: {problem}"
+        if ancestor == ancestor.parent:
+            return f"{folder} cannot be created: no folder of its path exists"
+        ancestor = ancestor.parent
+
+
+def _folder_state(folder: Path) -> Optional[str]:
+    """None if nothing is at folder; '' if it is a folder ECCM can write in; else what is
+    wrong with it."""
+    try:
+        info = os.stat(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(folder):
+            return (f"{folder} is a symbolic link to {os.readlink(folder)}, which does not "
+                    "exist")
+        return None
+    except OSError as exc:
+        return f"{folder} cannot be reached ({exc.strerror})"
+    if stat.S_ISREG(info.st_mode):
+        return f"{folder} is a file, not a folder"
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"ECCM cannot write in {folder} ({_why_not_writable(folder)})"
+    return ""
+
+
+def _why_not_writable(folder: Path) -> str:
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        pass
+    try:
+        import pwd
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError, AttributeError):
+        user = str(os.getuid()) if hasattr(os, "getuid") else "this user"
+    return f"not writable for user {user}"
