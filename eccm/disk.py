@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
+from .layout import OUTBOX, UPLOADED, is_manifest, manifest_name
+
 log = logging.getLogger(__name__)
 
 
@@ -27,30 +29,44 @@ def _files(folder: Path) -> List[Path]:
                   key=lambda p: (p.stat().st_mtime, p.name)) if folder.is_dir() else []
 
 
+def _records(folder: Path) -> List[Path]:
+    """The files of a folder but manifests, which go with their record."""
+    return [p for p in _files(folder) if not is_manifest(p.name)]
+
+
+def _remove_with_manifest(path: Path) -> int:
+    """Delete a record and its manifest; the bytes freed."""
+    freed = 0
+    for victim in (path, path.with_name(manifest_name(path.name))):
+        if victim.exists():
+            freed += victim.stat().st_size
+            victim.unlink()
+    return freed
+
+
 def check_budget(records: Path, limit: int, drop_oldest: bool) -> DiskReport:
     """Bring the record folder under `limit` bytes if it can be done without losing data.
 
     Kept copies in uploaded/ go first (they are on the server). Files waiting in outbox/
     are deleted only with drop_oldest, oldest first, each one logged.
     """
-    everything = _files(records) + _files(records / "outbox") + _files(records / "uploaded")
+    everything = _files(records) + _files(records / OUTBOX) + _files(records / UPLOADED)
     used = sum(p.stat().st_size for p in everything)
-    waiting = _files(records / "outbox")
+    # A record and its manifest go together; a manifest is not a file of its own.
+    waiting = _records(records / OUTBOX)
     freed = 0
     dropped: List[str] = []
     if limit > 0:
-        for path in _files(records / "uploaded"):
+        for path in _records(records / UPLOADED):
             if used <= limit:
                 break
-            used -= path.stat().st_size
-            path.unlink()
+            used -= _remove_with_manifest(path)
             freed += 1
         if drop_oldest:
             for path in waiting:
                 if used <= limit:
                     break
-                used -= path.stat().st_size
-                path.unlink()
+                used -= _remove_with_manifest(path)
                 dropped.append(path.name)
                 log.error("record folder full: deleted %s, never uploaded "
                           "(RECORD_DROP_OLDEST_WHEN_FULL=yes)", path.name)

@@ -1,29 +1,42 @@
 """Recorder thread: snapshots -> rows in record files; fsync cadence, rotation, recovery.
 
 A file is written as NAME.part in the record folder, one os.write per row (no torn row
-from a process kill), fsynced every FSYNC_INTERVAL, and on close fsynced and renamed
-into outbox/ (then the folder is fsynced), where the uploader takes it. At start-up a
-.part left by a crash or power cut is cut after its last whole line and queued.
+from a process kill), fsynced every FSYNC_INTERVAL, and on close cut back to its last whole
+row, fsynced and renamed into outbox/ (then the folder is fsynced); its manifest is written
+next to it last, which makes it a finished record the uploader takes. A write that fails
+(disk full) is cut back at once, so no torn row is ever published; the recorder then
+retries gently and resumes by itself. At start-up a .part left by a crash or power cut is
+cut after its last whole line and queued, and a record that lost its manifest gets one.
 """
 from __future__ import annotations
 
+import csv
+import errno
+import hashlib
+import io
 import logging
 import os
+import secrets
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from .layout import (OUTBOX, SEQUENCE_FILE, UPLOADED, build_manifest,
+                     dump_manifest, is_manifest, looks_like_record, manifest_name,
+                     parse_header, record_of)
 from .recordfmt import (GNSS_COLUMNS, GNSS_FIX_ATTRS, PART_SUFFIX, TIME_COLUMN, RowFormat,
-                        complete_length, file_name)
+                        complete_length, file_name, file_sequence, parse_file_name,
+                        parse_time)
 from .state import Column, SharedState, Snapshot
 from .text import plural
 from .worker import Worker
 
 log = logging.getLogger(__name__)
 
-OUTBOX = "outbox"
+TMP_PREFIX = ".tmp-"
+RETRY_CAP = 10.0  # seconds between attempts while the disk is full or failing
 
 
 def fsync_dir(folder: Path) -> None:
@@ -32,6 +45,31 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """path holds data whole or not at all, even across a power cut; no temporary file is
+    left behind when it fails (a full disk)."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def describe_error(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full: {exc.strerror}"
+    return exc.strerror or str(exc)
 
 
 def free_name(outbox: Path, folder: Path, make: Callable[[int], str]) -> str:
@@ -58,9 +96,76 @@ def move_to_outbox(part: Path, outbox: Path) -> Path:
     return target
 
 
-def recover(folder: Path, outbox: Path) -> List[Path]:
-    """Repair and queue every .part file left behind; return the queued paths."""
-    queued = []
+class FileCounter:
+    """The record folder's file counter (folder/.sequence): part of every file name, so
+    two files never share a name even when the clock repeats itself."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / SEQUENCE_FILE
+        self._last = 0
+
+    def load(self, *seen_in: Path) -> None:
+        """The stored counter, or the highest one in the names already there if higher
+        (a lost or older .sequence file)."""
+        try:
+            self._last = int(self.path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            self._last = 0
+        for folder in seen_in:
+            if folder.is_dir():
+                for path in folder.iterdir():
+                    name = path.name[:-len(PART_SUFFIX)] if path.name.endswith(
+                        PART_SUFFIX) else path.name
+                    self._last = max(self._last, file_sequence(name) or 0)
+
+    def next(self) -> int:
+        """The next number, stored before it is used. Raises OSError (disk full)."""
+        number = self._last + 1
+        write_atomic(self.path, f"{number}\n".encode())
+        self._last = number
+        return number
+
+
+def scan_record(path: Path, separators: Sequence[str]) -> Dict[str, Any]:
+    """What a manifest says of a record file, read from the file itself (recovery)."""
+    data = path.read_bytes()
+    first, _, _ = data.partition(b"\n")
+    text = first.decode("utf-8", "replace").rstrip("\r")
+    separator = next((s for s in separators if text.startswith(TIME_COLUMN.header + s)),
+                     separators[0])
+    header = next(csv.reader(io.StringIO(text), delimiter=separator), [])
+    lines = data.split(b"\n")[1:-1]  # the file ends with a line end (complete_length)
+
+    def row_time(line: bytes) -> Optional[datetime]:
+        return parse_time(line.decode("utf-8", "replace").split(separator, 1)[0])
+    return {"columns": parse_header(header), "separator": separator, "rows": len(lines),
+            "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "start": row_time(lines[0]) if lines else None,
+            "end": row_time(lines[-1]) if lines else None}
+
+
+def write_manifest(record: Path, manifest: Dict[str, Any]) -> Path:
+    path = record.with_name(manifest_name(record.name))
+    write_atomic(path, dump_manifest(manifest))
+    return path
+
+
+def manifest_from_file(record: Path, separators: Sequence[str]) -> Dict[str, Any]:
+    parsed = parse_file_name(record.name)
+    scanned = scan_record(record, separators)
+    return build_manifest(name=record.name, car=parsed[0] if parsed else "",
+                          sequence=file_sequence(record.name), clock=["unknown"],
+                          recovered=True, **scanned)
+
+
+def recover(folder: Path, outbox: Path, separators: Sequence[str] = (",",)) -> List[Path]:
+    """Repair and queue every .part file left behind, give a manifest to every record in
+    the outbox that has none (an unclean stop, or an older ECCM), drop what no longer has
+    a record; return the records queued or manifested."""
+    queued: List[Path] = []
+    recovered: List[Path] = []
+    for tmp in [*folder.glob(TMP_PREFIX + "*"), *outbox.glob(TMP_PREFIX + "*")]:
+        _unlink_quietly(tmp)
     for part in sorted(folder.glob("*" + PART_SUFFIX)):
         try:
             with open(part, "r+b") as fh:
@@ -75,17 +180,58 @@ def recover(folder: Path, outbox: Path) -> List[Path]:
                 log.info("removed %s: a header and no rows", part.name)
                 continue
             target = move_to_outbox(part, outbox)
+            recovered.append(target)
             cut = len(data) - keep
             log.warning("recovered %s after an unclean stop%s", target.name,
                         f" (cut a torn last line of {cut} bytes)" if cut else "")
-            queued.append(target)
         except OSError as exc:
             log.error("cannot recover %s: %s", part, exc)
+    names = {p.name for p in outbox.iterdir()} if outbox.is_dir() else set()
+    for name in sorted(names):
+        path = outbox / name
+        if is_manifest(name):
+            if record_of(name) not in names:
+                _retire_orphan_manifest(path, folder / UPLOADED)
+            continue
+        if name.startswith(".") or manifest_name(name) in names or not path.is_file():
+            continue
+        try:
+            if path not in recovered:
+                with open(path, "rb") as fh:
+                    if not looks_like_record(name, fh.readline()):
+                        continue  # not ECCM's: never uploaded, left alone
+            write_manifest(path, manifest_from_file(path, separators))
+            queued.append(path)
+        except OSError as exc:
+            log.error("cannot write the manifest of %s (%s); retried at the next start",
+                      name, describe_error(exc))
     return queued
 
 
+def _retire_orphan_manifest(path: Path, uploaded: Path) -> None:
+    """A manifest whose record was uploaded: it goes where the record went."""
+    try:
+        if (uploaded / record_of(path.name)).exists():
+            os.replace(path, uploaded / path.name)
+        else:
+            path.unlink()
+    except OSError as exc:
+        log.warning("cannot tidy %s: %s", path.name, exc)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
 class RecordFile:
-    """One open record file; used by the recorder thread only."""
+    """One open record file; used by the recorder thread only.
+
+    `size` is the length of its whole rows: a failed write is cut back to it at once, and
+    close() cuts the file to it again, so what is published never ends in a torn row.
+    """
 
     def __init__(self, folder: Path, outbox: Path, name: str, header: str,
                  fsync_interval: float):
@@ -95,6 +241,10 @@ class RecordFile:
         self.fsync_interval = fsync_interval
         self.opened = time.monotonic()
         self.rows = 0
+        self.first: Optional[datetime] = None
+        self.last: Optional[datetime] = None
+        self.clocks: List[str] = []
+        self._sha = hashlib.sha256()
         self._last_sync = self.opened
         self._fd: Optional[int] = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
                                           | os.O_APPEND, 0o644)
@@ -105,18 +255,36 @@ class RecordFile:
             fsync_dir(folder)  # the new name survives a power cut too
         except OSError:
             self._abandon()
+            _unlink_quietly(self.path)  # a failed open leaves nothing behind
             raise
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)  # type: ignore[arg-type]
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)  # type: ignore[arg-type]
+                view = view[written:]
+        except OSError:
+            try:
+                os.ftruncate(self._fd, self.size)  # type: ignore[arg-type]
+            except OSError:
+                pass  # close() cuts it again; recovery would at the next start
+            raise
         self.size += len(data)
+        self._sha.update(data)
 
-    def write_row(self, line: str) -> None:
+    def write_row(self, line: str, moment: datetime, clock: str) -> None:
         self._write(line.encode("utf-8"))
         self.rows += 1
+        if self.first is None:
+            self.first = moment
+        self.last = moment
+        if clock not in self.clocks:
+            self.clocks.append(clock)
         now = time.monotonic()
         if now - self._last_sync >= self.fsync_interval:
             os.fsync(self._fd)  # type: ignore[arg-type]
@@ -128,10 +296,12 @@ class RecordFile:
             self._fd = None
 
     def close(self) -> Optional[Path]:
-        """Sync and move to the outbox; a file without rows is removed instead."""
+        """Cut to the whole rows, sync and move to the outbox; a file without rows is
+        removed instead. On OSError the .part stays for recovery at the next start."""
         if self._fd is None:
             return None
         try:
+            os.ftruncate(self._fd, self.size)
             os.fsync(self._fd)
         finally:
             self._abandon()
@@ -157,7 +327,9 @@ class Recorder(Worker):
                  folder: str, extension: str, separator: str, interval: float,
                  fsync_interval: float, rotate_seconds: float, rotate_bytes: int,
                  max_age: float, gnss: bool,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 clock_source: Callable[[], str] = lambda: "system",
+                 retry_cap: float = RETRY_CAP):
         super().__init__(stop_event)
         self.state = state
         self.car = car
@@ -172,23 +344,38 @@ class Recorder(Worker):
         self.max_age = max_age
         self.gnss = gnss
         self.clock = clock
+        self.clock_source = clock_source
+        self.retry_cap = retry_cap
+        self.counter = FileCounter(self.folder)
         self._file: Optional[RecordFile] = None
         self._session_number: Optional[int] = None
+        self._session_facts: Dict[str, Any] = {}
         self._columns: Sequence[Column] = ()
-        self._failing = False
+        # While writing fails: what is wrong, when to try again, how long to wait next.
+        self._problem: Optional[str] = None
+        self._failing_since = 0.0
+        self._retry_at = 0.0
+        self._retry_delay = 0.0
+        self._lost = 0
+        # Records in the outbox whose manifest could not be written yet (disk full).
+        self._unmanifested: List[Tuple[Path, Dict[str, Any]]] = []
+        self._manifest_retry_at = 0.0
+        self._manifest_problem: Optional[str] = None
 
     def prepare(self) -> None:
         """Create the folders and queue leftovers; runs before the thread starts."""
         self.outbox.mkdir(parents=True, exist_ok=True)
-        for path in recover(self.folder, self.outbox):
+        separators = list(dict.fromkeys([self.format.separator, ",", "\t", "|", ";"]))
+        for path in recover(self.folder, self.outbox, separators):
             self.state.count("files_recovered")
             log.info("queued %s", path)
+        self.counter.load(self.folder, self.outbox, self.folder / UPLOADED)
 
     def run(self) -> None:
         next_tick = time.monotonic()
         while not self.stop_event.is_set():
             self.heartbeat()
-            if self._file is None:
+            if self._file is None and self._problem is None:
                 # No file yet: start at the first values of an engine session, not at the
                 # next tick of an idle cadence (start-up to first row as short as possible).
                 self.state.wait_for_update(self.interval)
@@ -219,41 +406,82 @@ class Recorder(Worker):
                 reason = "size limit"
             if reason:
                 self.close_file(reason)
+        self._write_manifests()
         if session is None:
+            return
+        if self._problem is not None and time.monotonic() < self._retry_at:
+            self._lose_row()
             return
         now = self.clock()
         try:
             if self._file is None:
-                self._open(session.number, session.columns, now)
+                self._open(session, now)
             cells: List[Any] = [now]
             cells.extend(self._value(snap, col) for col in self._columns)
             if self.gnss:
                 cells.extend(gnss_cells(snap.gnss, snap, self.max_age))
             assert self._file is not None
-            self._file.write_row(self.format.line(cells))
-            self.state.count("rows_recorded")
-            if self._failing:
-                log.info("recording again")
-                self._failing = False
+            self._file.write_row(self.format.line(cells), now, self.clock_source())
         except OSError as exc:
-            self.state.count("record_errors")
-            if not self._failing:
-                log.error("cannot write the record file: %s", exc)
-                self._failing = True
+            self._fail(exc)
+            # What the file holds is whole rows (the failed one was cut back): publish it
+            # rather than write on through a handle that may stay broken (a dying card).
             self.close_file("write error")
+            return
+        self.state.count("rows_recorded")
+        if self._problem is not None:
+            self._recovered()
+
+    def _lose_row(self) -> None:
+        self._lost += 1
+        self.state.count("rows_lost")
+
+    def _fail(self, exc: OSError) -> None:
+        """A row could not be written (nothing of it is in a file): say so once, wait a
+        little longer each time, up to retry_cap."""
+        self.state.count("record_errors")
+        self._lose_row()
+        problem = describe_error(exc)
+        if self._problem is None:
+            self._failing_since = time.monotonic()
+            self._retry_delay = self.interval
+            log.error("cannot write the record file (%s): rows are not recorded until it "
+                      "works again; retrying every few seconds", problem)
+        elif problem != self._problem:
+            log.error("cannot write the record file: %s", problem)
+        else:
+            self._retry_delay = min(self._retry_delay * 2, self.retry_cap)
+        self._problem = problem
+        self._retry_at = time.monotonic() + self._retry_delay
+        self.state.set_info(record_problem=f"{problem}: rows not recorded, retrying")
+
+    def _recovered(self) -> None:
+        log.info("recording again after %.0f s (%s not recorded)",
+                 time.monotonic() - self._failing_since, plural(self._lost, "row"))
+        self._problem = None
+        self._lost = 0
+        self.state.set_info(record_problem=None)
+        self._manifest_retry_at = 0.0  # the disk works again: the waiting manifests too
+        self._write_manifests()
 
     def _value(self, snap: Snapshot, col: Column) -> Any:
         reading = snap.fresh(col.name, self.max_age)
         return None if reading is None else reading.value
 
-    def _open(self, number: int, columns: Sequence[Column], now: datetime) -> None:
-        self._columns = tuple(columns)
-        header_cols = [TIME_COLUMN, *self._columns, *(GNSS_COLUMNS if self.gnss else ())]
+    def _open(self, session: Any, now: datetime) -> None:
+        columns = tuple(session.columns)
+        header_cols = [TIME_COLUMN, *columns, *(GNSS_COLUMNS if self.gnss else ())]
+        sequence = self.counter.next()
+        tag = secrets.token_hex(3)
         name = free_name(self.outbox, self.folder,
-                         lambda n: file_name(self.car, now, self.extension, n))
+                         lambda n: file_name(self.car, now, self.extension, sequence,
+                                             tag if n == 0 else secrets.token_hex(3)))
         self._file = RecordFile(self.folder, self.outbox, name,
                                 self.format.header(header_cols), self.fsync_interval)
-        self._session_number = number
+        self._columns = columns
+        self._session_number = session.number
+        self._session_facts = {"vin": session.vin, "protocol": session.protocol,
+                               "columns": header_cols, "sequence": sequence}
         self.state.set_info(record_file=str(self._file.path))
         log.info("recording to %s", self._file.path)
 
@@ -267,9 +495,45 @@ class Recorder(Worker):
         except OSError as exc:
             self.state.count("record_errors")
             log.error("cannot close %s (%s); it will be recovered at the next start",
-                      current.path, exc)
+                      current.path, describe_error(exc))
             return
-        if target is not None:
-            self.state.count("files_closed")
-            log.info("closed %s (%s, %s) -> %s", current.name, reason,
-                     plural(current.rows, "row"), target)
+        if target is None:
+            return
+        facts = self._session_facts
+        manifest = build_manifest(
+            name=target.name, car=self.car, vin=facts.get("vin"),
+            protocol=facts.get("protocol", ""), columns=facts["columns"],
+            separator=self.format.separator, rows=current.rows, size=current.size,
+            sha256=current.sha256, start=current.first, end=current.last,
+            clock=current.clocks, sequence=facts.get("sequence"))
+        self._unmanifested.append((target, manifest))
+        self._manifest_retry_at = 0.0
+        self._write_manifests()
+        self.state.count("files_closed")
+        log.info("closed %s (%s, %s) -> %s", current.name, reason,
+                 plural(current.rows, "row"), target)
+
+    def _write_manifests(self) -> None:
+        """The manifest makes a record finished: a record whose manifest could not be
+        written (disk full) waits in the outbox, not uploaded, and is tried again every
+        retry_cap seconds (and at the next start, from the file itself)."""
+        if not self._unmanifested or time.monotonic() < self._manifest_retry_at:
+            return
+        while self._unmanifested:
+            record, manifest = self._unmanifested[0]
+            try:
+                write_manifest(record, manifest)
+            except OSError as exc:
+                self.state.count("record_errors")
+                self._manifest_retry_at = time.monotonic() + self.retry_cap
+                problem = describe_error(exc)
+                if problem != self._manifest_problem:
+                    log.error("cannot write the manifest of %s (%s); it waits in the "
+                              "outbox, not uploaded, until the manifest can be written",
+                              record.name, problem)
+                    self._manifest_problem = problem
+                return
+            self._unmanifested.pop(0)
+            if self._manifest_problem is not None:
+                log.info("wrote the manifest of %s", record.name)
+                self._manifest_problem = None

@@ -28,14 +28,18 @@ GNSS_COLUMNS: Tuple[Column, ...] = (
 GNSS_FIX_ATTRS: Tuple[str, ...] = ("time", "lat", "lon", "alt", "speed", "track", "mode",
                                    "sats", "hdop")
 
-_NAME_RE = re.compile(r"^(?P<car>.+)_(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<n>\d+))?(?P<ext>\.[^.]+)$")
+# CAR_STAMP_SEQ-TAG.ext; older versions wrote CAR_STAMP.ext and CAR_STAMP-N.ext.
+_NAME_RE = re.compile(r"^(?P<car>.+)_(?P<stamp>\d{8}T\d{6}Z)"
+                      r"(?:_(?P<seq>\d{1,12})-(?P<tag>[0-9a-f]{4,16}))?(?:-r?(?P<n>\d+))?"
+                      r"(?P<ext>\.[^.]+)$")
 
 
-def file_name(car: str, start: datetime, extension: str, attempt: int = 0) -> str:
-    """CAR_YYYYmmddTHHMMSSZ.ext (UTC), with -N appended when that name is taken."""
+def file_name(car: str, start: datetime, extension: str, sequence: int, tag: str) -> str:
+    """CAR_YYYYmmddTHHMMSSZ_SEQ-TAG.ext: the UTC start for people, and an identity that does
+    not depend on the clock being right (a Pi without a real-time clock may boot at the
+    same saved time twice): the record folder's file counter and a random tag."""
     stamp = start.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    suffix = f"-{attempt}" if attempt else ""
-    return f"{car}_{stamp}{suffix}{extension}"
+    return f"{car}_{stamp}_{sequence:06d}-{tag}{extension}"
 
 
 def parse_file_name(name: str) -> Optional[Tuple[str, datetime]]:
@@ -47,10 +51,25 @@ def parse_file_name(name: str) -> Optional[Tuple[str, datetime]]:
     return match["car"], start
 
 
+def file_sequence(name: str) -> Optional[int]:
+    """The file counter in a record file name (None for names of older versions)."""
+    match = _NAME_RE.match(name)
+    return int(match["seq"]) if match and match["seq"] else None
+
+
 def format_time(moment: datetime) -> str:
     """ISO 8601 UTC with milliseconds and Z: 2026-11-24T22:18:50.360Z."""
     utc = moment.astimezone(timezone.utc)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def parse_time(text: str) -> Optional[datetime]:
+    """The inverse of format_time; None for anything else."""
+    try:
+        moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=timezone.utc)
 
 
 def format_cell(value: Any) -> str:

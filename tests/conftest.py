@@ -195,4 +195,10 @@ def part_files(records: Path) -> List[Path]:
 
 
 def outbox_files(records: Path) -> List[Path]:
-    return sorted((records / "outbox").glob("*")) if (records / "outbox").is_dir() else []
+    """The record files in the outbox (their manifests: outbox_manifests)."""
+    return [p for p in sorted((records / "outbox").glob("*"))
+            if not p.name.endswith(".manifest.json")] if (records / "outbox").is_dir() else []
+
+
+def outbox_manifests(records: Path) -> List[Path]:
+    return sorted((records / "outbox").glob("*.manifest.json"))

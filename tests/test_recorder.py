@@ -1,6 +1,9 @@
 """Recorder: rows from snapshots, stale values empty, rotation, outbox moves, recovery."""
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -10,7 +13,7 @@ import pytest
 from eccm.recorder import Recorder, recover
 from eccm.state import Column, ObdSession, SharedState
 
-from conftest import outbox_files, part_files, read_records
+from conftest import outbox_files, outbox_manifests, part_files, read_records
 
 COLS = (Column("RPM", "rpm"), Column("SPEED", "km/h"), Column("FUEL_TYPE"))
 
@@ -45,7 +48,7 @@ def test_rows_follow_the_session_and_close_into_the_outbox(tmp_path):
     state.update_values({"SPEED": (42.0, "km/h")})
     rec.tick()
     (part,) = part_files(rec.folder)
-    assert part.name == "CAR1_20260102T030406Z.csv.part"
+    assert re.fullmatch(r"CAR1_20260102T030406Z_000001-[0-9a-f]{6}\.csv\.part", part.name)
     state.end_obd_session()
     rec.tick()
     assert part_files(rec.folder) == []
@@ -114,21 +117,33 @@ def test_gnss_columns_reserved_when_enabled(tmp_path):
     assert rows[1][-9:] == [""] * 9
 
 
+HEADER = b"TIME (UTC),RPM (rpm)\n"
+
+
 def test_recover_cuts_torn_line_and_queues(tmp_path):
     folder = tmp_path / "rec"
     outbox = folder / "outbox"
     outbox.mkdir(parents=True)
-    (folder / "CAR_20260101T000000Z.csv.part").write_bytes(b"TIME,RPM\nt1,800\nt2,8")
-    (folder / "CAR_20260101T010000Z.csv.part").write_bytes(b"TIME,RPM\n")
-    (folder / "CAR_20260101T020000Z.csv.part").write_bytes(b"TIME,R")
-    (outbox / "CAR_20260101T030000Z.csv").write_bytes(b"TIME,RPM\nold,1\n")
-    (folder / "CAR_20260101T030000Z.csv.part").write_bytes(b"TIME,RPM\nnew,2\n")
+    (folder / "CAR_20260101T000000Z.csv.part").write_bytes(
+        HEADER + b"2026-01-01T00:00:01.000Z,800\n2026-01-01T00:00:02.000Z,8")
+    (folder / "CAR_20260101T010000Z.csv.part").write_bytes(HEADER)
+    (folder / "CAR_20260101T020000Z.csv.part").write_bytes(b"TIME (UTC),R")
+    (outbox / "CAR_20260101T030000Z.csv").write_bytes(HEADER + b"old,1\n")
+    (outbox / "CAR_20260101T030000Z.csv.manifest.json").write_bytes(b"{}")
+    (folder / "CAR_20260101T030000Z.csv.part").write_bytes(HEADER + b"new,2\n")
     queued = recover(folder, outbox)
     assert [p.name for p in queued] == ["CAR_20260101T000000Z.csv",
                                         "CAR_20260101T030000Z-r1.csv"]
-    assert (outbox / "CAR_20260101T000000Z.csv").read_bytes() == b"TIME,RPM\nt1,800\n"
-    assert (outbox / "CAR_20260101T030000Z.csv").read_bytes() == b"TIME,RPM\nold,1\n"
+    assert (outbox / "CAR_20260101T000000Z.csv").read_bytes() == \
+        HEADER + b"2026-01-01T00:00:01.000Z,800\n"
+    assert (outbox / "CAR_20260101T030000Z.csv").read_bytes() == HEADER + b"old,1\n"
     assert list(folder.glob("*.part")) == []
+    manifest = json.loads((outbox / "CAR_20260101T000000Z.csv.manifest.json").read_text())
+    assert manifest["car"] == "CAR" and manifest["rows"] == 1 and manifest["recovered"]
+    assert manifest["start"] == manifest["end"] == "2026-01-01T00:00:01.000Z"
+    assert manifest["sha256"] == hashlib.sha256(
+        (outbox / "CAR_20260101T000000Z.csv").read_bytes()).hexdigest()
+    assert manifest["clock"] == ["unknown"]
 
 
 def test_prepare_recovers_leftovers(tmp_path):
@@ -137,12 +152,74 @@ def test_prepare_recovers_leftovers(tmp_path):
     (folder / "CAR1_20260101T000000Z.csv.part").write_bytes(b"H\nrow\ntor")
     state, rec = make(tmp_path)
     assert [p.name for p in outbox_files(rec.folder)] == ["CAR1_20260101T000000Z.csv"]
+    assert [p.name for p in outbox_manifests(rec.folder)] == [
+        "CAR1_20260101T000000Z.csv.manifest.json"]
     assert state.snapshot().counters["files_recovered"] == 1
+
+
+def test_recovery_manifests_records_of_older_versions_but_nothing_else(tmp_path):
+    """An upgrade: finished files of an ECCM without manifests are still records; an export
+    or a plot that a user wrote into the outbox is not, and stays unmanifested."""
+    outbox = tmp_path / "rec" / "outbox"
+    outbox.mkdir(parents=True)
+    (outbox / "CAR1_20260101T000000Z.csv").write_bytes(
+        HEADER + b"2026-01-01T00:00:01.000Z,800\n")
+    (outbox / "CAR1_20260101T000000Z.gpx").write_bytes(b"<?xml version='1.0'?><gpx/>\n")
+    (outbox / "CAR1_20260101T000000Z.png").write_bytes(b"\x89PNG\r\n")
+    (outbox / "notes.csv").write_bytes(HEADER)
+    (outbox / "gone.csv.manifest.json").write_bytes(b"{}")  # its record was uploaded
+    state, rec = make(tmp_path)
+    assert sorted(p.name for p in outbox_manifests(rec.folder)) == [
+        "CAR1_20260101T000000Z.csv.manifest.json"]
+
+
+def test_closed_file_has_a_true_manifest(tmp_path):
+    state, rec = make(tmp_path, gnss=True)
+    state.start_obd_session(ObdSession(1, COLS, protocol="ISO 15765-4 (CAN 11/500)",
+                                       vin="1HGCM82633A004352"))
+    state.update_values({"RPM": (812.5, "rpm")})
+    rec.tick()
+    rec.tick()
+    rec.close_file("test")
+    (done,) = outbox_files(rec.folder)
+    manifest = json.loads(done.with_name(done.name + ".manifest.json").read_text())
+    data = done.read_bytes()
+    assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
+    assert manifest["size"] == len(data) and manifest["rows"] == 2
+    assert manifest["car"] == "CAR1" and manifest["vin"] == "1HGCM82633A004352"
+    assert manifest["file"] == done.name and manifest["sequence"] == 1
+    rows = read_records(done)
+    assert [c["header"] for c in manifest["columns"]] == rows[0]
+    assert manifest["columns"][1] == {"name": "RPM", "unit": "rpm", "header": "RPM (rpm)",
+                                      "source": "obd"}
+    assert manifest["columns"][-1]["source"] == "gnss"
+    assert (manifest["start"], manifest["end"]) == (rows[1][0], rows[2][0])
+    assert manifest["clock"] == ["system"] and not manifest["recovered"]
+
+
+def test_two_files_with_the_same_clock_name_differ(tmp_path):
+    """A Pi without a clock may boot at the same saved time twice: the names still differ,
+    also when the record folder's counter was lost."""
+    names = []
+    for boot in range(3):
+        clock = lambda: datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)  # noqa: E731
+        state, rec = make(tmp_path, clock=clock)
+        state.start_obd_session(ObdSession(1, COLS))
+        state.update_values({"RPM": (800 + boot, "rpm")})
+        rec.tick()
+        rec.close_file("test")
+        names.append(outbox_files(rec.folder)[-1].name)
+        for path in outbox_files(rec.folder) + outbox_manifests(rec.folder):
+            path.unlink()  # uploaded and deleted
+        if boot == 1:
+            (rec.folder / ".sequence").unlink()
+    assert len(set(names)) == 3
+    assert all(n.startswith("CAR1_20260102T030405Z_") for n in names)
 
 
 def test_write_error_is_counted_not_raised(tmp_path):
     import os
-    state, rec = make(tmp_path)
+    state, rec = make(tmp_path, interval=0)  # retry at the next tick
     state.start_obd_session(ObdSession(1, COLS))
     state.update_values({"RPM": (1000, "rpm")})
     rec.tick()
@@ -152,8 +229,10 @@ def test_write_error_is_counted_not_raised(tmp_path):
     counters = state.snapshot().counters
     assert counters["record_errors"] == 2  # the row, then closing the file
     assert counters["rows_recorded"] == 1
+    assert "Bad file descriptor" in state.snapshot().info["record_problem"]
     rec.tick()  # recording goes on in a fresh file
     assert len(part_files(rec.folder)) == 2
+    assert state.snapshot().info["record_problem"] is None
     rec.close_file("test")
     assert [p.name for p in recover(rec.folder, rec.outbox)] == [broken.name[:-5]]
     assert sum(len(read_records(f)) - 1 for f in outbox_files(rec.folder)) == 2

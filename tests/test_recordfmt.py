@@ -7,18 +7,31 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from eccm.recordfmt import (RowFormat, complete_length, file_name, format_cell, format_time,
-                            parse_file_name)
+from eccm.recordfmt import (RowFormat, complete_length, file_name, file_sequence,
+                            format_cell, format_time, parse_file_name, parse_time)
 from eccm.state import Column
 
 
-def test_file_name_is_car_and_utc_start():
+def test_file_name_is_car_utc_start_counter_and_tag():
     start = datetime(2026, 3, 1, 23, 59, 58, 900000, tzinfo=timezone(timedelta(hours=2)))
-    name = file_name("AB-123", start, ".csv")
-    assert name == "AB-123_20260301T215958Z.csv"
+    name = file_name("AB-123", start, ".csv", 42, "a1b2c3")
+    assert name == "AB-123_20260301T215958Z_000042-a1b2c3.csv"
     assert parse_file_name(name) == ("AB-123", start.replace(microsecond=0))
-    assert file_name("AB-123", start, ".tsv", 2) == "AB-123_20260301T215958Z-2.tsv"
+    assert file_sequence(name) == 42
     assert parse_file_name("notes.txt") is None
+
+
+@pytest.mark.parametrize("name", ["AB_1_20260301T215958Z.csv", "AB_1_20260301T215958Z-2.tsv",
+                                  "AB_1_20260301T215958Z-r1.csv"])
+def test_names_of_older_versions_still_parse(name):
+    assert parse_file_name(name)[0] == "AB_1"
+    assert file_sequence(name) is None
+
+
+def test_time_parses_back():
+    moment = datetime(2026, 11, 24, 22, 18, 50, 360000, tzinfo=timezone.utc)
+    assert parse_time(format_time(moment)) == moment
+    assert parse_time("yesterday") is None
 
 
 def test_time_is_iso_utc_with_milliseconds():

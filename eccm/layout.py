@@ -1,0 +1,138 @@
+"""Record folder layout and manifests: folder names, which files are records, what a
+manifest says. Pure functions, no I/O.
+
+A finished record is `outbox/NAME` plus `outbox/NAME.manifest.json`. The manifest is written
+after the record is in the outbox, so its presence is what makes a record finished: the
+uploader takes only manifested records, never whatever else lies in the folder (an export,
+a plot, a copy a user put there).
+"""
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from . import __version__
+from .recordfmt import GNSS_COLUMNS, TIME_COLUMN, parse_file_name
+from .state import Column
+
+DEMO_CAR = "DEMO"  # the simulated car (demo.py): its drives stay out of a real car's bucket
+OUTBOX = "outbox"
+UPLOADED = "uploaded"
+SEQUENCE_FILE = ".sequence"
+MANIFEST_SUFFIX = ".manifest.json"
+MANIFEST_FORMAT = "eccm-record-manifest"
+MANIFEST_VERSION = 1
+
+# How the record's UTC times were obtained (RecordClock), each source its rows used, in
+# order: the system clock, the system clock corrected by GNSS time, a system clock known to
+# be wrong with no GNSS time yet, or unknown (a file recovered after an unclean stop).
+CLOCK_SOURCES = ("system", "gnss", "unverified", "unknown")
+
+_CAR_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+_HEADER_RE = re.compile(r"^(?P<name>.*?)(?: \((?P<unit>[^()]*)\))?$")
+_GNSS_NAMES = {c.name for c in GNSS_COLUMNS}
+
+
+def manifest_name(record_name: str) -> str:
+    return record_name + MANIFEST_SUFFIX
+
+
+def is_manifest(name: str) -> bool:
+    return name.endswith(MANIFEST_SUFFIX)
+
+
+def record_of(manifest: str) -> str:
+    """The record file name a manifest name belongs to."""
+    return manifest[:-len(MANIFEST_SUFFIX)]
+
+
+def valid_car(car: object) -> bool:
+    """A car identifier safe as a file name part and an S3 key segment (no '.', '..')."""
+    return isinstance(car, str) and bool(_CAR_RE.fullmatch(car)) and car.strip(".") != ""
+
+
+def column_source(column: Column) -> str:
+    if column == TIME_COLUMN:
+        return "clock"
+    return "gnss" if column.name in _GNSS_NAMES else "obd"
+
+
+def parse_header(cells: Sequence[str]) -> List[Column]:
+    """'RPM (rpm)' -> Column('RPM', 'rpm'); the inverse of Column.header."""
+    out = []
+    for cell in cells:
+        match = _HEADER_RE.match(cell)
+        assert match is not None  # the pattern matches any string
+        out.append(Column(match["name"], match["unit"] or ""))
+    return out
+
+
+def build_manifest(*, name: str, car: str, columns: Sequence[Column], separator: str,
+                   rows: int, size: int, sha256: str, start: Optional[datetime],
+                   end: Optional[datetime], clock: Sequence[str], sequence: Optional[int] = None,
+                   vin: Optional[str] = None, protocol: str = "",
+                   recovered: bool = False) -> Dict[str, Any]:
+    """The manifest of one finished record file, as a JSON-ready dict."""
+    from .recordfmt import format_time
+    unknown = [c for c in clock if c not in CLOCK_SOURCES]
+    if unknown:
+        raise ValueError(f"unknown clock source {unknown[0]!r}")
+    return {
+        "format": MANIFEST_FORMAT,
+        "manifest_version": MANIFEST_VERSION,
+        "file": name,
+        "car": car,
+        "vin": vin,
+        "sequence": sequence,
+        "start": format_time(start) if start is not None else None,
+        "end": format_time(end) if end is not None else None,
+        "rows": rows,
+        "columns": [{"name": c.name, "unit": c.unit, "header": c.header,
+                     "source": column_source(c)} for c in columns],
+        "separator": separator,
+        "size": size,
+        "sha256": sha256,
+        "eccm_version": __version__,
+        "clock": list(clock),
+        "obd_protocol": protocol or None,
+        "recovered": recovered,
+    }
+
+
+def dump_manifest(manifest: Mapping[str, Any]) -> bytes:
+    """Stable bytes: the same manifest always uploads as the same object."""
+    return (json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False)
+            + "\n").encode("utf-8")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be trusted to describe its record."""
+
+
+def load_manifest(data: bytes, record_name: str) -> Dict[str, Any]:
+    """Parse and check a manifest read from disk; ManifestError says what is wrong."""
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ManifestError(f"not JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ManifestError("not an ECCM record manifest")
+    if manifest.get("file") != record_name:
+        raise ManifestError(f"describes {manifest.get('file')!r}, not {record_name!r}")
+    if not valid_car(manifest.get("car")):
+        raise ManifestError(f"car {manifest.get('car')!r} is not a valid CAR_IDENTIFIER")
+    sha = manifest.get("sha256")
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ManifestError("no sha256")
+    if not isinstance(manifest.get("size"), int):
+        raise ManifestError("no size")
+    return manifest
+
+
+def looks_like_record(name: str, first_line: bytes) -> bool:
+    """A file ECCM wrote (an older version or before an unclean stop), by name and header:
+    exports and plots next to it share the name but not the header."""
+    return parse_file_name(name) is not None and first_line.startswith(
+        TIME_COLUMN.header.encode())
