@@ -46,6 +46,8 @@ def _load_or_report(path: Optional[Path], environ=None, require_file: bool = Tru
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
+        for warning in exc.warnings:  # a misspelt key often explains the error
+            print(f"config warning: {warning}", file=sys.stderr)
         return None
     for warning in warnings:
         print(f"config warning: {warning}", file=sys.stderr)
@@ -78,7 +80,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                   "or `eccm run --config FILE` for the car", file=sys.stderr)
             return EXIT_CONFIG
         from .demo import run_demo
-        return run_demo(setup_logging)
+        return run_demo(setup_logging, upload=args.upload)
+    if args.upload:
+        print("run: --upload goes with --demo (a real car uploads whenever S3 is "
+              "configured)", file=sys.stderr)
+        return EXIT_CONFIG
     cfg = _load_or_report(Path(args.config or "config.ini"))
     if cfg is None:
         return EXIT_CONFIG
@@ -123,19 +129,29 @@ def cmd_upload(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     setup_logging("WARNING")
     from .daemon import upload_session
-    from .uploader import UploadError, pending_files
+    from .uploader import FileHeld, UploadError, pending_files, unmanifested_files
     session = upload_session(cfg)
     files = pending_files(session.outbox)
+    bare = unmanifested_files(session.outbox)
+    if bare:
+        print(f"{plural(len(bare), 'file')} in {session.outbox} without a manifest, not "
+              "uploaded (records of an older ECCM or an unclean stop get one when the "
+              "daemon starts; anything else is not a record)", file=sys.stderr)
     total = sum(p.stat().st_size for p in files)
     print(f"{plural(len(files), 'file')}, {total / 1e6:.1f} MB to upload to "
           f"s3://{cfg.S3_SERVER_BUCKET}/{cfg.S3_KEY_PREFIX}")
-    started, done_bytes = time.monotonic(), 0
+    started, done_bytes, held = time.monotonic(), 0, 0
     for number, path in enumerate(files, 1):
         size = path.stat().st_size
         shown = None
+        key = None
         for attempt in range(3):
             try:
                 key = session.upload(path)
+                break
+            except FileHeld as exc:
+                print(f"  {exc}", file=sys.stderr)
+                held += 1
                 break
             except UploadError as exc:
                 if str(exc) != shown:  # the same cause once, not once per attempt
@@ -147,12 +163,15 @@ def cmd_upload(args: argparse.Namespace) -> int:
                           f"{plural(kept, 'file')} kept in {session.outbox}", file=sys.stderr)
                     return EXIT_FAILURE
                 time.sleep(2 ** attempt)
+        if key is None:
+            continue
         done_bytes += size
         rate = done_bytes / max(1e-6, time.monotonic() - started) / 1e6
         print(f"[{number}/{len(files)}] {path.name} {size / 1e6:.1f} MB -> {key} "
               f"({done_bytes / 1e6:.1f}/{total / 1e6:.1f} MB, {rate:.1f} MB/s)", flush=True)
     left = pending_files(session.outbox)
-    print(f"done: {len(files) - len(left)} uploaded, {len(left)} left")
+    print(f"done: {len(files) - len(left)} uploaded, {len(left)} left"
+          + (f" ({held} held back, see above)" if held else ""))
     return EXIT_OK if not left else EXIT_FAILURE
 
 
@@ -246,6 +265,19 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return EXIT_CONFIG if failed else EXIT_OK
 
 
+def beside_input(source: Path, extension: str) -> Path:
+    """Where an export or plot of `source` goes without -o: next to it, unless it lies in
+    ECCM's outbox/ or uploaded/ folders, which hold records only (the current folder then)."""
+    from .layout import OUTBOX, UPLOADED
+    name = source.with_suffix("." + extension).name
+    if source.resolve().parent.name in (OUTBOX, UPLOADED):
+        out = Path.cwd() / name
+        print(f"{source.parent} holds ECCM's records only: writing to the current folder",
+              file=sys.stderr)
+        return out
+    return source.with_suffix("." + extension)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .trip import EXPORTERS, TripError, load
     try:
@@ -253,7 +285,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     except TripError as exc:
         print(f"export: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    out = Path(args.output) if args.output else Path(args.file).with_suffix("." + args.format)
+    out = Path(args.output) if args.output else beside_input(Path(args.file), args.format)
     out.write_text(text, encoding="utf-8")
     print(f"wrote {out}")
     return EXIT_OK
@@ -267,7 +299,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         print(f"plot: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     from .plot import plot  # matplotlib itself is imported by plot(): see main()
-    out = Path(args.output) if args.output else Path(args.file).with_suffix(".png")
+    out = Path(args.output) if args.output else beside_input(Path(args.file), "png")
     plot(trip, out)
     print(f"wrote {out}")
     return EXIT_OK
@@ -286,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--demo", action="store_true",
                      help="run against ECCM's built-in simulated car (no hardware needed; "
                           "car DEMO, records in ./demo-records; not with --config)")
+    run.add_argument("--upload", action="store_true",
+                     help="with --demo: upload the demo's drives too, under car=DEMO, when "
+                          "ECCM_S3_* variables configure S3 (off by default)")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate the configuration and print it")

@@ -11,12 +11,14 @@ import signal
 from pathlib import Path
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Dict, List, Optional
 
-from .clock import RecordClock
+from .clock import RELEASED, RecordClock
 from .config import Config
 from .disk import check_budget
 from .gnss_reader import GnssReader
+from .layout import OUTBOX
 from .notify import Notifier
 from .elmlink import PortInUse, check_free
 from .obd_poller import DEFAULT_FAST, ObdPoller, quiet_python_obd
@@ -65,7 +67,7 @@ class Daemon:
                 rotate_seconds=cfg.RECORD_ROTATE_MINUTES * 60,
                 rotate_bytes=int(cfg.RECORD_ROTATE_SIZE_MB * 1024 * 1024),
                 max_age=cfg.VALUE_MAX_AGE, gnss=cfg.GPS_POSITION_MONITORING,
-                clock=self.clock.now)
+                clock=self.clock.now, clock_source=self._clock_source)
             self.workers.append(self.recorder)
         self.poller = ObdPoller(
             self.stop_event, self.state, port=cfg.OBD_INTERFACE, baudrate=cfg.OBD_BAUDRATE,
@@ -97,6 +99,12 @@ class Daemon:
             self.state.set_link("s3", DISABLED)
         self._disk_full = False
         self._next_disk_check = 0.0
+
+    def _clock_source(self) -> str:
+        """Recorder thread: how the time of the row being written was obtained."""
+        if self.clock.corrected:
+            return "gnss"
+        return "unverified" if datetime.now(timezone.utc) < RELEASED else "system"
 
     def _on_fix(self, fix) -> None:
         """GNSS thread: a fix with a position carries a UTC time worth trusting."""
@@ -192,11 +200,17 @@ class Daemon:
             link = snap.links.get(source)
             if link is not None and link.state != "disabled":
                 parts.append(f"{source} {link.state}")
-        if snap.info.get("record_file"):
+        problem = snap.info.get("record_problem")
+        if problem:
+            parts.append(f"NOT RECORDING: {problem}")
+        elif snap.info.get("record_file"):
             parts.append("recording")
         backlog = snap.info.get("upload_backlog")
         if backlog:
             parts.append(f"{plural(backlog, 'file')} to upload")
+        held = snap.info.get("upload_held")
+        if held:
+            parts.append(f"{plural(held, 'file')} held back from upload (see the log)")
         if snap.info.get("disk", "").endswith("FULL"):
             parts.append("DISK FULL")
         return ", ".join(parts) or "starting"
@@ -238,5 +252,5 @@ def upload_session(cfg: Config) -> UploadSession:
                           region=cfg.S3_SERVER_REGION, prefix=cfg.S3_KEY_PREFIX or "",
                           verify_tls=cfg.S3_VERIFY_TLS)
     return UploadSession(settings, cfg.CAR_IDENTIFIER,
-                         Path(cfg.RECORD_DIRECTORY_LOCATION) / "outbox",
+                         Path(cfg.RECORD_DIRECTORY_LOCATION) / OUTBOX,
                          keep_uploaded=cfg.S3_KEEP_UPLOADED)

@@ -13,19 +13,16 @@ from pathlib import Path
 from typing import Callable, Iterable, List
 
 from .config import Config, ConfigError, load
+from .layout import DEMO_CAR, OUTBOX, UPLOADED
 from .recordfmt import PART_SUFFIX, parse_file_name
 
-DEMO_CAR = "DEMO"
 DEMO_FOLDER = "demo-records"
-# Sub-folders where the recorder and the uploader keep files (recorder.OUTBOX,
-# uploader.UPLOADED), named here so this check imports neither.
-_RECORD_SUBFOLDERS = ("outbox", "uploaded")
 
 
 def other_cars(folder: Path) -> List[str]:
     """Cars other than DEMO whose record files are in folder (or its outbox/uploaded)."""
     names: List[str] = []
-    for sub in (folder, *(folder / name for name in _RECORD_SUBFOLDERS)):
+    for sub in (folder, *(folder / name for name in (OUTBOX, UPLOADED))):
         if sub.is_dir():
             names += [p.name[:-len(PART_SUFFIX)] if p.name.endswith(PART_SUFFIX) else p.name
                       for p in sub.iterdir() if p.is_file()]
@@ -36,7 +33,7 @@ def other_cars(folder: Path) -> List[str]:
 def _describe(cfg: Config, car_from_environment: str) -> Iterable[str]:
     folder = Path(cfg.RECORD_DIRECTORY_LOCATION)
     yield (f"Records of car {DEMO_CAR} are written to {folder} (finished files move to "
-           f"{folder / 'outbox'})"
+           f"{folder / OUTBOX})"
            + (f"; ECCM_CAR_IDENTIFIER={car_from_environment} is not used by the demo"
               if car_from_environment not in ("", DEMO_CAR) else ""))
     if cfg.s3_enabled:
@@ -45,7 +42,7 @@ def _describe(cfg: Config, car_from_environment: str) -> Iterable[str]:
                f"{prefix + '/' if prefix else ''}car={DEMO_CAR}/")
 
 
-def run_demo(setup_logging: Callable[[str], None]) -> int:
+def run_demo(setup_logging: Callable[[str], None], upload: bool = False) -> int:
     """Runs in the main thread until Ctrl-C / SIGTERM."""
     from .daemon import Daemon  # first: a Python without ECCM's dependencies stops here
     from .simcar import SimulatedAdapter
@@ -61,7 +58,15 @@ def run_demo(setup_logging: Callable[[str], None]) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)
+        for warning in exc.warnings:  # a misspelt key often explains the error
+            print(f"config warning: {warning}", file=sys.stderr)
         return 2
+    if cfg.s3_enabled and not upload:
+        # S3 settings in the environment are most likely a real car's: a simulated drive
+        # goes to the bucket only when asked for.
+        cfg = cfg.replace(S3_SERVER_ENDPOINT=None)
+        warnings.append("the demo does not upload (ECCM_S3_* are set): add --upload to "
+                        f"send its drives to the bucket under car={DEMO_CAR}")
     folder = Path(cfg.RECORD_DIRECTORY_LOCATION)
     cars = other_cars(folder)
     if cars:

@@ -200,6 +200,8 @@ class SocketServer(Worker):
             ("gnss_input", " ".join(f"{k}={v}" for k, v in
                                     snap.info.get("gnss_counters", {}).items())),
             ("record_file", snap.info.get("record_file") or ""),
+            ("recording", snap.info.get("record_problem") or "ok"),
+            ("rows_lost", snap.counters.get("rows_lost", 0)),
             *self._upload_status(snap),
         ]
         errors = {k: v for k, v in snap.counters.items()
@@ -220,6 +222,7 @@ class SocketServer(Worker):
         return [
             ("upload", state),
             ("upload_backlog", "not counted yet" if backlog is None else backlog),
+            ("upload_held", snap.info.get("upload_held", 0)),
             ("last_upload", snap.info.get("last_upload") or "never"),
         ]
 

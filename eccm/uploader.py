@@ -1,7 +1,13 @@
-"""Uploader: finished record files (outbox/) -> S3, verified, exactly once.
+"""Uploader: finished record files (outbox/) -> S3, verified, exactly once, never over
+another object.
 
-Each file goes to a deterministic key, so a retry after a crash rewrites the same object
-rather than making a second one. The PUT carries Content-MD5 and the file's SHA-256 as
+Only manifested records are taken (layout.py): the record goes first, then its manifest,
+so a manifest in the bucket means its record is there whole. The key's car comes from the
+manifest, not from today's configuration. Each file goes to a deterministic key, so a
+retry after a crash finds its own object rather than making a second one; an object of
+other bytes already under the key is never replaced: the file goes under the next free
+key (NAME-dup1.csv ...), logged, and both are kept (the PUT is conditional, If-None-Match,
+so two writers cannot race either). The PUT carries Content-MD5 and the file's SHA-256 as
 metadata; HeadObject must then show the same size and SHA-256 before the local file is
 deleted (or moved to uploaded/). A single PUT is used (record files are far below S3's
 5 GB limit), so no multipart upload can be left behind. Network trouble, 5xx and
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import logging
 import os
 import re
@@ -20,16 +27,19 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 
-from .text import plural
+from .layout import (DEMO_CAR, MANIFEST_SUFFIX, UPLOADED, ManifestError, is_manifest,
+                     load_manifest, manifest_name)
 from .recordfmt import PART_SUFFIX, parse_file_name
+from .text import plural
 from .state import CONNECTED, LOST, SharedState
 from .worker import Backoff, Worker
 
 log = logging.getLogger(__name__)
 
-UPLOADED = "uploaded"
+MAX_ALTERNATIVES = 1000
+CONTENT_TYPES = {".csv": "text/csv", ".tsv": "text/tab-separated-values"}
 IDLE_POLL = 2.0
 SLOW_RETRY = 60.0  # after an error only the user can fix (credentials, bucket)
 CONFIG_ERRORS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
@@ -55,6 +65,11 @@ class UploadError(Exception):
     def __init__(self, message: str, permanent: bool = False):
         super().__init__(message)
         self.permanent = permanent
+
+
+class FileHeld(UploadError):
+    """This file is not uploaded (its manifest is wrong, it changed after it was finished,
+    it is a demo drive); it stays in the outbox and the others go on."""
 
 
 def endpoint_url(endpoint: str) -> str:
@@ -86,13 +101,42 @@ def digests(path: Path) -> Tuple[int, str, str]:
     return size, base64.b64encode(md5.digest()).decode(), sha.hexdigest()
 
 
-def pending_files(outbox: Path) -> List[Path]:
-    """Finished files, oldest first (names start with the UTC start time per car)."""
+def alternative_key(key: str, number: int) -> str:
+    """dir/NAME.csv -> dir/NAME-dup1.csv: the same folder and extension, another name."""
+    folder, _, name = key.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    new = f"{stem}-dup{number}.{ext}" if dot and stem else f"{name}-dup{number}"
+    return f"{folder}/{new}" if folder else new
+
+
+def _outbox_records(outbox: Path) -> Tuple[List[Path], List[Path]]:
+    """(manifested records, files that look finished but have no manifest)."""
     if not outbox.is_dir():
-        return []
-    files = [p for p in outbox.iterdir() if p.is_file() and not p.name.startswith(".")
-             and not p.name.endswith(PART_SUFFIX)]
-    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
+        return [], []
+    names = {p.name for p in outbox.iterdir() if p.is_file()}
+    candidates = [n for n in names if not n.startswith(".") and not is_manifest(n)
+                  and not n.endswith(PART_SUFFIX)]
+    done = [outbox / n for n in candidates if manifest_name(n) in names]
+    bare = [outbox / n for n in candidates if manifest_name(n) not in names]
+    return done, bare
+
+
+def pending_files(outbox: Path) -> List[Path]:
+    """Finished records (with their manifest), oldest first; nothing else in the folder."""
+    files = _outbox_records(outbox)[0]
+
+    def age(path: Path) -> Tuple[float, str]:
+        try:
+            return path.stat().st_mtime, path.name
+        except OSError:  # taken by another uploader meanwhile
+            return 0.0, path.name
+    return sorted(files, key=age)
+
+
+def unmanifested_files(outbox: Path) -> List[Path]:
+    """Files in the outbox without a manifest: not uploaded (an export, or a record of an
+    older ECCM or an unclean stop, which the daemon manifests when it starts)."""
+    return sorted(_outbox_records(outbox)[1])
 
 
 def make_client(settings: S3Settings) -> Any:
@@ -174,6 +218,7 @@ class UploadSession:
         self.outbox = outbox
         self.keep_uploaded = keep_uploaded
         self._client: Any = None
+        self._conditional = True  # False once the server said it cannot do If-None-Match
 
     @property
     def client(self) -> Any:
@@ -182,19 +227,33 @@ class UploadSession:
         return self._client
 
     def upload(self, path: Path) -> str:
-        """Put one file, verify it, then remove it locally; its key. Raises UploadError."""
+        """Put one record and its manifest, verify both, then remove them locally; the
+        record's key. Raises UploadError (FileHeld for this file alone), OSError."""
         from botocore.exceptions import BotoCoreError, ClientError
-        key = object_key(self.settings.prefix, self.car, path)
-        size, md5_b64, sha256 = digests(path)
+        manifest_path = path.with_name(manifest_name(path.name))
+        manifest_bytes = manifest_path.read_bytes()
         try:
-            if not self._stored(key, size, sha256):  # after a crash it may be there already
-                with open(path, "rb") as body:
-                    self.client.put_object(Bucket=self.settings.bucket, Key=key, Body=body,
-                                           ContentMD5=md5_b64, ContentLength=size,
-                                           ContentType="text/csv",
-                                           Metadata={"sha256": sha256})
-                if not self._stored(key, size, sha256):
-                    raise UploadError(f"{key}: the server's copy does not match the file")
+            manifest = load_manifest(manifest_bytes, path.name)
+        except ManifestError as exc:
+            raise FileHeld(f"{path.name} is not uploaded: its manifest {exc}") from None
+        car = manifest["car"]
+        if car == DEMO_CAR and self.car != DEMO_CAR:
+            raise FileHeld(f"{path.name} is a drive of the simulated car ({DEMO_CAR}): not "
+                           f"uploaded with car {self.car}'s settings")
+        size, md5_b64, sha256 = digests(path)
+        if (size, sha256) != (manifest["size"], manifest["sha256"]):
+            raise FileHeld(f"{path.name} is not uploaded: it changed after it was finished "
+                           f"(size {size}, sha256 {sha256[:12]}..., its manifest says "
+                           f"{manifest['size']}, {str(manifest['sha256'])[:12]}...)")
+        key = object_key(self.settings.prefix, car, path)
+        try:
+            with open(path, "rb") as body:
+                key = self._put_new(key, body, size, md5_b64, sha256,
+                                    CONTENT_TYPES.get(path.suffix.lower(), "text/plain"))
+            meta = io.BytesIO(manifest_bytes)
+            self._put_new(key + MANIFEST_SUFFIX, meta, len(manifest_bytes),
+                          base64.b64encode(hashlib.md5(manifest_bytes).digest()).decode(),
+                          hashlib.sha256(manifest_bytes).hexdigest(), "application/json")
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code.isdigit():  # a HEAD reply has no body to say why: ask in a way that does
@@ -202,8 +261,64 @@ class UploadSession:
             raise classify(exc, self.settings.endpoint) from None
         except BotoCoreError as exc:
             raise classify(exc, self.settings.endpoint) from None
-        self._retire(path)
+        self._retire(path)  # the record first: a manifest left alone is tidied at start
+        self._retire(manifest_path)
         return key
+
+    def _put_new(self, key: str, body: BinaryIO, size: int, md5_b64: str, sha256: str,
+                 content_type: str) -> str:
+        """Put body under key, or under the first alternative key whose object is absent
+        or already these bytes; never over other bytes. The key it is stored under."""
+        candidate, number = key, 0
+        while True:
+            found = self._stored(candidate, size, sha256)
+            if found == "same":  # after a crash or a lost reply it may be there already
+                return candidate
+            if found == "different":
+                number += 1
+                if number > MAX_ALTERNATIVES:
+                    raise UploadError(f"{key}: {MAX_ALTERNATIVES} other objects hold its "
+                                      "names already")
+                log.warning("s3://%s/%s holds other bytes than %s; not replaced: trying %s",
+                            self.settings.bucket, candidate, key.rsplit("/", 1)[-1],
+                            alternative_key(key, number))
+                candidate = alternative_key(key, number)
+                continue
+            body.seek(0)
+            if not self._put(candidate, body, size, md5_b64, sha256, content_type):
+                continue  # another writer got there first: look at what it wrote
+            if self._stored(candidate, size, sha256) != "same":
+                raise UploadError(f"{candidate}: the server's copy does not match the file")
+            return candidate
+
+    def _put(self, key: str, body: BinaryIO, size: int, md5_b64: str, sha256: str,
+             content_type: str) -> bool:
+        """One PUT that creates the object only if the key is free; False if it was not."""
+        from botocore.exceptions import ClientError
+        args = dict(Bucket=self.settings.bucket, Key=key, Body=body, ContentMD5=md5_b64,
+                    ContentLength=size, ContentType=content_type,
+                    Metadata={"sha256": sha256})
+        try:
+            if self._conditional:
+                self.client.put_object(IfNoneMatch="*", **args)
+            else:
+                self.client.put_object(**args)
+            return True
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or \
+                    status in (409, 412):
+                return False
+            if self._conditional and (code == "NotImplemented" or status == 501):
+                # An S3 server without conditional writes: the HEAD just before the PUT
+                # is then the only guard.
+                log.warning("the S3 server does not support conditional PUT (If-None-Match); "
+                            "ECCM checks each key just before it writes instead")
+                self._conditional = False
+                body.seek(0)
+                return self._put(key, body, size, md5_b64, sha256, content_type)
+            raise
 
     def _diagnose(self) -> None:
         """Raise the precise UploadError (bad keys, no bucket...) behind a bare 403/404."""
@@ -213,7 +328,8 @@ class UploadSession:
         except (ClientError, BotoCoreError) as exc:
             raise classify(exc, self.settings.endpoint) from None
 
-    def _stored(self, key: str, size: int, sha256: str) -> bool:
+    def _stored(self, key: str, size: int, sha256: str) -> str:
+        """'absent', 'same' (these bytes) or 'different' (anything else) under key."""
         from botocore.exceptions import ClientError
         try:
             head = self.client.head_object(Bucket=self.settings.bucket, Key=key)
@@ -221,10 +337,18 @@ class UploadSession:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 404 or exc.response.get("Error", {}).get("Code") in ("404",
                                                                                "NoSuchKey"):
-                return False
+                return "absent"
             raise
-        return (head.get("ContentLength") == size
-                and head.get("Metadata", {}).get("sha256") == sha256)
+        if head.get("ContentLength") != size:
+            return "different"
+        stored_sha = head.get("Metadata", {}).get("sha256")
+        if stored_sha is None:  # put there by another tool: compare the bytes themselves
+            obj = self.client.get_object(Bucket=self.settings.bucket, Key=key)
+            digest = hashlib.sha256()
+            for block in iter(lambda: obj["Body"].read(1 << 20), b""):
+                digest.update(block)
+            stored_sha = digest.hexdigest()
+        return "same" if stored_sha == sha256 else "different"
 
     def _retire(self, path: Path) -> None:
         if self.keep_uploaded:
@@ -265,12 +389,14 @@ class Uploader(Worker):
         self.clock = clock
         self._problem: Optional[str] = None
         self._last_prune = 0.0
+        self._held: Dict[str, str] = {}  # file name -> why it is not uploaded (logged once)
 
     def run(self) -> None:
         """Runs in the uploader thread."""
         while not self.stop_event.is_set():
-            files = pending_files(self.session.outbox)
-            self.state.set_info(upload_backlog=len(files))
+            files = [p for p in pending_files(self.session.outbox)
+                     if p.name not in self._held]
+            self.state.set_info(upload_backlog=len(files), upload_held=len(self._held))
             if not files:
                 self._housekeeping()
                 self.stop_event.wait(IDLE_POLL)
@@ -287,9 +413,15 @@ class Uploader(Worker):
                     break
 
     def _attempt(self, path: Path) -> float:
-        """Upload one file; 0 on success, else the delay before trying again."""
+        """Upload one file; 0 on success or when only this file is held back, else the
+        delay before trying again."""
         try:
             key = self.session.upload(path)
+        except FileHeld as exc:
+            self._held[path.name] = str(exc)  # until the next start: a person must look
+            self.state.count("upload_held")
+            log.error("%s; it stays in %s", exc, self.session.outbox)
+            return 0.0
         except UploadError as exc:
             self._report(str(exc))
             delay = self.backoff.next()

@@ -110,3 +110,11 @@ class SeaweedFS:
     def stop(self) -> None:
         stop_process(self.proc)
         self.log.close()
+
+
+def serve(tmp_path_factory, bucket: str):
+    """Body of a module-scoped `s3` fixture: a server with one bucket, stopped after."""
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    server.make_bucket(bucket)
+    yield server
+    server.stop()

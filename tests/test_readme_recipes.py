@@ -10,6 +10,8 @@ from typing import List
 
 import pytest
 
+from eccm.recorder import manifest_from_file, write_manifest
+
 from conftest import REPO, require_tool, write_config
 from s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS
 
@@ -65,8 +67,10 @@ def test_duckdb_fleet_query_runs_as_written(tmp_path):
             outbox.mkdir(parents=True)
             for (name, stamp), (header, rows) in DRIVES.items():
                 if name == car:
-                    (outbox / f"{car}_{stamp}.csv").write_text(header + "\n" + "".join(
+                    path = outbox / f"{car}_{stamp}.csv"
+                    path.write_text(header + "\n" + "".join(
                         f"2026-01-10T08:00:0{i}.000Z,{a},{b}\n" for i, (a, b) in enumerate(rows)))
+                    write_manifest(path, manifest_from_file(path, [","]))  # as when closed
             config = write_config(tmp_path / car, CAR_IDENTIFIER=car,
                                   S3_SERVER_ENDPOINT=server.endpoint, S3_SERVER_AK=ACCESS_KEY,
                                   S3_SERVER_SK=SECRET_KEY, S3_SERVER_BUCKET="my-bucket")

@@ -281,18 +281,20 @@ def test_status_upload_lines_say_something_when_nothing_was_uploaded():
 
     state = SharedState()  # S3 configured, the uploader not through its first look yet
     assert upload_status(state) == {"upload": "on, nothing tried yet",
-                                    "upload_backlog": "not counted yet",
+                                    "upload_backlog": "not counted yet", "upload_held": 0,
                                     "last_upload": "never"}
     state.set_info(upload_backlog=0)
     assert upload_status(state)["upload_backlog"] == 0
     state.set_info(upload_backlog=1)
     state.set_link("s3", LOST, "connection refused")
     assert upload_status(state) == {"upload": "lost connection refused",
-                                    "upload_backlog": 1, "last_upload": "never"}
+                                    "upload_backlog": 1, "upload_held": 0,
+                                    "last_upload": "never"}
     state.set_link("s3", CONNECTED, "car-logs")
     state.set_info(upload_backlog=0, last_upload="TEST/x.csv at 2026-01-01T00:00:00+00:00")
+    state.set_info(upload_held=1)
     assert upload_status(state) == {
-        "upload": "connected car-logs", "upload_backlog": 0,
+        "upload": "connected car-logs", "upload_backlog": 0, "upload_held": 1,
         "last_upload": "TEST/x.csv at 2026-01-01T00:00:00+00:00"}
 
 

@@ -13,22 +13,20 @@ from pathlib import Path
 
 import pytest
 
+from eccm.recorder import manifest_from_file, write_manifest
 from eccm.state import SharedState
 from eccm.uploader import (S3Settings, UploadError, Uploader, UploadSession, classify, digests,
                            endpoint_url, object_key, pending_files)
 
 from conftest import REPO, free_port, wait_for, write_config
-from s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS
+from s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS, serve
 
 BUCKET = "eccm-logs"
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    server.make_bucket(BUCKET)
-    yield server
-    server.stop()
+    yield from serve(tmp_path_factory, BUCKET)
 
 
 def settings(endpoint: str, **kw) -> S3Settings:
@@ -38,8 +36,15 @@ def settings(endpoint: str, **kw) -> S3Settings:
     return S3Settings(**args)
 
 
+def finish(path: Path) -> Path:
+    """Give a record file its manifest, as the recorder does when it closes one."""
+    write_manifest(path, manifest_from_file(path, [","]))
+    return path
+
+
 def record(outbox: Path, car: str, stamp: str, size: int, seed: int = 0) -> Path:
-    """A record file of `size` bytes (random rows) named as the recorder names them."""
+    """A finished record of about `size` bytes (random whole rows) with its manifest,
+    named as an older recorder named them."""
     outbox.mkdir(parents=True, exist_ok=True)
     path = outbox / f"{car}_{stamp}.csv"
     rng = random.Random(seed)
@@ -47,8 +52,7 @@ def record(outbox: Path, car: str, stamp: str, size: int, seed: int = 0) -> Path
         fh.write(b"TIME (UTC),RPM (rpm)\n")
         while fh.tell() < size:
             fh.write(f"2026-01-01T00:00:00.000Z,{rng.random() * 6000:.2f}\n".encode())
-        fh.truncate(size)
-    return path
+    return finish(path)
 
 
 def stored(s3: SeaweedFS, key: str) -> bytes:
@@ -278,8 +282,10 @@ def test_kill9_during_uploads_30_times_loses_and_duplicates_nothing(s3, tmp_path
     wait_for(lambda: not pending_files(outbox), 120, what="the backlog to drain")
     daemon.stop()
     listing = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/")
-    keys = [o["Key"] for o in listing.get("Contents", [])]
-    assert len(keys) == len(set(keys)) == len(originals)
+    everything = [o["Key"] for o in listing.get("Contents", [])]
+    keys = [k for k in everything if not k.endswith(".manifest.json")]
+    assert len(keys) == len(set(keys)) == len(originals)  # no -dup copy either
+    assert sorted(everything) == sorted(keys + [k + ".manifest.json" for k in keys])
     for key in keys:
         name = key.rsplit("/", 1)[1]
         assert hashlib.sha256(stored(s3, key)).hexdigest() == originals[name]
@@ -300,6 +306,7 @@ def test_fleet_layout_queried_in_place_with_duckdb(s3, tmp_path):
         path = outbox / f"{car}_{day}T120000Z.csv"
         path.write_text("TIME (UTC),RPM (rpm)\n" + "".join(
             f"2026-01-10T12:00:{i:02d}.000Z,{800 + i}\n" for i in range(count)))
+        finish(path)
         UploadSession(settings(s3.endpoint, prefix=prefix), car, outbox).upload(path)
         rows[car] = rows.get(car, 0) + count
     extension = next(Path(duckdb_extension_httpfs.__file__).parent.rglob(
