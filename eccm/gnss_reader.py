@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Callable, Optional
 from urllib.parse import urlsplit
 
@@ -123,7 +123,7 @@ class GnssReader(Worker):
             if not data:
                 if not self.parser.cycle_end_known:  # a pause ends the burst of an epoch
                     for fix in self.parser.quiet():
-                        self._publish(replace(fix, mono=last_byte))
+                        self._publish(fix)
                 if not silent and now - last_byte > SILENCE_LIMIT:
                     silent = True
                     self.state.set_link("gnss", CONNECTED, "no data from the receiver")
@@ -133,8 +133,10 @@ class GnssReader(Worker):
                 self.state.set_link("gnss", CONNECTED, self.port)
             last_byte = now
             self.backoff.reset()
-            for fix in self.parser.feed(data):
-                self._publish(replace(fix, mono=now))
+            # Fixes carry the arrival of their epoch's first sentence, not of the bytes
+            # that completed them (a second later on receivers whose burst holds two).
+            for fix in self.parser.feed(data, now):
+                self._publish(fix)
             self.state.set_info(gnss_counters=asdict(self.parser.counters))
 
     def _publish(self, fix: Fix) -> None:

@@ -6,29 +6,57 @@ end after a sentence, a `$` inside a sentence starts a new one (the torn one is 
 a sentence longer than the line cap is dropped so a stream without line ends cannot grow
 memory, and a sentence whose checksum is wrong is dropped and counted. pynmea2 splits and
 identifies the sentences; positions and times are converted here, strictly, so an empty
-or malformed field never becomes a 0,0 position.
+or malformed field never becomes a 0,0 position, and a value no receiver in a car can
+truly report (speed 1e9 kn, track 999, -5 satellites, year 2199...) is left empty and
+counted as out of range.
 
 An epoch is the set of sentences that share one time of day (GGA, RMC, GNS, GLL, ZDA);
-sentences without a time (GSA, VTG) belong to the epoch being read. A fix is emitted when a
-sentence with another time of day arrives, by finish(), and -- so that a 1 Hz receiver's
-position is not a whole second old when it is recorded -- as soon as the epoch is known to be
-complete: like gpsd, the parser learns the sentence that ends each cycle (the same last
-sentence, counted by its occurrence, two cycles running) and emits the fix on it; a reader
-may also call quiet() when the line falls silent after a burst. A sentence that still
-arrives for an emitted epoch is dropped and counted as late (and the learnt end forgotten),
-so an epoch is never emitted twice.
+sentences without a time (GSA, VTG) belong to the epoch being read, as in gpsd. A position
+or date sentence whose time is missing or unreadable belongs to no epoch: its second is
+unknown, and giving it the time of another would pair one second's time with another
+second's data. Like gpsd, a fix never merges sentences of different times: a receiver
+whose burst carries GGA/GLL of second T and RMC/ZDA of T+1 gives T+1 its RMC now and its
+GGA with the next burst. A fix is emitted when a sentence with another time of day
+arrives, by finish(), and -- so that a 1 Hz receiver's position is not a whole second old
+when it is recorded -- as soon as the epoch is known to be complete: like gpsd, the parser
+learns the sentence that ends each cycle (the same last sentence, counted by its
+occurrence, two cycles running) and emits the fix on it; a reader may also call quiet()
+when the line falls silent after a burst, which completes the epoch being read only if
+that burst began it (a burst that also held another second's sentences has more of this
+epoch to come). A sentence that still arrives for an emitted epoch is dropped and counted
+as late (and the learnt end forgotten), so an epoch is never emitted twice.
+
+A fix's date is that of its own second: from its own RMC/ZDA, else carried from the
+latest dated fix to the nearest day that fits its time of day (so 00:00:00 after
+23:59:59 is the next day, and 23:59:59 read after 00:00:00 is the day before).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Dict, List, Optional, Tuple
 
 import pynmea2
 
 LINE_CAP = 1024
 KNOTS = 0.514444  # m/s per knot
+
+# What a receiver in a car can truly report; a value outside is a corrupt or hostile field,
+# left empty and counted (Counters.out_of_range).
+SPEED_MAX_KNOTS = 1000.0   # 514.4 m/s: the export (COCOM) limit above which receivers
+                           # stop giving fixes; rejects 1e9 kn, generous for any car
+SPEED_MAX_KMH = 1852.0     # the same, in km/h
+TRACK_MAX = 360.0          # degrees true, 0..360 (some receivers print 360.0 for north)
+ALT_MIN = -1000.0          # m MSL: the lowest road, by the Dead Sea, is at -430 m
+ALT_MAX = 18000.0          # m: the COCOM altitude limit; no road is above 5800 m
+SATS_MAX = 200             # satellites used: more than all navigation + SBAS ones in orbit
+HDOP_MAX = 99.99           # the widest the field is printed
+HDOP_UNKNOWN = 99.0        # 99.0..99.99 (and 0.0) are receivers' "unknown": empty, no error
+DATE_MIN = date(1980, 1, 6)    # the GPS epoch: no GNSS date is earlier
+DATE_MAX = date(2099, 12, 31)  # RMC's two-digit year cannot go further; a later ZDA year
+                               # (2199) is corrupt. Whether a date is believable for a
+                               # running ECCM is the record clock's question (clock.py).
 
 
 def _mps(speed: float) -> float:
@@ -91,6 +119,7 @@ class Counters:
     torn: int = 0             # sentences cut by a '$', a non-text byte or the line cap
     unparsed: int = 0         # framed and checked, but not a sentence pynmea2 can read
     late: int = 0             # sentences of an epoch already emitted early (dropped)
+    out_of_range: int = 0     # values no receiver can truly report (left empty)
 
 
 def checksum_ok(body: str, given: str) -> bool:
@@ -137,26 +166,53 @@ def _int(value: Optional[str]) -> Optional[int]:
     return int(number) if number is not None else None
 
 
-def _time_of_day(value: str) -> Optional[time]:
-    """'171926.00' -> 17:19:26; None if malformed."""
-    match = re.fullmatch(r"(\d\d)(\d\d)(\d\d)(?:\.(\d{1,6}))?", value or "")
+def _float_any(value: Optional[str]) -> Optional[float]:
+    """A field as a float, NaN and infinities included (for range checks to refuse)."""
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+# An epoch's key: hour, minute, second (60 in a leap second), microsecond.
+_Key = Tuple[int, int, int, int]
+
+
+def _clock(value: str) -> Optional[_Key]:
+    """'171926.00' -> (17, 19, 26, 0); None if malformed or impossible."""
+    match = re.fullmatch(r"(\d\d)(\d\d)(\d\d)(?:\.(\d{1,6}))?", value)
     if not match:
         return None
     hour, minute, second = int(match[1]), int(match[2]), int(match[3])
-    micro = int((match[4] or "0").ljust(6, "0"))
     if hour > 23 or minute > 59 or second > 60:
         return None
-    return time(hour, minute, min(second, 59), micro)
+    return hour, minute, second, int((match[4] or "0").ljust(6, "0"))
 
 
-def _date(day: str, month: str, year: str) -> Optional[date]:
+def _calendar(day: str, month: str, year: str) -> Optional[date]:
+    """A date from its fields, the RMC's two-digit year as gpsd reads it (80..99 -> 19xx,
+    else 20xx); None if there is no such day."""
+    if not (day.isdigit() and month.isdigit() and year.isdigit()):
+        return None
+    y = int(year)
+    if len(year) <= 2:
+        y += 1900 if y >= 80 else 2000
     try:
-        y = int(year)
-        if y < 100:  # RMC's two-digit year: 80..99 -> 19xx, else 20xx (as gpsd)
-            y += 1900 if y >= 80 else 2000
         return date(y, int(month), int(day))
     except ValueError:
         return None
+
+
+def _key(tod: time) -> _Key:
+    return tod.hour, tod.minute, tod.second, tod.microsecond
+
+
+def _nearest_day(ref: datetime, tod: time) -> date:
+    """The day that puts tod nearest to ref: across midnight the date rolls either way."""
+    days = (ref.date() + timedelta(days=n) for n in (-1, 0, 1))
+    return min(days, key=lambda d: abs(datetime.combine(d, tod) - ref))
 
 
 class Framer:
@@ -217,7 +273,8 @@ class Framer:
 
 @dataclass
 class _Epoch:
-    tod: time
+    key: _Key
+    mono: Optional[float] = None  # arrival of its first sentence
     fields: Dict[str, object] = field(default_factory=dict)
     valid: Optional[bool] = None  # None: no position sentence yet
     last: Optional[Tuple[str, int]] = None  # (address, occurrence) of the latest sentence
@@ -228,6 +285,12 @@ class _Epoch:
         self.last = (address, self.seen[address])
         return self.last
 
+    @property
+    def tod(self) -> Optional[time]:
+        """Its time of day; None for a leap second (23:59:60), which has none."""
+        hour, minute, second, micro = self.key
+        return time(hour, minute, second, micro) if second < 60 else None
+
 
 class NmeaParser:
     """Stateful parser of one receiver stream: feed(bytes) -> finished fixes."""
@@ -236,20 +299,26 @@ class NmeaParser:
         self.counters = counters if counters is not None else Counters()
         self._framer = Framer(self.counters, cap)
         self._epoch: Optional[_Epoch] = None
-        self._date: Optional[date] = None
+        self._dated: Optional[datetime] = None  # UTC of the latest fix with a date
         self._done: List[Fix] = []
         self._ender: Optional[Tuple[str, int]] = None      # learnt end of a cycle
         self._last_end: Optional[Tuple[str, int]] = None   # how the previous cycle ended
         self._emitted: Optional[time] = None  # epoch emitted early; its stragglers are late
         self._by_quiet = False
         self._quiet_trusted = True  # until a pause turns out to be inside a burst
+        self._mono: Optional[float] = None  # arrival of the bytes being read
+        self._paused = False  # quiet() was called; the next sentence starts a burst
+        self._burst_first: Optional[_Key] = None  # time of the burst's first timed sentence
 
     @property
     def buffered(self) -> int:
         """Bytes held between feeds (never more than the line cap)."""
         return self._framer.buffered
 
-    def feed(self, data: bytes) -> List[Fix]:
+    def feed(self, data: bytes, mono: Optional[float] = None) -> List[Fix]:
+        """Bytes that arrived at monotonic time `mono` (the reader's clock; fixes carry the
+        arrival of their epoch's first sentence)."""
+        self._mono = mono
         for text in self._framer.feed(data):
             self._sentence(text)
         fixes, self._done = self._done, []
@@ -267,9 +336,12 @@ class NmeaParser:
         return self._ender is not None
 
     def quiet(self) -> List[Fix]:
-        """The line fell silent after a burst: the epoch being read is complete. Once a
-        sentence of the epoch arrived after such a pause, pauses are no longer trusted."""
-        if self._epoch is not None and self._quiet_trusted:
+        """The line fell silent after a burst: the epoch being read is complete if the
+        burst began with it. Once a sentence of the epoch arrived after such a pause,
+        pauses are no longer trusted. Calling it again in the same pause does nothing more."""
+        self._paused = True
+        if self._epoch is not None and self._quiet_trusted \
+                and self._epoch.key == self._burst_first:
             self._learn(self._epoch.last)
             self._emit_early()
             self._by_quiet = True
@@ -295,6 +367,9 @@ class NmeaParser:
         handler = getattr(self, f"_on_{getattr(msg, 'sentence_type', '').lower()}", None)
         if handler is None:
             return  # GSV, TXT, proprietary: no fix data, so no part in the cycle either
+        if self._paused:  # the first sentence after a pause begins a new burst
+            self._paused = False
+            self._burst_first = None
         try:
             handler(msg)
         except (ValueError, TypeError, AttributeError, IndexError):
@@ -303,17 +378,27 @@ class NmeaParser:
 
     # --- epochs -----------------------------------------------------------------------
 
-    def _at(self, tod: Optional[time]) -> None:
-        """Make tod the current epoch, finishing the previous one if it differs."""
-        if tod is None or (self._epoch is not None and self._epoch.tod == tod):
-            return
-        if self._epoch is None and tod == self._emitted:
-            return  # a straggler of the epoch emitted early: _after() counts it
+    def _at(self, value: str) -> bool:
+        """A sentence of the time of day `value`: make its epoch current, finishing the
+        previous one if it differs. False if the sentence belongs to no epoch being read
+        (no usable time, or a straggler of an epoch emitted early)."""
+        key = _clock(value)
+        if key is None:
+            if value:
+                self.counters.out_of_range += 1
+            return False
+        if self._burst_first is None:
+            self._burst_first = key
+        if self._epoch is not None and self._epoch.key == key:
+            return True
+        if self._epoch is None and self._emitted is not None and key == _key(self._emitted):
+            return False  # a straggler of the epoch emitted early: _after() counts it
         if self._epoch is not None:
             self._learn(self._epoch.last)
         self._finish_epoch()  # kept even if the rest of this sentence is bad
-        self._epoch = _Epoch(tod)
+        self._epoch = _Epoch(key, mono=self._mono)
         self._emitted = None
+        return True
 
     def _after(self, address: str) -> None:
         """Bookkeeping once a sentence is read: cycle-end learning and early emission."""
@@ -347,20 +432,30 @@ class NmeaParser:
         epoch, self._epoch = self._epoch, None
         if epoch is None:
             return None
+        tod = epoch.tod
+        if tod is None:
+            return None  # a leap second: no time of day to give it, and not second 59's
         f = epoch.fields
+        day: Optional[date] = f.get("date")  # type: ignore[assignment]
+        if day is None and self._dated is not None:
+            day = _nearest_day(self._dated, tod)
+        if day is not None:
+            self._dated = datetime.combine(day, tod)
         valid = bool(epoch.valid) and f.get("lat") is not None and f.get("lon") is not None
         mode = f.get("gsa_mode")
         if not valid:
             mode = MODE_NONE
         elif mode not in (MODE_2D, MODE_3D):
             mode = MODE_3D if f.get("alt") is not None else MODE_2D
+
+        def held(name: str) -> object:  # without a position, nothing measured holds
+            return f.get(name) if valid else None
         self.counters.fixes += 1
         return Fix(
-            time_of_day=epoch.tod, date=f.get("date") or self._date,  # type: ignore[arg-type]
-            lat=f.get("lat") if valid else None, lon=f.get("lon") if valid else None,
-            alt=f.get("alt") if valid else None, speed=f.get("speed"),  # type: ignore
-            track=f.get("track"), mode=mode, quality=f.get("quality") if valid else None,
-            sats=f.get("sats"), hdop=f.get("hdop"))  # type: ignore[arg-type]
+            time_of_day=tod, date=day, lat=held("lat"), lon=held("lon"),  # type: ignore
+            alt=held("alt"), speed=held("speed"), track=held("track"),  # type: ignore
+            mode=mode, quality=held("quality"), sats=held("sats"),  # type: ignore
+            hdop=held("hdop"), mono=epoch.mono)  # type: ignore[arg-type]
 
     def _set(self, **values: object) -> None:
         if self._epoch is None:
@@ -369,94 +464,144 @@ class NmeaParser:
             if value is not None:
                 self._epoch.fields[key] = value
 
+    # --- checked values ---------------------------------------------------------------
+
+    def _number(self, value: Optional[str], low: float, high: float) -> Optional[float]:
+        """A numeric field within [low, high]; None if empty or unreadable, and None but
+        counted if out of range (NaN and infinities are)."""
+        number = _float_any(value)
+        if number is None or low <= number <= high:
+            return number
+        self.counters.out_of_range += 1
+        return None
+
+    def _speed(self, knots: Optional[str] = None, kmh: Optional[str] = None) -> Optional[float]:
+        """m/s from km/h (VTG's finer field) if it is a number, else from knots."""
+        if _float_any(kmh) is not None:
+            value = self._number(kmh, 0.0, SPEED_MAX_KMH)
+            return None if value is None else _mps(value / 3.6)
+        value = self._number(knots, 0.0, SPEED_MAX_KNOTS)
+        return None if value is None else _mps(value * KNOTS)
+
+    def _track(self, value: Optional[str]) -> Optional[float]:
+        return self._number(value, 0.0, TRACK_MAX)
+
+    def _alt(self, value: Optional[str]) -> Optional[float]:
+        return self._number(value, ALT_MIN, ALT_MAX)
+
+    def _sats(self, value: Optional[str]) -> Optional[int]:
+        number = self._number(value, 0, SATS_MAX)
+        if number is None:
+            return None
+        if number != int(number):
+            self.counters.out_of_range += 1
+            return None
+        return int(number)
+
+    def _hdop(self, value: Optional[str]) -> Optional[float]:
+        """HDOP, or None: 0.0 and 99.x are how receivers print "unknown" (not errors)."""
+        number = self._number(value, 0.0, HDOP_MAX)
+        if number is None or number == 0 or number >= HDOP_UNKNOWN:
+            return None
+        return number
+
+    def _day(self, day: str, month: str, year: str) -> Optional[date]:
+        """A date within DATE_MIN..DATE_MAX; an impossible one is counted."""
+        if not (day or month or year):
+            return None
+        value = _calendar(day, month, year)
+        if value is None or not DATE_MIN <= value <= DATE_MAX:
+            self.counters.out_of_range += 1
+            return None
+        return value
+
+    def _coordinate(self, value: str, hemisphere: str) -> Optional[float]:
+        result = degrees(value, hemisphere)
+        if result is None and value and _float(value) is not None:
+            self.counters.out_of_range += 1  # a number, but no latitude/longitude
+        return result
+
     def _position(self, msg: "pynmea2.NMEASentence", valid: bool) -> None:
         """A position sentence: the latest valid one in an epoch gives lat/lon."""
         assert self._epoch is not None
-        lat = degrees(msg.lat, msg.lat_dir)
-        lon = degrees(msg.lon, msg.lon_dir)
-        if valid and lat is not None and lon is not None:
-            self._epoch.valid = True
-            self._set(lat=lat, lon=lon)
-        elif self._epoch.valid is None:
+        if valid:
+            lat = self._coordinate(msg.lat, msg.lat_dir)
+            lon = self._coordinate(msg.lon, msg.lon_dir)
+            if lat is not None and lon is not None:
+                self._epoch.valid = True
+                self._set(lat=lat, lon=lon)
+                return
+        if self._epoch.valid is None:
             self._epoch.valid = False
 
     # --- sentences --------------------------------------------------------------------
 
     def _on_gga(self, msg: "pynmea2.NMEASentence") -> None:
-        self._at(_time_of_day(msg.data[0]))
-        if self._epoch is None:
+        if not self._at(msg.data[0]):
             return
         quality = _int(msg.gps_qual) or 0
         self._position(msg, quality > 0)
         if quality > 0:
-            self._set(alt=_float(msg.altitude), quality=_GGA_QUALITY.get(quality))
-        self._set(sats=_int(msg.num_sats), hdop=_float(msg.horizontal_dil))
+            self._set(alt=self._alt(msg.altitude), quality=_GGA_QUALITY.get(quality))
+        self._set(sats=self._sats(msg.num_sats), hdop=self._hdop(msg.horizontal_dil))
 
     def _on_rmc(self, msg: "pynmea2.NMEASentence") -> None:
-        self._at(_time_of_day(msg.data[0]))
-        if self._epoch is None:
+        if not self._at(msg.data[0]):
             return
-        stamp = msg.data[8] if len(msg.data) > 8 else ""
-        if re.fullmatch(r"\d{6}", stamp):
-            day = _date(stamp[0:2], stamp[2:4], stamp[4:6])
-            if day is not None:
-                self._date = day
-                self._set(date=day)
+        stamp = msg.data[8] if len(msg.data) > 8 else ""  # ddmmyy
+        if len(stamp) == 6:
+            self._set(date=self._day(stamp[0:2], stamp[2:4], stamp[4:6]))
+        elif stamp:
+            self.counters.out_of_range += 1  # e.g. a Telit's '2208-1'
         mode = msg.data[11] if len(msg.data) > 11 else ""
         valid = msg.status == "A" and mode != "N"
         self._position(msg, valid)
         if valid:
-            knots = _float(msg.data[6])
-            self._set(speed=None if knots is None else _mps(knots * KNOTS),
-                      track=_float(msg.data[7]), quality=_MODE_INDICATOR.get(mode[:1]))
+            self._set(speed=self._speed(knots=msg.data[6]), track=self._track(msg.data[7]),
+                      quality=_MODE_INDICATOR.get(mode[:1]))
 
     def _on_gll(self, msg: "pynmea2.NMEASentence") -> None:
-        self._at(_time_of_day(msg.data[4] if len(msg.data) > 4 else ""))
-        if self._epoch is None:
+        if not self._at(msg.data[4] if len(msg.data) > 4 else ""):
             return
         status = msg.data[5] if len(msg.data) > 5 else ""
         mode = msg.data[6] if len(msg.data) > 6 else ""
         self._position(msg, status == "A" and mode != "N")
 
     def _on_gns(self, msg: "pynmea2.NMEASentence") -> None:
-        self._at(_time_of_day(msg.data[0]))
-        if self._epoch is None:
+        if not self._at(msg.data[0]):
             return
         modes = (msg.data[5] if len(msg.data) > 5 else "") or "N"
         best = next((m for m in modes if m not in "N"), None)
         self._position(msg, best is not None)
         if best is not None:
-            self._set(alt=_float(msg.data[8] if len(msg.data) > 8 else ""),
+            self._set(alt=self._alt(msg.data[8] if len(msg.data) > 8 else ""),
                       quality=_MODE_INDICATOR.get(best))
-        self._set(sats=_int(msg.data[6] if len(msg.data) > 6 else ""),
-                  hdop=_float(msg.data[7] if len(msg.data) > 7 else ""))
+        self._set(sats=self._sats(msg.data[6] if len(msg.data) > 6 else ""),
+                  hdop=self._hdop(msg.data[7] if len(msg.data) > 7 else ""))
 
     def _on_zda(self, msg: "pynmea2.NMEASentence") -> None:
-        self._at(_time_of_day(msg.data[0]))
-        if len(msg.data) >= 4:
-            day = _date(msg.data[1], msg.data[2], msg.data[3])
-            if day is not None:
-                self._date = day
-                self._set(date=day)
+        if not self._at(msg.data[0]) or len(msg.data) < 4:
+            return
+        self._set(date=self._day(msg.data[1], msg.data[2], msg.data[3]))
 
     def _on_gsa(self, msg: "pynmea2.NMEASentence") -> None:
+        if self._epoch is None:
+            return  # late: _after() counts it
         mode = _int(msg.data[1] if len(msg.data) > 1 else "")
-        hdop = _float(msg.data[15]) if len(msg.data) > 15 else None
+        hdop = self._hdop(msg.data[15]) if len(msg.data) > 15 else None
         self._set(gsa_mode=mode if mode in (1, 2, 3) else None, hdop=hdop)
 
     def _on_vtg(self, msg: "pynmea2.NMEASentence") -> None:
         data = msg.data
         if len(data) >= 8 and data[1] in ("T", ""):
-            track, knots, kmh = _float(data[0]), _float(data[4]), _float(data[6])
+            track, knots, kmh = data[0], data[4], data[6]
         else:  # NMEA 2.0 short form: track, magnetic, knots, km/h
-            track, knots, kmh = _float(data[0]), _float(data[2] if len(data) > 2 else ""), \
-                _float(data[3] if len(data) > 3 else "")
-        speed = _mps(kmh / 3.6) if kmh is not None else (
-            _mps(knots * KNOTS) if knots is not None else None)
+            track, knots, kmh = data[0], data[2] if len(data) > 2 else "", \
+                data[3] if len(data) > 3 else ""
         if self._epoch is not None and "speed" not in self._epoch.fields:
-            self._set(speed=speed)
+            self._set(speed=self._speed(knots=knots, kmh=kmh))
         if self._epoch is not None and "track" not in self._epoch.fields:
-            self._set(track=track)
+            self._set(track=self._track(track))
 
 
 def parse_all(data: bytes) -> List[Fix]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import pty
 import threading
+import time
 import tty
 
 from eccm.gnss_reader import GnssReader
@@ -62,6 +63,62 @@ def test_an_epoch_reaches_the_state_without_waiting_for_the_next_one():
         assert counts["bad_checksum"] == "1"
         assert counts["garbage_bytes"] == "11"  # the bytes before $; no line end counted
         assert counts["late"] == "0"
+    finally:
+        stop.set()
+        reader.join(5)
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_receiver_whose_bursts_hold_two_seconds(monkeypatch):
+    """GGA/GLL of second T with RMC/ZDA of T+1 (and GSA/VTG) in each burst, a pause after
+    each: every published fix is one second's data, each second once, with the arrival
+    time of its own second's first sentence (what the record clock compares with)."""
+    from eccm.nmea import NmeaParser
+    from test_gnss_epochs import PATTERNS, burst, mixed, second
+
+    pauses = []
+    real_quiet = NmeaParser.quiet
+
+    def spy(self):
+        pauses.append(len(pauses))
+        return real_quiet(self)
+    monkeypatch.setattr(NmeaParser, "quiet", spy)
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    stop = threading.Event()
+    state = SharedState()
+    published = []
+    reader = GnssReader(stop, state, port=os.ttyname(slave), max_delay=1,
+                        on_fix=published.append)
+    reader.start()
+    try:
+        wait_for(lambda: getattr(state.snapshot().links.get("gnss"), "state", None)
+                 == CONNECTED, 10, what="the reader to open the pty")
+        written = []  # when each burst was written
+        for i in range(7):
+            before = len(pauses)
+            written.append(time.monotonic())
+            os.write(master, burst(i, PATTERNS["... then GSA VTG"]))
+            # The burst completes second T's fix (its RMC came with the burst before);
+            # while the cycle end is unknown, the reader then sees the pause.
+            wait_for(lambda: getattr(state.snapshot().gnss, "time_of_day", None)
+                     == second(i).utc.time(), 10, what=f"the fix of burst {i}'s GGA")
+            if not reader.parser.cycle_end_known:
+                wait_for(lambda: len(pauses) > before, 10, what=f"the pause after burst {i}")
+        assert pauses and reader.parser.cycle_end_known
+        assert reader.parser.counters.late == 0
+        written.append(float("inf"))
+        index = {second(i).utc.time(): i for i in range(1, 8)}
+        for fix in published:
+            assert fix.lat is not None and not mixed(fix), (fix.time, mixed(fix))
+            # Second j's first sentence (its RMC) came with burst j-1: its arrival, not
+            # that of burst j, which completed the fix.
+            j = index[fix.time_of_day]
+            assert written[j - 1] <= fix.mono < written[j], fix.time
+        seconds = [fix.utc for fix in published]
+        assert seconds == sorted(set(seconds))
     finally:
         stop.set()
         reader.join(5)
