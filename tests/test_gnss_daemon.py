@@ -121,7 +121,7 @@ def test_gpsd_server_as_the_gnss_source(tmp_path, emulator_factory, daemon_facto
     fixes = {f.time: f for f in parse_all(capture) if f.lat is not None}
     receiver = FakeReceiver(capture, pace=0.1)
     port = free_port()
-    server = subprocess.Popen([gpsd, "-N", "-n", "-G", "-S", str(port),
+    server = subprocess.Popen([gpsd, "-N", "-n", "-S", str(port),
                                "-F", str(tmp_path / "gpsd.sock"), receiver.port],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
