@@ -130,8 +130,11 @@ def cmd_upload(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     setup_logging("WARNING")
     from .daemon import upload_session
+    from .layout import UPLOADED
+    from .recorder import tidy_orphan_manifests
     from .uploader import FileHeld, UploadError, pending_files, unmanifested_files
     session = upload_session(cfg)
+    tidy_orphan_manifests(session.outbox, session.outbox.parent / UPLOADED)
     files = pending_files(session.outbox)
     bare = unmanifested_files(session.outbox)
     if bare:
@@ -272,8 +275,11 @@ def beside_input(source: Path, extension: str) -> Path:
     from .layout import OUTBOX, UPLOADED
     name = source.with_suffix("." + extension).name
     if source.resolve().parent.name in (OUTBOX, UPLOADED):
+        if Path.cwd().resolve().name in (OUTBOX, UPLOADED):
+            raise ValueError(f"{source.parent} holds ECCM's records only, and so does the "
+                             "current folder: run this from another folder, or give -o")
         out = Path.cwd() / name
-        print(f"{source.parent} holds ECCM's records only: writing to the current folder",
+        print(f"{source.parent} holds ECCM's records only: writing to {out}",
               file=sys.stderr)
         return out
     return source.with_suffix("." + extension)
@@ -286,7 +292,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     except TripError as exc:
         print(f"export: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    out = Path(args.output) if args.output else beside_input(Path(args.file), args.format)
+    try:
+        out = Path(args.output) if args.output else beside_input(Path(args.file), args.format)
+    except ValueError as exc:
+        print(f"export: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     out.write_text(text, encoding="utf-8")
     print(f"wrote {out}")
     return EXIT_OK
@@ -300,7 +310,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
         print(f"plot: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     from .plot import plot  # matplotlib itself is imported by plot(): see main()
-    out = Path(args.output) if args.output else beside_input(Path(args.file), "png")
+    try:
+        out = Path(args.output) if args.output else beside_input(Path(args.file), "png")
+    except ValueError as exc:
+        print(f"plot: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     plot(trip, out)
     print(f"wrote {out}")
     return EXIT_OK

@@ -123,6 +123,10 @@ def load_manifest(data: bytes, record_name: str) -> Dict[str, Any]:
         raise ManifestError(f"describes {manifest.get('file')!r}, not {record_name!r}")
     if not valid_car(manifest.get("car")):
         raise ManifestError(f"car {manifest.get('car')!r} is not a valid CAR_IDENTIFIER")
+    named = parse_file_name(record_name)
+    if named is not None and named[0] != manifest["car"]:
+        raise ManifestError(f"says car {manifest['car']!r}, the file name "
+                            f"{named[0]!r}")
     sha = manifest.get("sha256")
     if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise ManifestError("no sha256")

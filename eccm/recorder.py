@@ -14,6 +14,7 @@ import csv
 import errno
 import hashlib
 import io
+import json
 import logging
 import os
 import secrets
@@ -23,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .layout import (OUTBOX, SEQUENCE_FILE, UPLOADED, build_manifest,
+from .layout import (CLOCK_SOURCES, OUTBOX, SEQUENCE_FILE, UPLOADED, build_manifest,
                      dump_manifest, is_manifest, looks_like_record, manifest_name,
                      parse_header, record_of)
 from .recordfmt import (GNSS_COLUMNS, GNSS_FIX_ATTRS, PART_SUFFIX, TIME_COLUMN, RowFormat,
@@ -36,6 +37,7 @@ from .worker import Worker
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
+DESCRIPTOR_SUFFIX = ".json"
 RETRY_CAP = 10.0  # seconds between attempts while the disk is full or failing
 
 
@@ -150,22 +152,50 @@ def write_manifest(record: Path, manifest: Dict[str, Any]) -> Path:
     return path
 
 
-def manifest_from_file(record: Path, separators: Sequence[str]) -> Dict[str, Any]:
+def descriptor_path(folder: Path, name: str) -> Path:
+    """Where the facts of an open record file are kept (folder/NAME.part.json): what only
+    the running recorder knows (VIN, protocol, clock), so that a file recovered after a
+    power cut -- the usual way a car's Pi stops -- still gets a whole manifest."""
+    return folder / f"{name}{PART_SUFFIX}{DESCRIPTOR_SUFFIX}"
+
+
+def read_descriptor(path: Path) -> Dict[str, Any]:
+    """The facts written when the file was opened; {} if missing or unreadable."""
+    try:
+        facts = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
+
+
+def manifest_from_file(record: Path, separators: Sequence[str],
+                       facts: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """A manifest rebuilt from the file itself and, when there is one, its descriptor."""
+    facts = facts or {}
     parsed = parse_file_name(record.name)
     scanned = scan_record(record, separators)
+    clock = [c for c in facts.get("clock", []) if c in CLOCK_SOURCES] or ["unknown"]
     return build_manifest(name=record.name, car=parsed[0] if parsed else "",
-                          sequence=file_sequence(record.name), clock=["unknown"],
-                          recovered=True, **scanned)
+                          sequence=file_sequence(record.name), clock=clock,
+                          vin=facts.get("vin") if isinstance(facts.get("vin"), str) else None,
+                          protocol=str(facts.get("protocol") or ""), recovered=True,
+                          **scanned)
 
 
 def recover(folder: Path, outbox: Path, separators: Sequence[str] = (",",)) -> List[Path]:
     """Repair and queue every .part file left behind, give a manifest to every record in
     the outbox that has none (an unclean stop, or an older ECCM), drop what no longer has
     a record; return the records queued or manifested."""
-    queued: List[Path] = []
-    recovered: List[Path] = []
     for tmp in [*folder.glob(TMP_PREFIX + "*"), *outbox.glob(TMP_PREFIX + "*")]:
         _unlink_quietly(tmp)
+    recovered = recover_parts(folder, outbox)
+    queued, _ = manifest_orphans(folder, outbox, separators, recovered)
+    return queued
+
+
+def recover_parts(folder: Path, outbox: Path) -> List[Path]:
+    """Cut every .part file after its last whole line and move it to the outbox."""
+    recovered: List[Path] = []
     for part in sorted(folder.glob("*" + PART_SUFFIX)):
         try:
             with open(part, "r+b") as fh:
@@ -181,42 +211,70 @@ def recover(folder: Path, outbox: Path, separators: Sequence[str] = (",",)) -> L
                 continue
             target = move_to_outbox(part, outbox)
             recovered.append(target)
+            if target.name + PART_SUFFIX != part.name:  # renamed: its descriptor follows
+                old = descriptor_path(folder, part.name[:-len(PART_SUFFIX)])
+                if old.exists():
+                    os.replace(old, descriptor_path(folder, target.name))
             cut = len(data) - keep
             log.warning("recovered %s after an unclean stop%s", target.name,
                         f" (cut a torn last line of {cut} bytes)" if cut else "")
         except OSError as exc:
             log.error("cannot recover %s: %s", part, exc)
+    return recovered
+
+
+def manifest_orphans(folder: Path, outbox: Path, separators: Sequence[str],
+                     recovered: Sequence[Path] = ()) -> Tuple[List[Path], int]:
+    """Manifest the records in the outbox that have none; tidy manifests and descriptors
+    whose record is gone. (records manifested, manifests that could not be written)."""
+    queued: List[Path] = []
+    failed = 0
+    tidy_orphan_manifests(outbox, folder / UPLOADED)
     names = {p.name for p in outbox.iterdir()} if outbox.is_dir() else set()
     for name in sorted(names):
         path = outbox / name
-        if is_manifest(name):
-            if record_of(name) not in names:
-                _retire_orphan_manifest(path, folder / UPLOADED)
-            continue
-        if name.startswith(".") or manifest_name(name) in names or not path.is_file():
+        if name.startswith(".") or is_manifest(name) or manifest_name(name) in names \
+                or not path.is_file():
             continue
         try:
             if path not in recovered:
                 with open(path, "rb") as fh:
                     if not looks_like_record(name, fh.readline()):
                         continue  # not ECCM's: never uploaded, left alone
-            write_manifest(path, manifest_from_file(path, separators))
+            descriptor = descriptor_path(folder, name)
+            write_manifest(path, manifest_from_file(path, separators,
+                                                    read_descriptor(descriptor)))
+            _unlink_quietly(descriptor)
             queued.append(path)
         except OSError as exc:
-            log.error("cannot write the manifest of %s (%s); retried at the next start",
+            failed += 1
+            log.error("cannot write the manifest of %s (%s); tried again later",
                       name, describe_error(exc))
-    return queued
+    parts = {p.name for p in folder.glob("*" + PART_SUFFIX)}
+    for descriptor in folder.glob("*" + PART_SUFFIX + DESCRIPTOR_SUFFIX):
+        name = descriptor.name[:-len(DESCRIPTOR_SUFFIX)]
+        if name not in parts and name[:-len(PART_SUFFIX)] not in names:
+            _unlink_quietly(descriptor)  # its record is finished and manifested
+    return queued, failed
 
 
-def _retire_orphan_manifest(path: Path, uploaded: Path) -> None:
-    """A manifest whose record was uploaded: it goes where the record went."""
-    try:
-        if (uploaded / record_of(path.name)).exists():
-            os.replace(path, uploaded / path.name)
-        else:
-            path.unlink()
-    except OSError as exc:
-        log.warning("cannot tidy %s: %s", path.name, exc)
+def tidy_orphan_manifests(outbox: Path, uploaded: Path) -> None:
+    """A manifest whose record is no longer in the outbox was left by a stop between the
+    two removals after an upload (the record goes first): it goes where its record went.
+    Safe at any time: a manifest is only ever written after its record is in the outbox."""
+    if not outbox.is_dir():
+        return
+    names = {p.name for p in outbox.iterdir()}
+    for name in names:
+        if not is_manifest(name) or record_of(name) in names:
+            continue
+        try:
+            if (uploaded / record_of(name)).exists():
+                os.replace(outbox / name, uploaded / name)
+            else:
+                (outbox / name).unlink()
+        except OSError as exc:
+            log.warning("cannot tidy %s: %s", name, exc)
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -254,8 +312,7 @@ class RecordFile:
             os.fsync(self._fd)
             fsync_dir(folder)  # the new name survives a power cut too
         except OSError:
-            self._abandon()
-            _unlink_quietly(self.path)  # a failed open leaves nothing behind
+            self.discard()  # a failed open leaves nothing behind
             raise
 
     @property
@@ -294,6 +351,11 @@ class RecordFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def discard(self) -> None:
+        """Close and remove a file that could not be set up: nothing is left behind."""
+        self._abandon()
+        _unlink_quietly(self.path)
 
     def close(self) -> Optional[Path]:
         """Cut to the whole rows, sync and move to the outbox; a file without rows is
@@ -361,12 +423,18 @@ class Recorder(Worker):
         self._unmanifested: List[Tuple[Path, Dict[str, Any]]] = []
         self._manifest_retry_at = 0.0
         self._manifest_problem: Optional[str] = None
+        self._orphans_failed = 0  # records found at start whose manifest is still unwritten
+        self._separators = list(dict.fromkeys([self.format.separator, ",", "\t", "|", ";"]))
 
     def prepare(self) -> None:
         """Create the folders and queue leftovers; runs before the thread starts."""
         self.outbox.mkdir(parents=True, exist_ok=True)
-        separators = list(dict.fromkeys([self.format.separator, ",", "\t", "|", ";"]))
-        for path in recover(self.folder, self.outbox, separators):
+        for tmp in [*self.folder.glob(TMP_PREFIX + "*"), *self.outbox.glob(TMP_PREFIX + "*")]:
+            _unlink_quietly(tmp)
+        recovered = recover_parts(self.folder, self.outbox)
+        queued, self._orphans_failed = manifest_orphans(self.folder, self.outbox,
+                                                        self._separators, recovered)
+        for path in queued:
             self.state.count("files_recovered")
             log.info("queued %s", path)
         self.counter.load(self.folder, self.outbox, self.folder / UPLOADED)
@@ -421,7 +489,12 @@ class Recorder(Worker):
             if self.gnss:
                 cells.extend(gnss_cells(snap.gnss, snap, self.max_age))
             assert self._file is not None
-            self._file.write_row(self.format.line(cells), now, self.clock_source())
+            clock = self.clock_source()
+            if clock not in self._file.clocks:  # the descriptor first: it may only say more
+                self._session_facts["clock"] = [*self._file.clocks, clock]
+                write_atomic(descriptor_path(self.folder, self._file.name), json.dumps(
+                    {k: v for k, v in self._session_facts.items() if k != "columns"}).encode())
+            self._file.write_row(self.format.line(cells), now, clock)
         except OSError as exc:
             self._fail(exc)
             # What the file holds is whole rows (the failed one was cut back): publish it
@@ -476,12 +549,19 @@ class Recorder(Worker):
         name = free_name(self.outbox, self.folder,
                          lambda n: file_name(self.car, now, self.extension, sequence,
                                              tag if n == 0 else secrets.token_hex(3)))
-        self._file = RecordFile(self.folder, self.outbox, name,
-                                self.format.header(header_cols), self.fsync_interval)
+        record = RecordFile(self.folder, self.outbox, name, self.format.header(header_cols),
+                            self.fsync_interval)
+        facts = {"car": self.car, "vin": session.vin, "protocol": session.protocol,
+                 "sequence": sequence, "clock": []}
+        try:
+            write_atomic(descriptor_path(self.folder, name), json.dumps(facts).encode())
+        except OSError:
+            record.discard()
+            raise
+        self._file = record
         self._columns = columns
         self._session_number = session.number
-        self._session_facts = {"vin": session.vin, "protocol": session.protocol,
-                               "columns": header_cols, "sequence": sequence}
+        self._session_facts = {**facts, "columns": header_cols}
         self.state.set_info(record_file=str(self._file.path))
         log.info("recording to %s", self._file.path)
 
@@ -517,8 +597,15 @@ class Recorder(Worker):
         """The manifest makes a record finished: a record whose manifest could not be
         written (disk full) waits in the outbox, not uploaded, and is tried again every
         retry_cap seconds (and at the next start, from the file itself)."""
-        if not self._unmanifested or time.monotonic() < self._manifest_retry_at:
+        if not (self._unmanifested or self._orphans_failed) or \
+                time.monotonic() < self._manifest_retry_at:
             return
+        if self._orphans_failed:
+            _, self._orphans_failed = manifest_orphans(self.folder, self.outbox,
+                                                       self._separators)
+            if self._orphans_failed:
+                self._manifest_retry_at = time.monotonic() + self.retry_cap
+                return
         while self._unmanifested:
             record, manifest = self._unmanifested[0]
             try:
@@ -534,6 +621,7 @@ class Recorder(Worker):
                     self._manifest_problem = problem
                 return
             self._unmanifested.pop(0)
+            _unlink_quietly(descriptor_path(self.folder, record.name))
             if self._manifest_problem is not None:
                 log.info("wrote the manifest of %s", record.name)
                 self._manifest_problem = None

@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 from .layout import (DEMO_CAR, MANIFEST_SUFFIX, UPLOADED, ManifestError, is_manifest,
                      load_manifest, manifest_name)
 from .recordfmt import PART_SUFFIX, parse_file_name
+from .recorder import tidy_orphan_manifests
 from .text import plural
 from .state import CONNECTED, LOST, SharedState
 from .worker import Backoff, Worker
@@ -261,8 +262,11 @@ class UploadSession:
             raise classify(exc, self.settings.endpoint) from None
         except BotoCoreError as exc:
             raise classify(exc, self.settings.endpoint) from None
-        self._retire(path)  # the record first: a manifest left alone is tidied at start
-        self._retire(manifest_path)
+        self._retire(path)  # the record first: a manifest left alone is tidied later
+        try:
+            self._retire(manifest_path)
+        except FileNotFoundError:
+            pass  # tidied meanwhile (tidy_orphan_manifests) as an orphan
         return key
 
     def _put_new(self, key: str, body: BinaryIO, size: int, md5_b64: str, sha256: str,
@@ -394,6 +398,7 @@ class Uploader(Worker):
     def run(self) -> None:
         """Runs in the uploader thread."""
         while not self.stop_event.is_set():
+            tidy_orphan_manifests(self.session.outbox, self.session.outbox.parent / UPLOADED)
             files = [p for p in pending_files(self.session.outbox)
                      if p.name not in self._held]
             self.state.set_info(upload_backlog=len(files), upload_held=len(self._held))

@@ -236,3 +236,40 @@ def test_write_error_is_counted_not_raised(tmp_path):
     rec.close_file("test")
     assert [p.name for p in recover(rec.folder, rec.outbox)] == [broken.name[:-5]]
     assert sum(len(read_records(f)) - 1 for f in outbox_files(rec.folder)) == 2
+
+
+def test_a_file_cut_by_a_power_cut_keeps_vin_protocol_and_clock(tmp_path):
+    """Cutting the power at ignition-off is how a car's Pi usually stops: the recovered
+    file's manifest still says what only the running recorder knew."""
+    state, rec = make(tmp_path, clock_source=lambda: "gnss")
+    state.start_obd_session(ObdSession(1, COLS, protocol="SAE J1850 VPW",
+                                       vin="1HGCM82633A004352"))
+    state.update_values({"RPM": (812.5, "rpm")})
+    rec.tick()
+    rec.tick()
+    # power cut: no close; the next start recovers
+    state2, rec2 = make(tmp_path)
+    (done,) = outbox_files(rec2.folder)
+    manifest = json.loads(done.with_name(done.name + ".manifest.json").read_text())
+    assert manifest["recovered"] and manifest["rows"] == 2
+    assert manifest["vin"] == "1HGCM82633A004352"
+    assert manifest["obd_protocol"] == "SAE J1850 VPW" and manifest["clock"] == ["gnss"]
+    assert list(rec2.folder.glob("*.json")) == []  # the descriptor went with the manifest
+
+
+def test_a_manifest_that_failed_at_start_is_written_without_a_restart(tmp_path, monkeypatch):
+    from eccm import recorder as recorder_module
+    outbox = tmp_path / "rec" / "outbox"
+    outbox.mkdir(parents=True)
+    old = outbox / "CAR1_20260101T000000Z.csv"
+    old.write_bytes(HEADER + b"2026-01-01T00:00:01.000Z,800\n")
+    real = recorder_module.write_atomic
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(recorder_module, "write_atomic", full)
+    state, rec = make(tmp_path, retry_cap=0)
+    assert outbox_manifests(rec.folder) == []
+    monkeypatch.setattr(recorder_module, "write_atomic", real)
+    rec.tick()  # space again: no engine session needed
+    assert [p.name for p in outbox_manifests(rec.folder)] == [old.name + ".manifest.json"]

@@ -183,11 +183,16 @@ def test_exports_and_plots_of_outbox_records_are_never_uploaded(s3, tmp_path):
     for fmt in ("gpx", "geojson", "kml"):
         result = run_eccm("export", str(path), "--format", fmt, cwd=work)
         assert result.returncode == 0, result.stderr
-        assert "current folder" in result.stderr
+        assert f"writing to {work}" in result.stderr
         assert (work / path.with_suffix("." + fmt).name).exists()
     result = run_eccm("plot", str(path), cwd=work)
     assert result.returncode == 0, result.stderr
     assert (work / path.with_suffix(".png").name).exists()
+    # From inside the outbox itself: refused, nothing written there.
+    result = run_eccm("export", path.name, "--format", "gpx", cwd=outbox)
+    assert result.returncode == 2 and "another folder" in result.stderr
+    assert sorted(p.name for p in outbox.iterdir()) == sorted([path.name,
+                                                         path.name + ".manifest.json"])
     # A user copies an export into the outbox by hand anyway: still not a record.
     (outbox / path.with_suffix(".gpx").name).write_text("<gpx/>\n")
     assert [p.name for p in pending_files(outbox)] == [path.name]
@@ -238,3 +243,27 @@ def test_demo_does_not_upload_unless_asked(s3, tmp_path):
     assert "uploaded to s3://" not in out
     assert outbox_files(tmp_path / "demo-records")  # the drive was closed and kept
     assert keys(s3, "demo-env") == []
+
+
+def test_a_manifest_that_names_another_car_is_held(s3, tmp_path):
+    prefix = "relabel"
+    outbox = tmp_path / "outbox"
+    path = drive(outbox, "CAR1", 800)
+    manifest_path = path.with_name(path.name + ".manifest.json")
+    manifest = json.loads(manifest_path.read_text())
+    manifest["car"] = "OTHER"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(FileHeld, match="says car 'OTHER'"):
+        session(s3, outbox, "CAR1", prefix).upload(path)
+    assert keys(s3, prefix) == [] and path.exists()
+
+
+def test_upload_command_tidies_a_manifest_whose_record_was_uploaded(s3, tmp_path):
+    """A stop between the two removals after an upload (the record goes first)."""
+    config = s3_config(s3, tmp_path, "tidy")
+    outbox = tmp_path / "records" / "outbox"
+    path = drive(outbox, "AB-123-CD", 800)
+    path.unlink()
+    result = run_eccm("upload", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert list(outbox.iterdir()) == []
