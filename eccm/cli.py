@@ -112,7 +112,7 @@ def cmd_gnss_parse(args: argparse.Namespace) -> int:
     print(f"{plural(c.fixes, 'fix', 'fixes')} from {plural(c.sentences, 'sentence')}; "
           f"skipped: {plural(c.bad_checksum, 'bad checksum')}, {c.torn} torn or binary, "
           f"{c.unparsed} unreadable, {plural(c.garbage_bytes, 'stray byte')}, "
-          f"{c.out_of_range} out of range, {c.late} late",
+          f"{c.out_of_range} out of range, {c.late} late, {c.stale} stale",
           file=sys.stderr)
     return EXIT_OK
 

@@ -12,11 +12,13 @@ import socket
 import threading
 import time
 from dataclasses import asdict
-from typing import Callable, Optional
+from datetime import date, timedelta
+from typing import Callable, Optional, Tuple
 from urllib.parse import urlsplit
 
 import serial
 
+from .clock import RELEASED, TRUST_YEARS
 from .nmea import Fix, NmeaParser
 from .state import CONNECTED, CONNECTING, LOST, SharedState
 from .worker import Backoff, LinkLog, Worker
@@ -26,6 +28,14 @@ log = logging.getLogger(__name__)
 READ_TIMEOUT = 0.25  # also the pause after which a burst is taken as a whole epoch
 SILENCE_LIMIT = 5.0  # seconds without a byte: the receiver is reported silent
 GPSD_WATCH = b'?WATCH={"enable":true,"nmea":true};\n'
+
+
+def live_dates() -> Tuple[date, date]:
+    """The dates a receiver can truly give a running ECCM: from its release to the day
+    before the record clock stops trusting GNSS (a year '70' read as 2070 and a
+    week-rollover 1999 are not now)."""
+    first = RELEASED.date()
+    return first, first.replace(year=first.year + TRUST_YEARS) - timedelta(days=1)
 
 
 class _Source:
@@ -82,7 +92,7 @@ class GnssReader(Worker):
         self.baudrate = baudrate
         self.backoff = Backoff(max_delay)
         self.on_fix = on_fix
-        self.parser = NmeaParser()
+        self.parser = NmeaParser(dates=live_dates())
         self._link = LinkLog(state, "gnss", "GNSS receiver")
 
     def _open(self) -> _Source:
@@ -103,7 +113,7 @@ class GnssReader(Worker):
                 continue
             # A new stream: an epoch half-read from the old one must not surface later
             # as a fresh fix. The counters go on.
-            self.parser = NmeaParser(counters=self.parser.counters)
+            self.parser = NmeaParser(counters=self.parser.counters, dates=live_dates())
             try:
                 self._link(CONNECTED, self.port)
                 self._read(source)

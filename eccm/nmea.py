@@ -16,15 +16,22 @@ or date sentence whose time is missing or unreadable belongs to no epoch: its se
 unknown, and giving it the time of another would pair one second's time with another
 second's data. Like gpsd, a fix never merges sentences of different times: a receiver
 whose burst carries GGA/GLL of second T and RMC/ZDA of T+1 gives T+1 its RMC now and its
-GGA with the next burst. A fix is emitted when a sentence with another time of day
-arrives, by finish(), and -- so that a 1 Hz receiver's position is not a whole second old
-when it is recorded -- as soon as the epoch is known to be complete: like gpsd, the parser
-learns the sentence that ends each cycle (the same last sentence, counted by its
-occurrence, two cycles running) and emits the fix on it; a reader may also call quiet()
-when the line falls silent after a burst, which completes the epoch being read only if
-that burst began it (a burst that also held another second's sentences has more of this
-epoch to come). A sentence that still arrives for an emitted epoch is dropped and counted
-as late (and the learnt end forgotten), so an epoch is never emitted twice.
+GGA with the next burst. Unlike gpsd (which then reports T+1, T, T+2, T+1..., each second
+twice, half its fields in each), a sentence a little older than the epoch being read
+opens a second epoch alongside it; from then on (the receiver splits its seconds) two
+epochs stay open, each assembled whole, and the older is emitted first when a third time
+arrives. Fixes come out in time order: a sentence of a time no later than the latest fix
+emitted is dropped and counted as stale (a jump back of more than STALE_WINDOW is the
+receiver's clock being reset, and followed). A fix is emitted when a sentence with
+another time of day arrives, by finish(), and -- so that a 1 Hz receiver's position is
+not a whole second old when it is recorded -- as soon as the epoch is known to be
+complete: like gpsd, the parser learns the sentence that ends each cycle (the same last
+sentence, counted by its occurrence, two cycles running) and emits the fix on it; a
+reader may also call quiet() when the line falls silent after a burst, which completes
+the epoch being read only if that burst began it (a burst that also held another
+second's sentences has more of this epoch to come). A sentence that still arrives for
+an emitted epoch is dropped and counted as late (and the learnt end forgotten), so an
+epoch is never emitted twice.
 
 A fix's date is that of its own second: from its own RMC/ZDA, else carried from the
 latest dated fix to the nearest day that fits its time of day (so 00:00:00 after
@@ -55,8 +62,11 @@ HDOP_MAX = 99.99           # the widest the field is printed
 HDOP_UNKNOWN = 99.0        # 99.0..99.99 (and 0.0) are receivers' "unknown": empty, no error
 DATE_MIN = date(1980, 1, 6)    # the GPS epoch: no GNSS date is earlier
 DATE_MAX = date(2099, 12, 31)  # RMC's two-digit year cannot go further; a later ZDA year
-                               # (2199) is corrupt. Whether a date is believable for a
-                               # running ECCM is the record clock's question (clock.py).
+                               # (2199) is corrupt. This wide window is for old captures
+                               # (eccm gnss-parse); the live reader passes a narrower one.
+STALE_WINDOW = 5.0  # s: a time this little before the latest fix emitted is a split
+                    # burst's straggler (dropped); further back, the receiver's clock
+                    # jumped, and its time is taken as it is
 
 
 def _mps(speed: float) -> float:
@@ -120,6 +130,8 @@ class Counters:
     unparsed: int = 0         # framed and checked, but not a sentence pynmea2 can read
     late: int = 0             # sentences of an epoch already emitted early (dropped)
     out_of_range: int = 0     # values no receiver can truly report (left empty)
+    stale: int = 0            # sentences (or fixes) of a time no later than the latest
+                              # fix emitted: dropped, so published times never go back
 
 
 def checksum_ok(body: str, given: str) -> bool:
@@ -129,9 +141,13 @@ def checksum_ok(body: str, given: str) -> bool:
     return f"{value:02X}" == given.upper()
 
 
-def degrees(value: str, hemisphere: str) -> Optional[float]:
-    """'4404.14063','N' -> 44.0690105; None for anything malformed (never 0,0)."""
-    if not value or hemisphere not in ("N", "S", "E", "W"):
+def degrees(value: str, hemisphere: str, axis: str) -> Optional[float]:
+    """'4404.14063','N','NS' -> 44.0690105; None for anything malformed (never 0,0).
+
+    axis is "NS" (latitude, |lat| <= 90) or "EW" (longitude, |lon| <= 180): the letter
+    must be one of the field's own, or a latitude field ending ',E' would be read as a
+    longitude and pass a 180 limit."""
+    if not value or len(hemisphere) != 1 or hemisphere not in axis:
         return None
     try:
         raw = float(value)
@@ -139,7 +155,7 @@ def degrees(value: str, hemisphere: str) -> Optional[float]:
         return None
     whole = int(raw // 100)
     minutes = raw - whole * 100
-    limit = 90 if hemisphere in "NS" else 180
+    limit = 90 if axis == "NS" else 180
     if raw < 0 or minutes >= 60 or whole > limit:
         return None
     result = whole + minutes / 60.0
@@ -207,6 +223,13 @@ def _calendar(day: str, month: str, year: str) -> Optional[date]:
 
 def _key(tod: time) -> _Key:
     return tod.hour, tod.minute, tod.second, tod.microsecond
+
+
+def _ahead(a: _Key, b: _Key) -> float:
+    """Seconds from time of day a to b, across midnight either way (-12 h .. 12 h)."""
+    ta = a[0] * 3600 + a[1] * 60 + a[2] + a[3] / 1e6
+    tb = b[0] * 3600 + b[1] * 60 + b[2] + b[3] / 1e6
+    return (tb - ta + 43200.0) % 86400.0 - 43200.0
 
 
 def _nearest_day(ref: datetime, tod: time) -> date:
@@ -295,10 +318,16 @@ class _Epoch:
 class NmeaParser:
     """Stateful parser of one receiver stream: feed(bytes) -> finished fixes."""
 
-    def __init__(self, cap: int = LINE_CAP, counters: Optional[Counters] = None):
+    def __init__(self, cap: int = LINE_CAP, counters: Optional[Counters] = None,
+                 dates: Tuple[date, date] = (DATE_MIN, DATE_MAX)):
+        """dates: the first and last date taken; another is left out and counted (a
+        running ECCM knows a date before its release cannot be now)."""
         self.counters = counters if counters is not None else Counters()
+        self._dates = dates
         self._framer = Framer(self.counters, cap)
-        self._epoch: Optional[_Epoch] = None
+        # Epochs being read: at most two, the seconds a split burst interleaves.
+        self._open: Dict[_Key, _Epoch] = {}
+        self._cur: Optional[_Key] = None  # the one untimed sentences (GSA, VTG) join
         self._dated: Optional[datetime] = None  # UTC of the latest fix with a date
         self._done: List[Fix] = []
         self._ender: Optional[Tuple[str, int]] = None      # learnt end of a cycle
@@ -309,6 +338,9 @@ class NmeaParser:
         self._mono: Optional[float] = None  # arrival of the bytes being read
         self._paused = False  # quiet() was called; the next sentence starts a burst
         self._burst_first: Optional[_Key] = None  # time of the burst's first timed sentence
+        self._last_out: Optional[time] = None  # time of day of the latest fix emitted
+        self._stale_sentence = False  # the sentence being read was dropped as stale
+        self._split = False  # a burst began with the next second's sentences
 
     @property
     def buffered(self) -> int:
@@ -325,8 +357,8 @@ class NmeaParser:
         return fixes
 
     def finish(self) -> List[Fix]:
-        """Emit the epoch being read (end of a capture)."""
-        self._finish_epoch()
+        """Emit the epochs being read (end of a capture)."""
+        self._emit_all()
         fixes, self._done = self._done, []
         return fixes
 
@@ -378,10 +410,20 @@ class NmeaParser:
 
     # --- epochs -----------------------------------------------------------------------
 
+    @property
+    def _epoch(self) -> Optional[_Epoch]:
+        """The epoch being read: that of the latest timed sentence, unless emitted."""
+        return self._open.get(self._cur) if self._cur is not None else None
+
     def _at(self, value: str) -> bool:
-        """A sentence of the time of day `value`: make its epoch current, finishing the
-        previous one if it differs. False if the sentence belongs to no epoch being read
-        (no usable time, or a straggler of an epoch emitted early)."""
+        """A sentence of the time of day `value`: make its epoch current. False if the
+        sentence belongs to no epoch being read (no usable time, a straggler of an epoch
+        emitted early, or of a time no later than a fix already emitted).
+
+        A time a little before the epoch open is read alongside it (a burst with RMC of
+        T+1 before GGA of T): both stay open, so each second is assembled whole, and the
+        older is emitted first, when a newer time arrives (or the cycle ends, quiet(),
+        finish()). Any other new time finishes the epochs open, as gpsd does."""
         key = _clock(value)
         if key is None:
             if value:
@@ -389,19 +431,44 @@ class NmeaParser:
             return False
         if self._burst_first is None:
             self._burst_first = key
-        if self._epoch is not None and self._epoch.key == key:
+        if key in self._open:
+            self._cur = key
             return True
         if self._epoch is None and self._emitted is not None and key == _key(self._emitted):
             return False  # a straggler of the epoch emitted early: _after() counts it
+        if self._behind(key):
+            self.counters.stale += 1
+            self._cur = None  # its GSA/VTG must not join another second either
+            self._stale_sentence = True
+            return False
+        epochs = self._in_order()
+        if len(epochs) == 2 and -STALE_WINDOW < _ahead(epochs[0].key, key) < 0:
+            self.counters.stale += 1  # before both seconds being read: too late
+            self._cur = None
+            self._stale_sentence = True
+            return False
         if self._epoch is not None:
             self._learn(self._epoch.last)
-        self._finish_epoch()  # kept even if the rest of this sentence is bad
-        self._epoch = _Epoch(key, mono=self._mono)
+        if len(epochs) == 1 and 0 < _ahead(key, epochs[0].key) < STALE_WINDOW:
+            self._split = True  # a second just before the one being read: read both
+        elif len(epochs) == 1 and self._split and \
+                0 < _ahead(epochs[0].key, key) < STALE_WINDOW:
+            pass  # on a receiver that splits seconds, that one's GGA may still come
+        elif len(epochs) == 2 and 0 < _ahead(epochs[0].key, key) and \
+                _ahead(epochs[1].key, key) < STALE_WINDOW:
+            self._finish_epoch(epochs[0])  # a later second than the older one: it is whole
+        else:
+            self._emit_all()  # kept even if the rest of this sentence is bad
+        self._open[key] = _Epoch(key, mono=self._mono)
+        self._cur = key
         self._emitted = None
         return True
 
     def _after(self, address: str) -> None:
         """Bookkeeping once a sentence is read: cycle-end learning and early emission."""
+        if self._stale_sentence:
+            self._stale_sentence = False
+            return
         if self._epoch is None:
             if self._emitted is not None:  # the epoch was emitted too early
                 self.counters.late += 1
@@ -418,27 +485,49 @@ class NmeaParser:
         self._last_end = end
 
     def _emit_early(self) -> None:
-        assert self._epoch is not None
-        self._emitted = self._epoch.tod
-        self._finish_epoch()
+        """The epoch being read is complete: emit it, after any older one still open."""
+        epoch = self._epoch
+        assert epoch is not None
+        for other in list(self._open.values()):
+            if _ahead(epoch.key, other.key) < 0:
+                self._finish_epoch(other)
+        self._emitted = epoch.tod
+        self._finish_epoch(epoch)
 
-    def _finish_epoch(self) -> None:
-        """The epoch being read, if any, becomes a fix for the next feed() to return."""
-        done = self._close_epoch()
+    def _in_order(self) -> List[_Epoch]:
+        """The open epochs, oldest first."""
+        epochs = list(self._open.values())
+        return sorted(epochs, key=lambda e: _ahead(epochs[0].key, e.key))
+
+    def _emit_all(self) -> None:
+        for epoch in self._in_order():
+            self._finish_epoch(epoch)
+
+    def _finish_epoch(self, epoch: _Epoch) -> None:
+        """An open epoch becomes a fix for the next feed() to return."""
+        done = self._close_epoch(epoch)
         if done is not None:
             self._done.append(done)
 
-    def _close_epoch(self) -> Optional[Fix]:
-        epoch, self._epoch = self._epoch, None
-        if epoch is None:
-            return None
+    def _close_epoch(self, epoch: _Epoch) -> Optional[Fix]:
+        del self._open[epoch.key]
+        if self._cur == epoch.key:
+            self._cur = None
         tod = epoch.tod
         if tod is None:
             return None  # a leap second: no time of day to give it, and not second 59's
+        if self._stale(tod):
+            self.counters.stale += 1
+            return None
+        self._last_out = tod
         f = epoch.fields
         day: Optional[date] = f.get("date")  # type: ignore[assignment]
-        if day is None and self._dated is not None:
-            day = _nearest_day(self._dated, tod)
+        ref = self._dated
+        for other in self._open.values():  # a later second read alongside, dated
+            if other.fields.get("date") is not None and other.tod is not None:
+                ref = datetime.combine(other.fields["date"], other.tod)  # type: ignore
+        if day is None and ref is not None:
+            day = _nearest_day(ref, tod)
         if day is not None:
             self._dated = datetime.combine(day, tod)
         valid = bool(epoch.valid) and f.get("lat") is not None and f.get("lon") is not None
@@ -456,6 +545,17 @@ class NmeaParser:
             alt=held("alt"), speed=held("speed"), track=held("track"),  # type: ignore
             mode=mode, quality=held("quality"), sats=held("sats"),  # type: ignore
             hdop=held("hdop"), mono=epoch.mono)  # type: ignore[arg-type]
+
+    def _behind(self, key: _Key) -> bool:
+        """Whether a sentence of time `key` comes after its second was emitted."""
+        return key[2] < 60 and self._stale(time(*key))
+
+    def _stale(self, tod: time) -> bool:
+        """Whether a fix of `tod` is no later than the last emitted one (across midnight
+        too): published times must not go back, nor repeat."""
+        if self._last_out is None:
+            return False
+        return 0 <= _ahead(_key(tod), _key(self._last_out)) < STALE_WINDOW
 
     def _set(self, **values: object) -> None:
         if self._epoch is None:
@@ -506,17 +606,17 @@ class NmeaParser:
         return number
 
     def _day(self, day: str, month: str, year: str) -> Optional[date]:
-        """A date within DATE_MIN..DATE_MAX; an impossible one is counted."""
+        """A date within the parser's window; an impossible one is counted."""
         if not (day or month or year):
             return None
         value = _calendar(day, month, year)
-        if value is None or not DATE_MIN <= value <= DATE_MAX:
+        if value is None or not self._dates[0] <= value <= self._dates[1]:
             self.counters.out_of_range += 1
             return None
         return value
 
-    def _coordinate(self, value: str, hemisphere: str) -> Optional[float]:
-        result = degrees(value, hemisphere)
+    def _coordinate(self, value: str, hemisphere: str, axis: str) -> Optional[float]:
+        result = degrees(value, hemisphere, axis)
         if result is None and value and _float(value) is not None:
             self.counters.out_of_range += 1  # a number, but no latitude/longitude
         return result
@@ -525,8 +625,8 @@ class NmeaParser:
         """A position sentence: the latest valid one in an epoch gives lat/lon."""
         assert self._epoch is not None
         if valid:
-            lat = self._coordinate(msg.lat, msg.lat_dir)
-            lon = self._coordinate(msg.lon, msg.lon_dir)
+            lat = self._coordinate(msg.lat, msg.lat_dir, "NS")
+            lon = self._coordinate(msg.lon, msg.lon_dir, "EW")
             if lat is not None and lon is not None:
                 self._epoch.valid = True
                 self._set(lat=lat, lon=lon)

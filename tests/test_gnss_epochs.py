@@ -78,6 +78,8 @@ PATTERNS: Dict[str, Pattern] = {
     "GGA of T, ZDA of T+1": [("GGA", 0), ("ZDA", 1)],
     "GGA of T, ZDA of T+1, GSA": [("GGA", 0), ("ZDA", 1), ("GSA", 1)],
     "GGA of T+1, RMC of T": [("GGA", 1), ("RMC", 0)],
+    "RMC T+1, GGA T, ZDA T+1, GLL T": [("RMC", 1), ("GGA", 0), ("ZDA", 1), ("GLL", 0)],
+    "GGA T, RMC T+1, GLL T, ZDA T+1": [("GGA", 0), ("RMC", 1), ("GLL", 0), ("ZDA", 1)],
     "one second (control)": [("GGA", 0), ("RMC", 0), ("GSA", 0), ("VTG", 0)],
 }
 
@@ -197,10 +199,62 @@ def test_the_carried_date_rolls_over_at_midnight():
 
 
 def test_a_date_of_the_next_second_is_not_applied_to_this_one():
-    """RMC of 00:00:00 (24th) read before GGA of 23:59:59: that GGA is of the 23rd."""
-    fixes, _ = run([burst(5, [("RMC", 1), ("GGA", 0)])], quiet=True)
+    """GGA of 23:59:59 read after RMC of 00:00:00 (24th) of another burst: that GGA is
+    of the 23rd, also when it is emitted first (both seconds read in one burst, in time
+    order)."""
+    fixes, _ = run([burst(4, [("RMC", 1)]), burst(5, [("GGA", 0), ("RMC", 1)])], quiet=True)
     assert [(f.time, f.lat is not None) for f in fixes] == [
-        ("2026-11-24T00:00:00.000Z", True), ("2026-11-23T23:59:59.000Z", True)]
+        ("2026-11-23T23:59:59.000Z", True), ("2026-11-24T00:00:00.000Z", True)]
+    fixes, parser = run([burst(5, [("RMC", 1), ("GGA", 0)])], quiet=True)
+    assert [(f.time, f.lat is not None) for f in fixes] == [
+        ("2026-11-23T23:59:59.000Z", True), ("2026-11-24T00:00:00.000Z", True)]
+    assert parser.counters.stale == 0
+
+
+BACKWARDS = ["RMC ZDA of T+1 first", "RMC T+1, GGA T, ZDA T+1, GLL T",
+             "GGA T, RMC T+1, GLL T, ZDA T+1", "GGA of T+1, RMC of T"]
+
+
+@pytest.mark.parametrize("quiet", [True, False], ids=["quiet-after-bursts", "no-pauses"])
+@pytest.mark.parametrize("name", BACKWARDS)
+def test_split_seconds_are_assembled_in_time_order(name, quiet):
+    """Bursts that send T+1's RMC before (or among) T's GGA/GLL made the fixes of T come
+    out after those of T+1 (times 1, 0, 2, 1, ...: GNSS_TIME going back in the records),
+    each second split in two fixes: speed and date from the RMC, altitude from the GGA.
+    gpsd 3.22 does the same. Here each second is one fix with all its own fields."""
+    fixes, parser = run((burst(i, PATTERNS[name]) for i in range(14)), quiet)
+    assert not {f.time: mixed(f) for f in fixes if mixed(f)}
+    index = {second(i).utc.time(): i for i in range(-1, 16)}
+    seconds = [index[f.time_of_day] for f in fixes]
+    assert all(a < b for a, b in zip(seconds, seconds[1:])), seconds
+    assert set(range(1, 14)) <= set(seconds)
+    for fix in fixes:
+        if index[fix.time_of_day] in range(1, 14):
+            assert None not in (fix.lat, fix.speed, fix.alt, fix.sats, fix.date), fix
+    assert parser.counters.fixes == len(fixes) and parser.counters.late == 0
+
+
+def test_a_sentence_of_a_second_already_emitted_is_dropped_and_counted():
+    """Never a second fix of a time already published, nor one older: stale."""
+    control = PATTERNS["one second (control)"]
+    data = [burst(i, control) for i in range(3)] + [burst(1, [("GGA", 0), ("GSA", 0)]),
+                                                    burst(0, [("RMC", 0)]), burst(3, control)]
+    for quiet in (True, False):
+        fixes, parser = run(data, quiet)
+        index = {second(i).utc.time(): i for i in range(5)}
+        assert [index[f.time_of_day] for f in fixes] == [0, 1, 2, 3]
+        assert not [f for f in fixes if mixed(f)]
+        assert parser.counters.stale == 2
+
+
+def test_a_receiver_clock_jumping_back_is_followed():
+    """Only a fix a few seconds behind is a straggler of a split burst; a receiver whose
+    time jumps back further (reset, corrected) is reported as it is, not silenced."""
+    data = [burst(i, [("GGA", 0), ("RMC", 0)]) for i in (100, 101, 102, 40, 41)]
+    fixes, parser = run(data, quiet=True)
+    index = {second(i).utc.time(): i for i in range(200)}
+    assert [index[f.time_of_day] for f in fixes] == [100, 101, 102, 40, 41]
+    assert parser.counters.stale == 0
 
 
 def test_a_fix_carries_when_its_first_sentence_arrived():

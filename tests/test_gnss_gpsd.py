@@ -123,6 +123,9 @@ STREAMS: Dict[str, Tuple[List[bytes], datetime]] = {
         ([burst(i, PATTERNS["GGA of T, ZDA of T+1, GSA"]) for i in range(14)], MIDNIGHT),
     "RMC/ZDA of T+1 first, midnight":
         ([burst(i, PATTERNS["RMC ZDA of T+1 first"]) for i in range(14)], MIDNIGHT),
+    "RMC T+1, GGA T, ZDA T+1, GLL T, midnight":
+        ([burst(i, PATTERNS["RMC T+1, GGA T, ZDA T+1, GLL T"]) for i in range(14)],
+         MIDNIGHT),
     "talkers GN/GP/GL/GA/GB, two seconds":
         ([burst(i, [("GNS", 0), ("GSA", 0), ("RMC", 1), ("GLL", 0), ("ZDA", 1), ("GSA", 1),
                     ("VTG", 1), ("GGA", 0)], start=NOON, talkers=["GN", "GP", "GL", "GA", "GB"])

@@ -124,3 +124,72 @@ def test_a_receiver_whose_bursts_hold_two_seconds(monkeypatch):
         reader.join(5)
         os.close(master)
         os.close(slave)
+
+
+def test_dates_that_cannot_be_now_do_not_reach_the_published_fix():
+    """A receiver's year '70' (2070) or a week-rollover 1999: the live reader takes no
+    such date (the fix is published with its time of day alone) and counts it."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    stop = threading.Event()
+    state = SharedState()
+    dated = []
+    reader = GnssReader(stop, state, port=os.ttyname(slave), max_delay=1, on_fix=dated.append)
+    reader.start()
+    try:
+        wait_for(lambda: getattr(state.snapshot().links.get("gnss"), "state", None)
+                 == CONNECTED, 10, what="the reader to open the pty")
+        for second, day in ((1, "010170"), (2, "010199")):
+            t = f"1235{second:02d}.00"
+            rmc = RMC.format(t=t).replace("230394", day)
+            os.write(master, (nmea_sentence(GGA.format(t=t)) + nmea_sentence(rmc)).encode())
+            wait_for(lambda: getattr(state.snapshot().gnss, "time", None)
+                     == f"12:35:{second:02d}.000Z", 10, what=f"the fix of second {second}")
+            fix = state.snapshot().gnss
+            assert fix.date is None and fix.lat is not None
+        assert dated == []  # no UTC for the record clock either
+        assert reader.parser.counters.out_of_range == 2
+    finally:
+        stop.set()
+        reader.join(5)
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_receiver_sending_the_next_seconds_rmc_first():
+    """Bursts of RMC/ZDA of T+1 then GGA/GLL of T, a pause after each: published times
+    only go forward and each second is published once, whole (speed and altitude)."""
+    from test_gnss_epochs import PATTERNS, burst, mixed, second
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    stop = threading.Event()
+    state = SharedState()
+    published = []
+    reader = GnssReader(stop, state, port=os.ttyname(slave), max_delay=1,
+                        on_fix=published.append)
+    reader.start()
+    try:
+        wait_for(lambda: getattr(state.snapshot().links.get("gnss"), "state", None)
+                 == CONNECTED, 10, what="the reader to open the pty")
+        for i in range(8):
+            os.write(master, burst(i, PATTERNS["RMC ZDA of T+1 first"]))
+            time.sleep(READ_PAUSE)
+        wait_for(lambda: any(f.time_of_day == second(6).utc.time() for f in published), 10,
+                 what="the fix of second 6")
+        index = {second(i).utc.time(): i for i in range(10)}
+        seconds = [index[f.time_of_day] for f in published]
+        assert seconds == sorted(set(seconds)), seconds
+        for fix in published:
+            assert not mixed(fix), (fix.time, mixed(fix))
+            if 1 <= index[fix.time_of_day] <= 6:
+                assert None not in (fix.lat, fix.speed, fix.alt, fix.date), fix
+        assert reader.parser.counters.stale == 0
+    finally:
+        stop.set()
+        reader.join(5)
+        os.close(master)
+        os.close(slave)
+
+
+READ_PAUSE = 0.4  # longer than the reader's read timeout: it sees a pause (quiet())

@@ -10,6 +10,8 @@ from datetime import date
 
 import pytest
 
+from eccm.clock import RELEASED, TRUST_YEARS
+from eccm.gnss_reader import live_dates
 from eccm.nmea import MODE_NONE, NmeaParser, parse_all
 from eccm.simgnss import nmea_sentence
 
@@ -74,6 +76,22 @@ def test_an_impossible_position_is_empty_and_counted(lat, lon):
     assert parser.counters.out_of_range == 1
 
 
+@pytest.mark.parametrize("lat,lon", [
+    ("17959.000,E", "01131.000,E"),   # a latitude field with a longitude's letter: 179.98
+    ("17000.000,W", "01131.000,E"),   # -170
+    ("4807.038,N", "01131.000,N"),    # a longitude with a latitude's letter
+    ("4807.038,E", "01131.000,N"),    # both swapped
+])
+def test_a_hemisphere_letter_of_the_other_axis_is_no_position(lat, lon):
+    body = f"GPRMC,123519.00,A,{lat},{lon},022.4,084.4,230394,003.1,W"
+    gga = f"GPGGA,123519.00,{lat},{lon},1,08,0.9,545.4,M,46.9,M,,"
+    for text in (body, gga):
+        parser = NmeaParser()
+        (fix,) = parser.feed(nmea_sentence(text).encode()) + parser.finish()
+        assert fix.lat is None and fix.lon is None and fix.mode == MODE_NONE, text
+        assert parser.counters.out_of_range >= 1, text
+
+
 def test_limits_themselves_are_accepted():
     fix, counters = parse(knots="1000", track="360.0", alt="-430.5", sats="00", hdop="0.5")
     assert fix.speed == pytest.approx(514.444) and fix.track == 360.0
@@ -99,10 +117,34 @@ def test_impossible_dates_are_not_taken(zda_date, expected):
 
 
 def test_two_digit_years_stay_in_the_gnss_era():
-    """RMC's yy: 80-99 -> 19yy, 00-79 -> 20yy. A '70' is 2070: a possible date for the
-    parser; the record clock is what refuses to trust it (tests/test_clock.py)."""
+    """RMC's yy: 80-99 -> 19yy, 00-79 -> 20yy. With the default (offline) window a '70'
+    is 2070 and a '99' 1999: possible GNSS dates for an old capture (`eccm gnss-parse`)."""
     assert parse(day="230370")[0].date == date(2070, 3, 23)
     assert parse(day="230399")[0].date == date(1999, 3, 23)
+
+
+@pytest.mark.parametrize("day", ["010170", "010199", "311026", "011146"])
+def test_the_live_window_refuses_dates_that_cannot_be_now(day):
+    """A running ECCM (GnssReader) parses with the window RELEASED .. RELEASED +
+    TRUST_YEARS: 2070, 1999, the day before the release and the day the trust ends are
+    not taken (the fix has no date, so its time is the time of day alone) and counted."""
+    values = {**GOOD, "day": day}
+    parser = NmeaParser(dates=live_dates())
+    data = (nmea_sentence(GGA.format(**values)) + nmea_sentence(RMC.format(**values))).encode()
+    (fix,) = parser.feed(data) + parser.finish()
+    assert fix.date is None and fix.time == "12:35:19.000Z" and fix.lat is not None
+    assert parser.counters.out_of_range == 1
+
+
+def test_the_live_window_takes_its_own_limits():
+    first, last = live_dates()
+    assert first == RELEASED.date() and last < date(RELEASED.year + TRUST_YEARS, 11, 1)
+    for day in (first, last):
+        values = {**GOOD, "day": f"{day:%d%m%y}"}
+        parser = NmeaParser(dates=(first, last))
+        data = nmea_sentence(RMC.format(**values)).encode()
+        (fix,) = parser.feed(data) + parser.finish()
+        assert fix.date == day and parser.counters.out_of_range == 0
 
 
 @pytest.mark.parametrize("body", [

@@ -142,12 +142,15 @@ def test_line_cap_bounds_memory():
     assert parser.finish()[0].lat == pytest.approx(48.1173)
 
 
-@pytest.mark.parametrize("value,hemi,expected", [
-    ("4807.038", "N", 48.1173), ("01131.000", "W", -11.516666667), ("", "N", None),
-    ("4807.038", "", None), ("4899.000", "N", None), ("abc", "N", None),
-    ("9100.000", "N", None), ("18100.000", "E", None)])
-def test_degrees(value, hemi, expected):
-    result = degrees(value, hemi)
+@pytest.mark.parametrize("value,hemi,axis,expected", [
+    ("4807.038", "N", "NS", 48.1173), ("01131.000", "W", "EW", -11.516666667),
+    ("", "N", "NS", None), ("4807.038", "", "NS", None), ("4899.000", "N", "NS", None),
+    ("abc", "N", "NS", None), ("9100.000", "N", "NS", None), ("18100.000", "E", "EW", None),
+    # a hemisphere letter of the other axis: a latitude of 179.98 or a longitude 'N'
+    ("17959.000", "E", "NS", None), ("17000.000", "W", "NS", None),
+    ("4807.038", "N", "EW", None), ("4807.038", "NS", "NS", None)])
+def test_degrees(value, hemi, axis, expected):
+    result = degrees(value, hemi, axis)
     assert result == (pytest.approx(expected) if expected is not None else None)
 
 
