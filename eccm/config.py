@@ -11,13 +11,14 @@ import difflib
 import ipaddress
 import os
 import re
+import ssl
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-from .layout import OUTBOX, UPLOADED
+from .layout import DEMO_CAR, OUTBOX, UPLOADED
 
 TEMPLATE_PATH = Path(__file__).with_name("config.ini.template")
 ENV_PREFIX = "ECCM_"
@@ -136,6 +137,9 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 def _mask_credentials(raw: str) -> str:
     """'http://user:pw@host:9000' -> 'http://***@host:9000': everything before the last
     '@' is hidden, whatever characters the password holds."""
+    cut = min((raw.find(c) for c in "?#" if c in raw), default=-1)
+    if cut >= 0:  # a query or fragment may carry a signed credential: never shown
+        raw = raw[:cut] + raw[cut] + "***"
     if "@" not in raw:
         return raw
     scheme = _SCHEME.match(raw)
@@ -150,6 +154,9 @@ def _endpoint(raw: str) -> Optional[str]:
         raise ValueError("expected no user name or password in the endpoint (the part "
                          "before '@', hidden here): write http://host:port and put the "
                          "access key in S3_SERVER_AK and the secret key in S3_SERVER_SK")
+    if "?" in raw or "#" in raw:  # an S3 endpoint has none; one may hold a credential
+        raise ValueError("expected no query (?...) or fragment (#...) in the endpoint "
+                         "(hidden here): write http://host:port or https://host")
     url = raw if "://" in raw else "http://" + raw
     try:
         parts = urlsplit(url)
@@ -173,6 +180,10 @@ class _Key:
 
 
 _LOOPBACK = ("127.0.0.1", "::1")
+MIN_SECRET_BEYOND_LOOPBACK = 16  # characters of SOCKET_SERVER_SECRET off 127.0.0.1
+SECRET_RECIPE = "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+CERT_RECIPE = ("openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=eccm "
+               "-keyout eccm-key.pem -out eccm-cert.pem")
 
 SCHEMA: Dict[str, _Key] = {
     # Part of file names and S3 keys: no '.', '..', hidden (.x) or option-like (-x) names.
@@ -220,6 +231,8 @@ SCHEMA: Dict[str, _Key] = {
     "SOCKET_SERVER_BIND": _Key(_bind_address),
     "SOCKET_SERVER_PORT": _Key(_number(1, 65535, integer=True)),
     "SOCKET_SERVER_SECRET": _Key(_text(), secret=True),
+    "SOCKET_SERVER_TLS_CERT": _Key(_text()),
+    "SOCKET_SERVER_TLS_KEY": _Key(_text()),
     "LOG_LEVEL": _Key(_choice("DEBUG", "INFO", "WARNING", "ERROR")),
 }
 
@@ -400,6 +413,29 @@ def _read_dotenv(path: Path) -> Dict[str, str]:
     return out
 
 
+_DOTENV_LINE = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=[ \t]*(.*)")
+
+
+def _dotenv_comments(path: Path) -> Dict[str, int]:
+    """Keys of .env whose unquoted value has a comment after it (key -> line number):
+    refused like config.ini's, rather than cut (' #') or kept (' ;') by python-dotenv."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return {}
+    found: Dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        match = _DOTENV_LINE.fullmatch(line)
+        if not match or match[2][:1] in ("'", '"'):
+            continue
+        key = match[1].upper()
+        if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX):] in SCHEMA:
+            key = key[len(ENV_PREFIX):]
+        if key in SCHEMA and _INLINE_COMMENT.search(match[2].strip()):
+            found[key] = number
+    return found
+
+
 def _unknown(key: str, where: str) -> str:
     close = difflib.get_close_matches(key, list(SCHEMA), n=1, cutoff=0.75)
     hint = f" (did you mean {close[0]}?)" if close else ""
@@ -407,9 +443,9 @@ def _unknown(key: str, where: str) -> str:
 
 
 def load(path: Optional[Path], environ: Optional[Mapping[str, str]] = None,
-         require_file: bool = True) -> Tuple[Config, List[str]]:
+         require_file: bool = True, demo: bool = False) -> Tuple[Config, List[str]]:
     """Read and validate; return (config, warnings) or raise ConfigError (which carries
-    the warnings too).
+    the warnings too). Only the demo (`demo`) may use the simulated car's identifier.
 
     Layers, later wins: template defaults, config file, .env beside it, ECCM_* environment.
     The record folder is judged as the daemon will use it, without creating anything.
@@ -426,7 +462,8 @@ def load(path: Optional[Path], environ: Optional[Mapping[str, str]] = None,
     file_name = ""
     file_values: Dict[str, str] = {}
     file_lines: Dict[str, int] = {}
-    commented: Dict[str, int] = {}  # key -> line, of config-file values with a comment
+    # key -> (file, line) of values with a comment after them, in config.ini or .env
+    commented: Dict[str, Tuple[str, int]] = {}
     if path is not None:
         path = Path(path)
         base = path.resolve().parent
@@ -438,9 +475,11 @@ def load(path: Optional[Path], environ: Optional[Mapping[str, str]] = None,
                     warnings.append(_unknown(key, str(path)))
                     del file_values[key]
                 elif _INLINE_COMMENT.search(file_values[key].strip()):
-                    commented[key] = file_lines.get(key, 0)
+                    commented[key] = (path.name, file_lines.get(key, 0))
             layers.append((path.name, file_values))
         layers.append((".env", _read_dotenv(base / ".env")))
+        for key, line in _dotenv_comments(base / ".env").items():
+            commented.setdefault(key, (".env", line))
     env_values = {}
     for name, value in environ.items():
         if name.startswith(ENV_PREFIX):
@@ -465,13 +504,14 @@ def load(path: Optional[Path], environ: Optional[Mapping[str, str]] = None,
     values: Dict[str, Any] = {}
     texts: Dict[str, str] = {}
     for key, spec in SCHEMA.items():
-        if key in commented:
+        if key in commented and commented[key][0] == sources[key]:
             # Refused, not stripped: a secret may hold ' #', and cutting it would leave a
-            # shorter secret than the user wrote, silently.
-            line = f" line {commented[key]}" if commented[key] else ""
-            value = spec.shown(file_values[key].strip())
+            # shorter secret than the user wrote, silently (python-dotenv cuts ' #').
+            source, number = commented[key]
+            line = f" line {number}" if number else ""
+            value = "" if source != file_name else spec.shown(file_values[key].strip())
             problems.append(
-                f"{key}{value} (from {file_name}{line}): expected no comment after the "
+                f"{key}{value} (from {source}{line}): expected no comment after the "
                 "value (';' or '#' after a space starts one): put the comment on its own "
                 "line; a value that really holds ' ;' or ' #' goes in .env, in quotes, or "
                 f"in the environment variable {ENV_PREFIX}{key}")
@@ -486,7 +526,15 @@ def load(path: Optional[Path], environ: Optional[Mapping[str, str]] = None,
             problems.append(f"{key}{spec.shown(text)} (from {where(key)}): {exc}")
 
     _check_together(values, problems)
+    car = values.get("CAR_IDENTIFIER") or ""
+    if car.upper() == DEMO_CAR and not demo:
+        problems.append(f"CAR_IDENTIFIER = {car!r} (from {where('CAR_IDENTIFIER')}): "
+                        f"{DEMO_CAR} is the simulated car's (eccm run --demo), whose drives "
+                        "are never uploaded with a real car's settings: choose another")
     _derive(values, base)
+    if values.get("ENABLE_SOCKET_SERVER"):
+        problems.extend(_tls_problems(
+            values, lambda key: f"{key}{SCHEMA[key].shown(texts[key])} (from {where(key)})"))
     key = "RECORD_DIRECTORY_LOCATION"
     if key in values and (values.get("FILE_RECORDING") is not False
                           or values.get("S3_SERVER_ENDPOINT")):
@@ -507,11 +555,19 @@ def _check_together(values: Dict[str, Any], problems: List[str]) -> None:
     if all(key in values for key in s3) and 0 < len(missing) < len(s3):
         problems.append(f"{', '.join(missing)}: required when any of {', '.join(s3)} is set "
                         "(leave all four empty to disable the upload)")
-    if (values.get("ENABLE_SOCKET_SERVER") and not values.get("SOCKET_SERVER_SECRET")
-            and values.get("SOCKET_SERVER_BIND", "127.0.0.1") not in _LOOPBACK):
-        problems.append(f"SOCKET_SERVER_SECRET: required when the socket server listens on "
-                        f"{values['SOCKET_SERVER_BIND']} (only a 127.0.0.1 server may run "
-                        "without a secret)")
+    bind = values.get("SOCKET_SERVER_BIND", "127.0.0.1")
+    secret = values.get("SOCKET_SERVER_SECRET")
+    if values.get("ENABLE_SOCKET_SERVER") and bind not in _LOOPBACK:
+        if not secret and "SOCKET_SERVER_SECRET" in values:
+            problems.append(f"SOCKET_SERVER_SECRET: required when the socket server listens "
+                            f"on {bind} (only a 127.0.0.1 server may run without a secret); "
+                            f"generate one with: {SECRET_RECIPE}")
+        elif secret and len(secret) < MIN_SECRET_BEYOND_LOOPBACK:
+            # Neither the secret nor its length is shown.
+            problems.append(f"SOCKET_SERVER_SECRET: too short for a socket server listening "
+                            f"on {bind}: expected at least {MIN_SECRET_BEYOND_LOOPBACK} "
+                            f"characters (any length is accepted on 127.0.0.1); generate "
+                            f"one with: {SECRET_RECIPE}")
 
 
 def default_separator(extension: str) -> str:
@@ -525,10 +581,57 @@ def _derive(values: Dict[str, Any], base: Path) -> None:
             and "MONITORING_FILE_EXTENSION" in values):
         values["MONITORING_FILE_SEPARATION_CHARACTER"] = default_separator(
             values["MONITORING_FILE_EXTENSION"])
-    if "RECORD_DIRECTORY_LOCATION" in values:
-        folder = Path(os.path.expanduser(values["RECORD_DIRECTORY_LOCATION"]))
-        values["RECORD_DIRECTORY_LOCATION"] = str(folder if folder.is_absolute()
-                                                  else base / folder)
+    for key in ("RECORD_DIRECTORY_LOCATION", "SOCKET_SERVER_TLS_CERT",
+                "SOCKET_SERVER_TLS_KEY"):
+        if values.get(key):
+            path = Path(os.path.expanduser(values[key]))
+            values[key] = str(path if path.is_absolute() else base / path)
+
+
+def _tls_problems(values: Dict[str, Any], label: Callable[[str], str]) -> List[str]:
+    """What is wrong with the socket server's TLS files: both or neither, each a file ECCM
+    can read, a PEM certificate and its PEM key without a passphrase. label(key) names a
+    key that is set (its value and where it comes from). Nothing read from the files is
+    ever quoted."""
+    cert_key, key_key = "SOCKET_SERVER_TLS_CERT", "SOCKET_SERVER_TLS_KEY"
+    if cert_key not in values or key_key not in values:
+        return []  # one did not parse: reported already
+    cert, key = values[cert_key], values[key_key]
+    if not cert and not key:
+        return []
+    if not cert or not key:
+        missing, given = (cert_key, key_key) if not cert else (key_key, cert_key)
+        return [f"{missing}: required when {given} is set (set both for TLS, or neither "
+                f"for plain text); make a pair with: {CERT_RECIPE}"]
+    found = []
+    for name, path, kind in ((cert_key, cert, "a PEM certificate"),
+                             (key_key, key, "a PEM private key")):
+        try:
+            with open(path, "rb"):
+                pass
+        except FileNotFoundError:
+            found.append(f"{label(name)}: no such file; expected {kind} file (make a pair "
+                         f"with: {CERT_RECIPE})")
+        except IsADirectoryError:
+            found.append(f"{label(name)}: is a folder; expected {kind} file")
+        except OSError as exc:
+            found.append(f"{label(name)}: cannot be read "
+                         f"({exc.strerror or exc.__class__.__name__}); expected {kind} file "
+                         "ECCM can read")
+    if found:
+        return found
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+    except (ssl.SSLError, ValueError):
+        return [f"{label(cert_key)}: not a PEM certificate (expected a file that starts "
+                "with -----BEGIN CERTIFICATE-----)"]
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except (ssl.SSLError, ValueError):
+        return [f"{label(key_key)}: cannot be used with {cert_key}: expected the "
+                "certificate's own private key, in PEM, without a passphrase"]
+    return []
 
 
 # Subfolders the daemon makes and writes in (recorder's outbox/, uploader's uploaded/).

@@ -86,9 +86,8 @@ class Daemon:
             self.state.set_link("gnss", DISABLED)
         self.server: Optional[SocketServer] = None
         if cfg.ENABLE_SOCKET_SERVER:
-            self.server = SocketServer(self.stop_event, self.state, self.poller,
-                                       bind=cfg.SOCKET_SERVER_BIND, port=cfg.SOCKET_SERVER_PORT,
-                                       secret=cfg.SOCKET_SERVER_SECRET, car=cfg.CAR_IDENTIFIER)
+            self.server = SocketServer.from_config(self.stop_event, self.state, self.poller,
+                                                   cfg)
             self.workers.append(self.server)
         self.uploader: Optional[Uploader] = None
         if cfg.s3_enabled:

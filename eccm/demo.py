@@ -54,7 +54,7 @@ def run_demo(setup_logging: Callable[[str], None], upload: bool = False) -> int:
     environ.setdefault("ECCM_RECORD_DIRECTORY_LOCATION", str(Path.cwd() / DEMO_FOLDER))
     environ["ECCM_GPS_POSITION_MONITORING"] = "yes"
     try:
-        cfg, warnings = load(None, environ=environ)
+        cfg, warnings = load(None, environ=environ, demo=True)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config error: {problem}", file=sys.stderr)

@@ -5,6 +5,8 @@ Pure logic: a Session turns one received line into reply lines, asking a Backend
 no threads, so every path can be driven directly by tests.
 
 Every reply ends with a line starting with OK or ERR, so a script knows it is complete.
+Every check of a secret is first allowed by the Backend (the server's failed-login budget
+per source address); a try over the budget is refused unchecked and ends the connection.
 Legacy commands of the original ECCM (a bare secret as first line, QUERY_COMMAND>>NAME,
 QUERY_STATUS>>NAME, GET_DTC, CLEAR_DTC, GET_COMMAND_LIST, RESTART_DATA_MANAGER) answer
 one line each, as the original did.
@@ -94,12 +96,21 @@ class Backend:
     def audit(self, message: str) -> None:
         raise NotImplementedError
 
+    def try_login(self) -> bool:
+        """Before a secret is checked: take one try from this client's failed-login budget.
+        False: over the budget; the secret must not be checked at all."""
+        return True
+
+    def give_back_login(self) -> None:
+        """The secret checked was right: its try goes back to the budget."""
+
 
 @dataclass
 class Reply:
     lines: List[str] = field(default_factory=list)
     close: bool = False
-    auth_failed: bool = False
+    auth_failed: bool = False   # a secret was checked and was wrong
+    auth_refused: bool = False  # a try over the budget, refused without checking
 
 
 def split_command(line: str) -> Tuple[str, List[str]]:
@@ -193,20 +204,16 @@ class Session:
     # --- dispatch --------------------------------------------------------------------
 
     def handle(self, line: str) -> Reply:
+        if not line.strip():
+            return Reply()  # nothing, not even a first message
         self.lines_seen += 1
         first = self.lines_seen == 1
         word, args = split_command(line)
         if not self.authenticated:
-            if first and self.secret and _same(line.strip(), self.secret):
-                self.authenticated = True  # the original ECCM's bare-secret login
-                self.legacy = True
-                return Reply()
+            if first and self.secret and word not in self._all_commands():
+                return self._bare_secret(line)  # the original ECCM's login
             if word not in OPEN_COMMANDS:
-                if first and word not in self._all_commands():
-                    return self._auth_failure()  # a wrong bare secret (original login)
                 return Reply([self._err("not authenticated: AUTH <secret> first")])
-        if word == "":
-            return Reply()
         if self.legacy and (word in LEGACY or word == "CLEAR_DTC"):
             return Reply([self._legacy(word, args)])
         handler = getattr(self, f"_cmd_{word.lower()}", None)
@@ -223,17 +230,37 @@ class Session:
     def _all_commands(self) -> set:
         return {h.upper() for h in self._handlers()} | LEGACY | {"CLEAR_DTC"}
 
+    def _bare_secret(self, line: str) -> Reply:
+        """A first message that is no command: the bare secret of the original ECCM."""
+        if not self.backend.try_login():
+            return self._refused()
+        if _same(line.strip(), self.secret):
+            self.backend.give_back_login()
+            self.authenticated = True
+            self.legacy = True
+            return Reply()  # the original answered nothing
+        return self._auth_failure()
+
     def _cmd_auth(self, args: List[str]) -> Reply:
         if self.authenticated:
             return Reply([self._ok("already authenticated")])
+        if not args:
+            return Reply([self._err("AUTH needs the secret: AUTH <secret>")])
+        if not self.backend.try_login():
+            return self._refused()
         if len(args) == 2 and args[0].upper() == "HMAC":
             good = _same(args[1].lower(), hmac_answer(self.secret, self.challenge))
         else:
-            good = len(args) >= 1 and _same(" ".join(args), self.secret)
+            good = _same(" ".join(args), self.secret)
         if good:
+            self.backend.give_back_login()
             self.authenticated = True
             return Reply([self._ok("authenticated")])
         return self._auth_failure()
+
+    def _refused(self) -> Reply:
+        return Reply([self._err("too many failed logins from your address, try again later")],
+                     close=True, auth_refused=True)
 
     def _auth_failure(self) -> Reply:
         self.failures += 1

@@ -54,7 +54,8 @@ def venv_tool(name: str) -> str:
 
 
 # The Debian package of each system tool the tests drive (.ci/run installs them).
-PACKAGES = {"nc": "netcat-openbsd", "systemd-analyze": "systemd", "rfcomm": "bluez"}
+PACKAGES = {"nc": "netcat-openbsd", "systemd-analyze": "systemd", "rfcomm": "bluez",
+            "ncat": "ncat", "openssl": "openssl"}
 
 
 def require_tool(name: str) -> str:

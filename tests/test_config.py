@@ -240,3 +240,51 @@ def test_check_config_says_which_scheme_the_s3_endpoint_means(tmp_path, endpoint
     fix = f"S3_SERVER_ENDPOINT=http://{endpoint}"
     assert (fix in result.stdout) == hint
     assert secret not in result.stdout + result.stderr
+
+
+# --- the socket server's secret, off loopback -------------------------------------------
+
+SECRET_RECIPE = "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "192.168.1.20", "::"])
+def test_a_short_secret_is_refused_when_the_server_listens_beyond_loopback(tmp_path, bind):
+    secret = "abc-15-chars-xx"  # 15 characters
+    result = run_check(write(tmp_path, f"CAR_IDENTIFIER=X\nENABLE_SOCKET_SERVER=yes\n"
+                                       f"SOCKET_SERVER_BIND={bind}\n"
+                                       f"SOCKET_SERVER_SECRET={secret}\n"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    (error,) = [ln for ln in result.stderr.splitlines() if ln.startswith("config error:")]
+    assert error.startswith("config error: SOCKET_SERVER_SECRET: too short for a socket "
+                            f"server listening on {bind}: expected at least 16 characters")
+    assert SECRET_RECIPE in error
+    assert secret not in result.stdout + result.stderr and "15" not in error
+
+
+def test_the_issues_three_letter_secret_from_the_environment_on_all_addresses(tmp_path):
+    result = run_check(write(tmp_path, "CAR_IDENTIFIER=X\nENABLE_SOCKET_SERVER=yes\n"
+                                       "SOCKET_SERVER_BIND=0.0.0.0\n"),
+                       {"ECCM_SOCKET_SERVER_SECRET": "abc"})
+    assert result.returncode == 2
+    assert "SOCKET_SERVER_SECRET: too short" in result.stderr
+    assert "abc" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("bind,secret,enabled", [
+    ("0.0.0.0", "x" * 16, "yes"),      # long enough
+    ("127.0.0.1", "abc", "yes"),       # loopback: any secret
+    ("::1", "abc", "yes"),
+    ("0.0.0.0", "abc", "no"),          # no server
+])
+def test_secret_length_rule_leaves_the_rest_alone(tmp_path, bind, secret, enabled):
+    cfg, _ = load(write(tmp_path, f"CAR_IDENTIFIER=X\nENABLE_SOCKET_SERVER={enabled}\n"
+                                  f"SOCKET_SERVER_BIND={bind}\nSOCKET_SERVER_SECRET={secret}\n"),
+                  environ={})
+    assert cfg.SOCKET_SERVER_SECRET == secret
+
+
+def test_a_missing_secret_off_loopback_says_how_to_make_one(tmp_path):
+    result = run_check(write(tmp_path, "CAR_IDENTIFIER=X\nENABLE_SOCKET_SERVER=yes\n"
+                                       "SOCKET_SERVER_BIND=0.0.0.0\n"))
+    assert result.returncode == 2
+    assert "SOCKET_SERVER_SECRET: required" in result.stderr and SECRET_RECIPE in result.stderr

@@ -321,7 +321,9 @@ def test_a_comment_after_any_value_is_an_error(tmp_path, key, marker):
     problems = problems_of(write(tmp_path, f"{head}{key}=1 {marker} the note\n"))
     mine = [p for p in problems if p.startswith(key + " ") or p.startswith(key + ":")]
     assert len(mine) == 1 and "comment" in mine[0], problems
-    assert ("the note" in mine[0]) != cfgmod.SCHEMA[key].secret
+    # Not shown: secrets, and what follows '?' or '#' in an endpoint (it may be signed).
+    hidden = cfgmod.SCHEMA[key].secret or (key == "S3_SERVER_ENDPOINT" and marker == "#")
+    assert ("the note" in mine[0]) != hidden
 
 
 @pytest.mark.parametrize("value", ["; auto", "# auto", "x\t# tab before"])
@@ -352,15 +354,53 @@ def test_semicolons_and_hashes_inside_a_value_are_kept(tmp_path, key, value):
     assert getattr(cfg, key) == value
 
 
-def test_dotenv_and_environment_follow_their_own_rules(tmp_path):
-    """.env is python-dotenv's syntax: unquoted, ' #' starts a comment, ';' does not;
-    quoted, everything is kept. The environment is taken as it is."""
+def test_dotenv_comments_are_refused_like_the_files(tmp_path):
+    """In .env too, a comment after an unquoted value is an error naming the key and line
+    (python-dotenv would cut ' #' and keep ' ;' in the secret, silently); quoted values
+    are kept whole; the environment is taken as it is."""
     path = write(tmp_path, "CAR_IDENTIFIER=X\n")
-    (tmp_path / ".env").write_text('OBD_INTERFACE=/dev/a # note\n'
-                                   'SOCKET_SERVER_SECRET="p # q ; r"\nGNSS_PORT=/dev/g ; b\n')
+    (tmp_path / ".env").write_text('SOCKET_SERVER_SECRET=abcdefghijklmnopq ; my secret\n'
+                                   'OBD_INTERFACE=/dev/a # note\n')
+    result = eccm("check-config", path)
+    assert result.returncode == 2
+    errors = lines(result, "error")
+    assert any("SOCKET_SERVER_SECRET (from .env line 1): expected no comment" in e
+               for e in errors), errors
+    assert any("OBD_INTERFACE (from .env line 2)" in e for e in errors), errors
+    assert "abcdefghijklmnopq" not in result.stdout + result.stderr
+    (tmp_path / ".env").write_text('SOCKET_SERVER_SECRET="p # q ; r"\n')
     folder = tmp_path / "r ; x"
-    cfg, _ = load(path, environ={"ECCM_RECORD_DIRECTORY_LOCATION": str(folder)})
-    assert cfg.OBD_INTERFACE == "/dev/a"
+    cfg, _ = load(path, environ={"ECCM_RECORD_DIRECTORY_LOCATION": str(folder),
+                                 "ECCM_GNSS_PORT": "/dev/g ; b"})
     assert cfg.SOCKET_SERVER_SECRET == "p # q ; r"
     assert cfg.GNSS_PORT == "/dev/g ; b"
     assert cfg.RECORD_DIRECTORY_LOCATION == str(folder)
+
+
+def test_a_comment_in_dotenv_overridden_by_the_environment_is_not_an_error(tmp_path):
+    path = write(tmp_path, "CAR_IDENTIFIER=X\n")
+    (tmp_path / ".env").write_text("GNSS_PORT=/dev/a ; old\n")
+    cfg, _ = load(path, environ={"ECCM_GNSS_PORT": "/dev/gnss"})
+    assert cfg.GNSS_PORT == "/dev/gnss"
+
+
+@pytest.mark.parametrize("car", ["DEMO", "demo"])
+def test_the_demo_cars_identifier_is_reserved(tmp_path, car):
+    """A real car named DEMO would upload the simulated car's drives as its own."""
+    error = one_error(eccm("check-config", write(tmp_path, f"CAR_IDENTIFIER={car}\n")),
+                      "CAR_IDENTIFIER")
+    assert "simulated car" in error
+    cfg, _ = load(None, environ={"ECCM_CAR_IDENTIFIER": "DEMO",
+                                 "ECCM_RECORD_DIRECTORY_LOCATION": str(tmp_path / "d")},
+                  demo=True)
+    assert cfg.CAR_IDENTIFIER == "DEMO"
+
+
+def test_an_endpoint_query_is_refused_and_never_printed(tmp_path):
+    path = write(tmp_path, "CAR_IDENTIFIER=X\nS3_SERVER_ENDPOINT=https://s3.example.com/"
+                           "?X-Amz-Credential=AKIAEXAMPLE&secret=pa55word\n")
+    result = eccm("check-config", path)
+    error = one_error(result, "S3_SERVER_ENDPOINT")
+    assert "query" in error
+    assert "AKIAEXAMPLE" not in result.stdout + result.stderr
+    assert "pa55word" not in result.stdout + result.stderr

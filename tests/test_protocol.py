@@ -10,6 +10,7 @@ from datetime import date, time as clock_time
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+import pytest
 
 from eccm.nmea import MODE_NONE, Fix
 from eccm.protocol import (HELP, MAX_AUTH_ATTEMPTS, Backend, Session, Unavailable,
@@ -313,3 +314,73 @@ def test_replies_with_a_count_of_one_are_singular():
     assert car.audits[-1] == "CLEAR_DTC done, 1 stored code left"
     car.left_after_clear = 2
     assert s.handle("CLEAR_DTC").lines == ["OK trouble codes cleared; 2 stored codes left"]
+
+
+# --- the failed-login budget, as the session sees it ------------------------------------
+
+class Budgeted(Car):
+    """A backend whose failed-login budget the test sets: `tries` left, and the calls."""
+
+    def __init__(self, tries: int):
+        super().__init__()
+        self.tries = tries
+        self.taken = 0
+        self.given_back = 0
+
+    def try_login(self):
+        if self.tries <= 0:
+            return False
+        self.tries -= 1
+        self.taken += 1
+        return True
+
+    def give_back_login(self):
+        self.tries += 1
+        self.given_back += 1
+
+
+REFUSED = "ERR too many failed logins from your address, try again later"
+
+
+def budgeted(tries: int):
+    car = Budgeted(tries)
+    return car, Session(car, SECRET, "c0ffee", "ECCM test")
+
+
+@pytest.mark.parametrize("attempt", [f"AUTH {SECRET}", "AUTH wrong",
+                                     "AUTH HMAC " + hmac_answer(SECRET, "c0ffee"), SECRET,
+                                     "wrong bare secret"])
+def test_over_the_budget_nothing_is_checked_and_the_connection_ends(attempt):
+    car, s = budgeted(0)
+    reply = s.handle(attempt)
+    assert reply.lines == [REFUSED] and reply.close and reply.auth_refused
+    assert not reply.auth_failed and not s.authenticated and car.given_back == 0
+
+
+def test_every_check_takes_a_try_and_a_right_secret_gives_it_back():
+    car, s = budgeted(2)
+    assert s.handle("AUTH wrong").lines == ["ERR wrong secret"]
+    assert (car.taken, car.given_back, car.tries) == (1, 0, 1)
+    assert s.handle(f"AUTH {SECRET}").lines == ["OK authenticated"]
+    assert (car.taken, car.given_back, car.tries) == (2, 1, 1)
+    car, s = budgeted(1)
+    assert s.handle(SECRET).lines == [] and s.legacy  # the original's bare secret
+    assert (car.taken, car.given_back) == (1, 1)
+
+
+def test_lines_that_check_no_secret_take_no_try():
+    car, s = budgeted(0)
+    for line in ("HELP", "GET RPM", "AUTH", "AUTH   ", "", "   ", "STATUS"):
+        reply = s.handle(line)
+        assert not reply.auth_refused and not reply.auth_failed and not reply.close, line
+    assert s.handle("AUTH").lines == ["ERR AUTH needs the secret: AUTH <secret>"]
+    assert car.taken == 0
+
+
+def test_blank_lines_before_the_bare_secret_are_not_its_first_message():
+    """A client that sends an empty line first (a stray line end) is not taken for a wrong
+    bare secret, and can still log in the original way."""
+    car, s = budgeted(5)
+    assert s.handle("").lines == [] and s.handle("\r").lines == []
+    assert car.taken == 0
+    assert s.handle(SECRET).lines == [] and s.authenticated and s.legacy
