@@ -344,6 +344,9 @@ class SocketServer(Worker):
             self._listener = None
         with self._lock:
             threads = list(self._threads.values())
+            waiting = list(self._pending.values())
+        for client in waiting:  # wakes one in a TLS handshake, which waits for no event
+            client.evict("ERR ECCM is stopping; closing")
         deadline = time.monotonic() + 1.0
         for thread in threads:
             thread.join(max(0.05, deadline - time.monotonic()))
@@ -560,8 +563,8 @@ class _Client:
         except Exception:
             log.exception("client %s: unexpected error", self.peer)
         finally:
-            self.server.forget(self)
             self._close()
+            self.server.forget(self)  # counted until closed: the thread bound holds
 
     def _close(self) -> None:
         """TLS: say close_notify first (waiting at most briefly for the client's), so the
