@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from . import __version__
-from .recordfmt import GNSS_COLUMNS, TIME_COLUMN, parse_file_name
+from .recordfmt import GNSS_COLUMNS, TIME_COLUMN, format_time, parse_file_name
 from .state import Column
 
 DEMO_CAR = "DEMO"  # the simulated car (demo.py): its drives stay out of a real car's bucket
@@ -75,7 +75,6 @@ def build_manifest(*, name: str, car: str, columns: Sequence[Column], separator:
                    vin: Optional[str] = None, protocol: str = "",
                    recovered: bool = False) -> Dict[str, Any]:
     """The manifest of one finished record file, as a JSON-ready dict."""
-    from .recordfmt import format_time
     unknown = [c for c in clock if c not in CLOCK_SOURCES]
     if unknown:
         raise ValueError(f"unknown clock source {unknown[0]!r}")

@@ -398,7 +398,6 @@ class Uploader(Worker):
     def run(self) -> None:
         """Runs in the uploader thread."""
         while not self.stop_event.is_set():
-            tidy_orphan_manifests(self.session.outbox, self.session.outbox.parent / UPLOADED)
             files = [p for p in pending_files(self.session.outbox)
                      if p.name not in self._held]
             self.state.set_info(upload_backlog=len(files), upload_held=len(self._held))
@@ -453,6 +452,8 @@ class Uploader(Worker):
             self._problem = problem
 
     def _housekeeping(self) -> None:
+        """While idle: tidy what a stop between two removals left, prune kept copies."""
+        tidy_orphan_manifests(self.session.outbox, self.session.outbox.parent / UPLOADED)
         if self.session.keep_uploaded and self.clock() - self._last_prune > 3600:
             self._last_prune = self.clock()
             removed = prune_uploaded(self.session.outbox.parent / UPLOADED, self.keep_days)

@@ -6,6 +6,8 @@ import pty
 import threading
 import time
 import tty
+from contextlib import contextmanager
+from typing import Any, Iterator, Tuple
 
 from eccm.gnss_reader import GnssReader
 from eccm.server import SocketServer
@@ -18,6 +20,28 @@ GGA = "GPGGA,{t},4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"
 RMC = "GPRMC,{t},A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W"
 
 
+@contextmanager
+def reader_on_pty(**kw: Any) -> Iterator[Tuple[int, SharedState, GnssReader]]:
+    """A GnssReader on a fresh pseudo-terminal, already open (pyserial empties the input
+    when it opens the port: write only after this): (master fd, state, reader); the reader
+    is stopped and the pty closed after."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    stop = threading.Event()
+    state = SharedState()
+    reader = GnssReader(stop, state, port=os.ttyname(slave), max_delay=1, **kw)
+    reader.start()
+    try:
+        wait_for(lambda: getattr(state.snapshot().links.get("gnss"), "state", None)
+                 == CONNECTED, 10, what="the reader to open the pty")
+        yield master, state, reader
+    finally:
+        stop.set()
+        reader.join(5)
+        os.close(master)
+        os.close(slave)
+
+
 def burst(second: int) -> bytes:
     t = f"1235{second:02d}.00"
     return (nmea_sentence(GGA.format(t=t)) + nmea_sentence(RMC.format(t=t))).encode()
@@ -26,16 +50,7 @@ def burst(second: int) -> bytes:
 def test_an_epoch_reaches_the_state_without_waiting_for_the_next_one():
     """A receiver bursts its epoch and falls silent until the next second: the position
     must be published from that burst, not a second later (28 m at 100 km/h)."""
-    master, slave = pty.openpty()
-    tty.setraw(slave)
-    stop = threading.Event()
-    state = SharedState()
-    reader = GnssReader(stop, state, port=os.ttyname(slave), max_delay=1)
-    reader.start()
-    try:
-        # pyserial empties the input when it opens the port: send once it is open
-        wait_for(lambda: getattr(state.snapshot().links.get("gnss"), "state", None)
-                 == CONNECTED, 10, what="the reader to open the pty")
+    with reader_on_pty() as (master, state, reader):
 
         def published_second():
             fix = state.snapshot().gnss
@@ -52,7 +67,7 @@ def test_an_epoch_reaches_the_state_without_waiting_for_the_next_one():
         # Bad bytes are skipped and counted where a user looks: STATUS over the socket.
         bad_sum = nmea_sentence(GGA.format(t="123505.00"))[:-4] + "00\r\n"
         os.write(master, b"\xb5\x62\x01\x07garbage" + bad_sum.encode() + burst(6))
-        server = SocketServer(stop, state, None, bind="127.0.0.1", port=0, secret=None,
+        server = SocketServer(reader.stop_event, state, None, bind="127.0.0.1", port=0, secret=None,
                               car="TEST")
 
         def gnss_input():
@@ -63,11 +78,6 @@ def test_an_epoch_reaches_the_state_without_waiting_for_the_next_one():
         assert counts["bad_checksum"] == "1"
         assert counts["garbage_bytes"] == "11"  # the bytes before $; no line end counted
         assert counts["late"] == "0"
-    finally:
-        stop.set()
-        reader.join(5)
-        os.close(master)
-        os.close(slave)
 
 
 def test_a_receiver_whose_bursts_hold_two_seconds(monkeypatch):
@@ -85,17 +95,8 @@ def test_a_receiver_whose_bursts_hold_two_seconds(monkeypatch):
         return real_quiet(self)
     monkeypatch.setattr(NmeaParser, "quiet", spy)
 
-    master, slave = pty.openpty()
-    tty.setraw(slave)
-    stop = threading.Event()
-    state = SharedState()
     published = []
-    reader = GnssReader(stop, state, port=os.ttyname(slave), max_delay=1,
-                        on_fix=published.append)
-    reader.start()
-    try:
-        wait_for(lambda: getattr(state.snapshot().links.get("gnss"), "state", None)
-                 == CONNECTED, 10, what="the reader to open the pty")
+    with reader_on_pty(on_fix=published.append) as (master, state, reader):
         written = []  # when each burst was written
         for i in range(7):
             before = len(pauses)
@@ -119,26 +120,13 @@ def test_a_receiver_whose_bursts_hold_two_seconds(monkeypatch):
             assert written[j - 1] <= fix.mono < written[j], fix.time
         seconds = [fix.utc for fix in published]
         assert seconds == sorted(set(seconds))
-    finally:
-        stop.set()
-        reader.join(5)
-        os.close(master)
-        os.close(slave)
 
 
 def test_dates_that_cannot_be_now_do_not_reach_the_published_fix():
     """A receiver's year '70' (2070) or a week-rollover 1999: the live reader takes no
     such date (the fix is published with its time of day alone) and counts it."""
-    master, slave = pty.openpty()
-    tty.setraw(slave)
-    stop = threading.Event()
-    state = SharedState()
     dated = []
-    reader = GnssReader(stop, state, port=os.ttyname(slave), max_delay=1, on_fix=dated.append)
-    reader.start()
-    try:
-        wait_for(lambda: getattr(state.snapshot().links.get("gnss"), "state", None)
-                 == CONNECTED, 10, what="the reader to open the pty")
+    with reader_on_pty(on_fix=dated.append) as (master, state, reader):
         for second, day in ((1, "010170"), (2, "010199")):
             t = f"1235{second:02d}.00"
             rmc = RMC.format(t=t).replace("230394", day)
@@ -149,11 +137,6 @@ def test_dates_that_cannot_be_now_do_not_reach_the_published_fix():
             assert fix.date is None and fix.lat is not None
         assert dated == []  # no UTC for the record clock either
         assert reader.parser.counters.out_of_range == 2
-    finally:
-        stop.set()
-        reader.join(5)
-        os.close(master)
-        os.close(slave)
 
 
 def test_a_receiver_sending_the_next_seconds_rmc_first():
@@ -161,17 +144,8 @@ def test_a_receiver_sending_the_next_seconds_rmc_first():
     only go forward and each second is published once, whole (speed and altitude)."""
     from test_gnss_epochs import PATTERNS, burst, mixed, second
 
-    master, slave = pty.openpty()
-    tty.setraw(slave)
-    stop = threading.Event()
-    state = SharedState()
     published = []
-    reader = GnssReader(stop, state, port=os.ttyname(slave), max_delay=1,
-                        on_fix=published.append)
-    reader.start()
-    try:
-        wait_for(lambda: getattr(state.snapshot().links.get("gnss"), "state", None)
-                 == CONNECTED, 10, what="the reader to open the pty")
+    with reader_on_pty(on_fix=published.append) as (master, state, reader):
         for i in range(8):
             os.write(master, burst(i, PATTERNS["RMC ZDA of T+1 first"]))
             time.sleep(READ_PAUSE)
@@ -185,11 +159,6 @@ def test_a_receiver_sending_the_next_seconds_rmc_first():
             if 1 <= index[fix.time_of_day] <= 6:
                 assert None not in (fix.lat, fix.speed, fix.alt, fix.date), fix
         assert reader.parser.counters.stale == 0
-    finally:
-        stop.set()
-        reader.join(5)
-        os.close(master)
-        os.close(slave)
 
 
 READ_PAUSE = 0.4  # longer than the reader's read timeout: it sees a pause (quiet())

@@ -22,6 +22,7 @@ from eccm.server import (EVICTION_MARGIN, LOGIN_BURST, LOGIN_DEADLINE, LOGIN_PER
 
 from conftest import require_tool
 from test_server import SECRET, frozen_car, run_client, server  # noqa: F401 - fixtures
+from test_server_login import read_until_closed
 
 REFUSED = "ERR too many failed logins from your address, try again later"
 
@@ -32,27 +33,6 @@ def connect(port: int, source: str = "127.0.0.1", timeout: float = 5) -> socket.
     sock.bind((source, 0))
     sock.connect(("127.0.0.1", port))
     return sock
-
-
-def read_until_closed(sock: socket.socket, timeout: float) -> Optional[str]:
-    """Everything the server sends until it closes; None if it is still open after
-    timeout."""
-    out = b""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except socket.timeout:
-            return None
-        except ConnectionResetError:
-            chunk = b""
-        if not chunk:
-            return out.decode(errors="replace")
-        out += chunk
 
 
 def login_and_get_rpm(port: int, source: str) -> float:
