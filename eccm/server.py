@@ -45,6 +45,10 @@ MAX_PENDING = 32          # connections not logged in yet, all addresses togethe
 MAX_PENDING_PER_ADDRESS = 8
 LOGIN_DEADLINE = 10.0     # seconds from connect to a successful login
 LOGIN_MAX_BYTES = 4096    # bytes a client may send before it has logged in
+# Bytes the server sends before a login (greeting, HELP, errors): well under the socket's
+# send buffer, so a client that asks and never reads cannot hold its thread in sendall()
+# for SEND_TIMEOUT, and an evicted one goes at once.
+LOGIN_MAX_OUTPUT = 8192
 LOGIN_BURST = 5           # wrong secrets an address may try at once ...
 LOGIN_PERIOD = 5.0        # ... then one more every this many seconds
 BUDGET_ADDRESSES = 4096   # addresses whose failed logins are remembered one by one
@@ -75,6 +79,14 @@ def address_key(host: str) -> str:
             return str(addr.ipv4_mapped)
         return str(ipaddress.ip_network(f"{addr}/64", strict=False))
     return str(addr)
+
+
+def _readable(conn: socket.socket, timeout: float) -> bool:
+    """Whether conn has bytes (or its end) within timeout; poll(), not select(), which
+    fails on descriptors past 1023."""
+    poller = select.poll()
+    poller.register(conn, select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout) * 1000))
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
@@ -544,6 +556,7 @@ class _Client:
         self.deadline = self.connected + deadline
         self.buf = b""
         self.received = 0  # bytes before login
+        self.sent = 0  # bytes answered before login
         self.last_input = self.connected
         self.closing = False
         self.greeted = False
@@ -591,8 +604,16 @@ class _Client:
                 pass  # closed already
 
     def send(self, lines: List[str]) -> None:
-        if lines:
-            self.conn.sendall(("\n".join(lines) + "\n").encode("utf-8", "replace"))
+        if not lines:
+            return
+        data = ("\n".join(lines) + "\n").encode("utf-8", "replace")
+        if not self.session.authenticated:
+            self.sent += len(data)
+            if self.sent > LOGIN_MAX_OUTPUT:
+                data = (f"ERR more than {LOGIN_MAX_OUTPUT} bytes of answers before login; "
+                        "closing\n").encode()
+                self.closing = True
+        self.conn.sendall(data)
 
     def _say_and_close(self, line: str) -> None:
         try:
@@ -626,7 +647,7 @@ class _Client:
         """Bytes received within timeout; None if nothing came, b"" if the client closed."""
         tls = isinstance(self.conn, ssl.SSLSocket)
         if not (tls and self.conn.pending()) and \
-                not select.select([self.conn], [], [], max(0.0, timeout))[0]:
+                not _readable(self.conn, timeout):
             return None
         if not tls:
             return self.conn.recv(4096)

@@ -142,7 +142,7 @@ def test_bytes_arriving_one_by_one_before_login_wait_for_their_line_end(start_se
 def test_input_before_login_is_bounded_in_bytes(start_server):
     server = start_server(login_max_bytes=512)
     with connect(server) as sock:
-        sock.sendall(b"HELP\n" * 200)  # 1000 bytes, never logging in
+        sock.sendall(b"QUIT-NOT\n" * 125)  # 1000 bytes, never logging in (small answers)
         text = read_until_closed(sock, 10)
     assert text is not None
     assert text.endswith("ERR more than 512 bytes before login; closing\n")
@@ -216,6 +216,7 @@ def test_without_a_secret_the_sessions_are_limited_at_connect(start_server):
 def test_client_threads_stay_bounded_under_a_flood(start_server):
     server = start_server(max_clients=2, max_pending=4, max_pending_per_address=2)
     bound = 2 + 4 + EVICTION_MARGIN
+    before = threading.active_count()  # the process's own threads, not the server's count
     peak = 0
     socks: List[socket.socket] = []
     for i in range(150):
@@ -223,7 +224,7 @@ def test_client_threads_stay_bounded_under_a_flood(start_server):
             socks.append(connect(server, f"127.0.4.{1 + i % 30}"))
         except OSError:
             pass
-        peak = max(peak, server.counts()[2])
+        peak = max(peak, threading.active_count() - before)
     waiting, sessions, threads = server.counts()
     print(f"\n150 connections, limits 2 + 4: peak {peak} client threads (bound {bound})")
     assert peak <= bound and waiting <= 4 and sessions == 0
@@ -232,6 +233,36 @@ def test_client_threads_stay_bounded_under_a_flood(start_server):
         assert "RPM 780 rpm" in read_until(sock, "\nOK\n")
     for sock in socks:
         sock.close()
+
+
+def test_clients_that_ask_and_never_read_cannot_lock_others_out(start_server):
+    """HELP works before login and answers ~1 KB per 5 bytes: connections that send HELP
+    many times and never read must not hold their threads in a blocked send (they did,
+    for the 5 s send timeout, until every thread slot was taken and a login from any
+    address got ERR too many connections)."""
+    server = start_server(max_clients=2, max_pending=4, max_pending_per_address=2)
+    flood: List[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 3
+        logins = 0
+        while time.monotonic() < deadline:
+            for _ in range(10):
+                if len(flood) > 60:  # the server has closed these long since
+                    flood.pop(0).close()
+                sock = connect(server, "127.0.0.5")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.sendall(b"HELP\n" * 800)  # 4000 bytes, under the input cap
+                flood.append(sock)
+            with log_in(server, "127.0.0.2") as sock:
+                sock.sendall(b"GET RPM\n")
+                assert "RPM 780 rpm" in read_until(sock, "\nOK\n")
+            logins += 1
+        assert logins >= 3
+        answer = read_until_closed(flood[-1])
+        assert answer is not None and "bytes of answers before login; closing" in answer
+    finally:
+        for sock in flood:
+            sock.close()
 
 
 # --- the failed-login budget ------------------------------------------------------------
