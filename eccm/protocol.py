@@ -207,6 +207,7 @@ class Session:
         if not line.strip():
             return Reply()  # nothing, not even a first message
         self.lines_seen += 1
+        self._line = line
         first = self.lines_seen == 1
         word, args = split_command(line)
         if not self.authenticated:
@@ -251,7 +252,8 @@ class Session:
         if len(args) == 2 and args[0].upper() == "HMAC":
             good = _same(args[1].lower(), hmac_answer(self.secret, self.challenge))
         else:
-            good = _same(" ".join(args), self.secret)
+            # The secret as typed after AUTH, inner blanks and tabs as they are.
+            good = _same(self._line.strip().split(None, 1)[1], self.secret)
         if good:
             self.backend.give_back_login()
             self.authenticated = True

@@ -52,6 +52,8 @@ LOGIN_MAX_OUTPUT = 8192
 LOGIN_BURST = 5           # wrong secrets an address may try at once ...
 LOGIN_PERIOD = 5.0        # ... then one more every this many seconds
 BUDGET_ADDRESSES = 4096   # addresses whose failed logins are remembered one by one
+GLOBAL_BURST = 20         # secrets checked at once from all addresses together ...
+GLOBAL_PERIOD = 1.0       # ... then one more every this many seconds (86400 a day at most)
 EVICTION_MARGIN = 16      # client threads still closing, on top of the slots
 IDLE_TIMEOUT = 600.0      # seconds without a line from a logged-in client that is not watching
 SEND_TIMEOUT = 5.0        # a client that does not read for this long is dropped
@@ -119,28 +121,45 @@ class LoginBudget:
     again): once each per burst, without any secret.
     """
 
-    OTHERS = "(other addresses)"  # one shared bucket once `max_addresses` are remembered
+    ALL = "all addresses"  # the bucket every check also takes from
 
     def __init__(self, burst: int = LOGIN_BURST, period: float = LOGIN_PERIOD,
                  clock: Callable[[], float] = time.monotonic,
-                 max_addresses: int = BUDGET_ADDRESSES):
+                 max_addresses: int = BUDGET_ADDRESSES, global_burst: int = GLOBAL_BURST,
+                 global_period: float = GLOBAL_PERIOD):
         self.burst = burst
         self.period = period
         self.clock = clock
         self.max_addresses = max_addresses
         self._buckets: Dict[str, _Bucket] = {}
+        # Many addresses (an IPv6 /48 holds 65536 /64s) must not multiply the guesses:
+        # every check also takes a token of this one bucket.
+        self._all = _Bucket(float(global_burst), clock(), clock())
+        self._all_burst = float(global_burst)
+        self._all_period = global_period
         self._lock = threading.Lock()
 
     def _bucket(self, key: str, now: float) -> _Bucket:
         bucket = self._buckets.get(key)
         if bucket is None:
-            if len(self._buckets) >= self.max_addresses and key != self.OTHERS:
-                return self._bucket(self.OTHERS, now)
+            if len(self._buckets) >= self.max_addresses:
+                # Memory stays bounded; an address never seen is not refused for others'
+                # failures: the least recently used one is forgotten (the global bucket
+                # still bounds what forgetting could give back).
+                oldest = min(self._buckets, key=lambda k: self._buckets[k].last)
+                del self._buckets[oldest]
             bucket = self._buckets[key] = _Bucket(float(self.burst), now, now)
         else:
             bucket.tokens = min(float(self.burst),
                                 bucket.tokens + (now - bucket.updated) / self.period)
             bucket.updated = now
+        return bucket
+
+    def _refill_all(self, now: float) -> _Bucket:
+        bucket = self._all
+        bucket.tokens = min(self._all_burst,
+                            bucket.tokens + (now - bucket.updated) / self._all_period)
+        bucket.updated = now
         return bucket
 
     def take(self, key: str) -> Tuple[bool, Optional[str]]:
@@ -149,9 +168,20 @@ class LoginBudget:
         with self._lock:
             bucket = self._bucket(key, now)
             bucket.last = now
-            if bucket.tokens >= 1.0:
+            everyone = self._refill_all(now)
+            if bucket.tokens >= 1.0 and everyone.tokens >= 1.0:
                 bucket.tokens -= 1.0
+                everyone.tokens -= 1.0
                 return True, None
+            if bucket.tokens >= 1.0:  # this address has tries left; all together have not
+                everyone.refused += 1
+                if everyone.announced:
+                    return False, None
+                everyone.announced = True
+                return False, (
+                    f"failed logins from many addresses used up the budget of "
+                    f"{self.ALL}; further tries are refused unchecked "
+                    f"({self._all_burst:g}, then 1 every {self._all_period:g} s)")
             bucket.refused += 1
             if bucket.announced:
                 return False, None
@@ -164,8 +194,11 @@ class LoginBudget:
     def give_back(self, key: str) -> None:
         """The secret was right: its token goes back."""
         with self._lock:
-            bucket = self._bucket(key, self.clock())
+            now = self.clock()
+            bucket = self._bucket(key, now)
             bucket.tokens = min(float(self.burst), bucket.tokens + 1.0)
+            everyone = self._refill_all(now)
+            everyone.tokens = min(self._all_burst, everyone.tokens + 1.0)
 
     def failed(self, key: str) -> None:
         """The secret checked was wrong (its token stays spent)."""
@@ -182,6 +215,12 @@ class LoginBudget:
         now = self.clock()
         lines = []
         with self._lock:
+            everyone = self._refill_all(now)
+            if everyone.announced and everyone.tokens >= self._all_burst:
+                everyone.announced = False
+                lines.append(f"failed logins from many addresses stopped: "
+                             f"{everyone.refused} tries refused unchecked")
+                everyone.refused = 0
             for key in list(self._buckets):
                 bucket = self._bucket(key, now)
                 if bucket.tokens < self.burst:

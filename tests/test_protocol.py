@@ -384,3 +384,14 @@ def test_blank_lines_before_the_bare_secret_are_not_its_first_message():
     assert s.handle("").lines == [] and s.handle("\r").lines == []
     assert car.taken == 0
     assert s.handle(SECRET).lines == [] and s.authenticated and s.legacy
+
+
+def test_auth_takes_the_secret_as_typed_with_its_inner_blanks():
+    """A secret with two spaces or a tab inside (the config accepts it) logged in only as a
+    bare first line: AUTH rebuilt it with single spaces."""
+    for secret in ("two  spaces inside-0123456789", "a\ttab inside-0123456789"):
+        session = Session(Car(), secret, "c0ffee", "hello")
+        reply = session.handle(f"AUTH {secret}")
+        assert reply.lines == ["OK authenticated"], (secret, reply.lines)
+        other = Session(Car(), secret, "c0ffee", "hello")
+        assert other.handle("AUTH " + " ".join(secret.split())).auth_failed

@@ -360,12 +360,31 @@ def test_parallel_tries_cannot_all_pass_on_the_last_token():
     assert sum(results) == 5 and len(results) == 64
 
 
-def test_budget_memory_is_bounded():
+def test_budget_memory_is_bounded_and_never_refuses_an_unseen_address():
+    """An address past the remembered ones is not refused for others' failures (it was,
+    sharing one overflow bucket): the least recently used address is forgotten."""
     budget = LoginBudget(burst=1, period=3600, max_addresses=2)
     assert budget.take("10.0.0.1")[0] and budget.take("10.0.0.2")[0]
-    assert budget.take("10.0.0.3")[0]            # shares the overflow bucket ...
-    assert not budget.take("10.0.0.4")[0]        # ... with every further address
-    assert not budget.take("10.0.0.1")[0]
+    assert not budget.take("10.0.0.2")[0]
+    assert budget.take("10.0.0.3")[0]            # 10.0.0.1 forgotten, not shared
+    assert budget.take("10.0.0.4")[0]
+    assert len(budget._buckets) == 2
+
+
+def test_many_addresses_together_have_one_budget_too():
+    """An attacker with thousands of addresses (an IPv6 /48) gets no more than the global
+    budget checked; said once, without a secret."""
+    now = [0.0]
+    budget = LoginBudget(burst=5, period=5, max_addresses=4096, global_burst=20,
+                         global_period=1.0, clock=lambda: now[0])
+    results = [budget.take(f"2001:db8:0:{i:x}::/64") for i in range(5000)]
+    allowed = sum(ok for ok, _ in results)
+    notices = [line for _, line in results if line]
+    assert allowed == 20 and len(notices) == 1 and "many addresses" in notices[0]
+    now[0] += 3.0  # three more seconds: three more checks, for anybody
+    assert [budget.take(f"192.0.2.{i}")[0] for i in range(5)] == [True] * 3 + [False] * 2
+    now[0] += 60
+    assert any("stopped" in line for line in budget.sweep())
 
 
 @pytest.mark.parametrize("host,key", [
