@@ -104,6 +104,10 @@ class Backend:
     def give_back_login(self) -> None:
         """The secret checked was right: its try goes back to the budget."""
 
+    def login_refusal(self) -> str:
+        """Why try_login() said no, for the client."""
+        return "too many failed logins from your address, try again later"
+
 
 @dataclass
 class Reply:
@@ -261,7 +265,7 @@ class Session:
         return self._auth_failure()
 
     def _refused(self) -> Reply:
-        return Reply([self._err("too many failed logins from your address, try again later")],
+        return Reply([self._err(self.backend.login_refusal())],
                      close=True, auth_refused=True)
 
     def _auth_failure(self) -> Reply:

@@ -26,7 +26,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -54,6 +54,8 @@ LOGIN_PERIOD = 5.0        # ... then one more every this many seconds
 BUDGET_ADDRESSES = 4096   # addresses whose failed logins are remembered one by one
 GLOBAL_BURST = 20         # secrets checked at once from all addresses together ...
 GLOBAL_PERIOD = 1.0       # ... then one more every this many seconds (86400 a day at most)
+TRUSTED_ADDRESSES = 1024  # addresses that logged in lately: not held by the global budget
+TRUSTED_FOR = 30 * 86400.0
 EVICTION_MARGIN = 16      # client threads still closing, on top of the slots
 IDLE_TIMEOUT = 600.0      # seconds without a line from a logged-in client that is not watching
 SEND_TIMEOUT = 5.0        # a client that does not read for this long is dropped
@@ -116,9 +118,11 @@ class LoginBudget:
 
     Pure logic (its own lock, the clock a parameter). Each secret check takes a token
     first, so parallel connections cannot all pass on the last one; a correct secret gives
-    it back. An address has `burst` tokens and gains one every `period` seconds. take()
-    reports the moment an address runs out, sweep() the end of its burst (bucket full
-    again): once each per burst, without any secret.
+    it back. An address has `burst` tokens and gains one every `period` seconds; every check
+    also takes a token of one bucket for all addresses together (`global_burst`, one more
+    every `global_period`), except from an address that gave the right secret in the last
+    30 days. take() reports the moment a bucket runs out, sweep() the end of its burst
+    (bucket full again): once each per burst, without any secret.
     """
 
     ALL = "all addresses"  # the bucket every check also takes from
@@ -137,6 +141,10 @@ class LoginBudget:
         self._all = _Bucket(float(global_burst), clock(), clock())
         self._all_burst = float(global_burst)
         self._all_period = global_period
+        # Addresses that gave the right secret lately (-> when), least recent first: a
+        # handful of guessing addresses can empty the global bucket, but not lock out the
+        # user's own address, which an attacker cannot join without the secret.
+        self._trusted: "OrderedDict[str, float]" = OrderedDict()
         self._lock = threading.Lock()
 
     def _bucket(self, key: str, now: float) -> _Bucket:
@@ -169,9 +177,11 @@ class LoginBudget:
             bucket = self._bucket(key, now)
             bucket.last = now
             everyone = self._refill_all(now)
-            if bucket.tokens >= 1.0 and everyone.tokens >= 1.0:
+            trusted = now - self._trusted.get(key, -TRUSTED_FOR) < TRUSTED_FOR
+            if bucket.tokens >= 1.0 and (trusted or everyone.tokens >= 1.0):
                 bucket.tokens -= 1.0
-                everyone.tokens -= 1.0
+                if not trusted:
+                    everyone.tokens -= 1.0
                 return True, None
             if bucket.tokens >= 1.0:  # this address has tries left; all together have not
                 everyone.refused += 1
@@ -197,8 +207,13 @@ class LoginBudget:
             now = self.clock()
             bucket = self._bucket(key, now)
             bucket.tokens = min(float(self.burst), bucket.tokens + 1.0)
-            everyone = self._refill_all(now)
-            everyone.tokens = min(self._all_burst, everyone.tokens + 1.0)
+            if now - self._trusted.get(key, -TRUSTED_FOR) >= TRUSTED_FOR:
+                everyone = self._refill_all(now)  # its global token was taken
+                everyone.tokens = min(self._all_burst, everyone.tokens + 1.0)
+            self._trusted.pop(key, None)
+            self._trusted[key] = now
+            while len(self._trusted) > TRUSTED_ADDRESSES:
+                self._trusted.popitem(last=False)
 
     def failed(self, key: str) -> None:
         """The secret checked was wrong (its token stays spent)."""
@@ -235,6 +250,13 @@ class LoginBudget:
                         f"{plural(bucket.failed, 'wrong secret')} checked, "
                         f"{bucket.refused} refused unchecked")
         return lines
+
+    def refusal(self, key: str) -> str:
+        """What a refused try is told: its own address's budget, or everyone's."""
+        with self._lock:
+            own = self._bucket(key, self.clock()).tokens >= 1.0
+        return ("too many failed logins from many addresses, try again later" if own else
+                "too many failed logins from your address, try again later")
 
     def tokens(self, key: str) -> float:
         with self._lock:
@@ -287,6 +309,9 @@ class DaemonBackend(Backend):
 
     def try_login(self) -> bool:
         return self.server.try_login(self.key)
+
+    def login_refusal(self) -> str:
+        return self.server.budget.refusal(self.key)
 
     def give_back_login(self) -> None:
         self.server.budget.give_back(self.key)

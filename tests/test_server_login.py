@@ -383,8 +383,37 @@ def test_many_addresses_together_have_one_budget_too():
     assert allowed == 20 and len(notices) == 1 and "many addresses" in notices[0]
     now[0] += 3.0  # three more seconds: three more checks, for anybody
     assert [budget.take(f"192.0.2.{i}")[0] for i in range(5)] == [True] * 3 + [False] * 2
+    assert "many addresses" in budget.refusal("192.0.2.4")
     now[0] += 60
     assert any("stopped" in line for line in budget.sweep())
+
+
+def test_a_few_guessing_addresses_cannot_lock_out_one_that_logged_in_before():
+    """Six addresses each guessing at their own budget's pace keep the global bucket empty;
+    the user's address, which gave the right secret before, still gets its tries, and a
+    refused newcomer is told why (not "your address")."""
+    now = [0.0]
+    budget = LoginBudget(burst=5, period=5, global_burst=20, global_period=1.0,
+                         clock=lambda: now[0])
+    assert budget.take("192.0.2.200")[0]
+    budget.give_back("192.0.2.200")  # the user logged in, once
+    user_in = newcomer_in = 0
+    for step in range(600):  # 60 s, a tenth of a second each
+        now[0] = step / 10
+        for attacker in range(6):
+            ok, _ = budget.take(f"192.0.2.{attacker}")
+            if ok:
+                budget.failed(f"192.0.2.{attacker}")
+        if step % 20 == 10:  # every 2 s, the user's right secret, and a stranger's
+            if budget.take("192.0.2.200")[0]:
+                budget.give_back("192.0.2.200")
+                user_in += 1
+            if budget.take("192.0.2.201")[0]:
+                newcomer_in += 1
+                budget.give_back("192.0.2.201")
+    assert user_in == 30
+    assert newcomer_in < 30
+    assert "many addresses" in budget.refusal("192.0.2.202")
 
 
 @pytest.mark.parametrize("host,key", [
