@@ -122,6 +122,15 @@ def _names(raw: str) -> Optional[Tuple[str, ...]]:
     return names
 
 
+def _secret(raw: str) -> Optional[str]:
+    """The socket secret: one that `AUTH <secret>` can give (a '>>' makes the line a legacy
+    command; 'HMAC <x>' is the challenge answer)."""
+    if ">>" in raw or raw.upper().startswith("HMAC ") or raw.upper().startswith("HMAC\t"):
+        raise ValueError("expected a secret without '>>' and not starting with 'HMAC ' "
+                         f"(AUTH could not give it); generate one with: {SECRET_RECIPE}")
+    return raw or None
+
+
 def _bind_address(raw: str) -> str:
     if raw == "localhost":
         return "127.0.0.1"
@@ -230,7 +239,7 @@ SCHEMA: Dict[str, _Key] = {
     "ENABLE_SOCKET_SERVER": _Key(_boolean),
     "SOCKET_SERVER_BIND": _Key(_bind_address),
     "SOCKET_SERVER_PORT": _Key(_number(1, 65535, integer=True)),
-    "SOCKET_SERVER_SECRET": _Key(_text(), secret=True),
+    "SOCKET_SERVER_SECRET": _Key(_secret, secret=True),
     "SOCKET_SERVER_TLS_CERT": _Key(_text()),
     "SOCKET_SERVER_TLS_KEY": _Key(_text()),
     "LOG_LEVEL": _Key(_choice("DEBUG", "INFO", "WARNING", "ERROR")),

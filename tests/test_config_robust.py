@@ -404,3 +404,11 @@ def test_an_endpoint_query_is_refused_and_never_printed(tmp_path):
     assert "query" in error
     assert "AKIAEXAMPLE" not in result.stdout + result.stderr
     assert "pa55word" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("secret", ["abc>>def-0123456789xyz", "HMAC two-words-0123456789"])
+def test_a_secret_that_auth_could_never_give_is_refused(tmp_path, secret):
+    path = write(tmp_path, f"CAR_IDENTIFIER=X\nSOCKET_SERVER_SECRET={secret}\n")
+    result = eccm("check-config", path)
+    one_error(result, "SOCKET_SERVER_SECRET")
+    assert secret not in result.stdout + result.stderr
