@@ -26,6 +26,16 @@ class SeaweedFS:
             "name": "eccm", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         self.folder = folder
+        # Ports are chosen free and then handed to weed: another program may take one in
+        # between (free_port's race). weed then exits saying so: start again on new ports.
+        for _ in range(3):
+            if self._start(exe, identities, s3_port):
+                return
+        pytest.fail(f"SeaweedFS could not get its ports: {self._log_tail()}")
+
+    def _start(self, exe: str, identities: Path, s3_port: Optional[int]) -> bool:
+        """Start weed on freshly chosen ports; False if a port was taken meanwhile."""
+        folder = self.folder
         self.port = s3_port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         # Every listener on a port of its own: weed's defaults (gRPC at port + 10000, the
@@ -43,6 +53,7 @@ class SeaweedFS:
             ports[name] = port
         self.chosen_ports = taken
         self.log = open(folder / "weed.log", "ab")
+        self.log_start = self.log.tell()
         self.proc = subprocess.Popen(
             [exe, "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-s3.config={identities}", f"-s3.port={self.port}", "-admin.ui=false",
@@ -50,7 +61,13 @@ class SeaweedFS:
              "-s3.port.lance=0", "-master.telemetry=false",
              *(f"{k}={v}" for k, v in ports.items())],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_ready()
+        return self._wait_ready()
+
+    def _log_tail(self) -> str:
+        """The end of what this start of weed logged."""
+        with open(self.folder / "weed.log", "rb") as fh:
+            fh.seek(self.log_start)
+            return fh.read().decode(errors="replace")[-2000:]
 
     def listening_ports(self) -> set:
         """TCP ports the server process listens on (from /proc: no ss/netstat needed)."""
@@ -79,16 +96,19 @@ class SeaweedFS:
         from eccm.uploader import S3Settings, make_client
         return make_client(S3Settings(self.endpoint, ACCESS_KEY, SECRET_KEY, "unused"))
 
-    def _wait_ready(self, timeout: float = 60) -> None:
+    def _wait_ready(self, timeout: float = 60) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"SeaweedFS exited: {(self.folder / 'weed.log').read_text()[-2000:]}")
+                self.log.close()
+                if "Port allocation failed" in self._log_tail():
+                    return False
+                pytest.fail(f"SeaweedFS exited: {self._log_tail()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     pass
                 self.client().list_buckets()
-                return
+                return True
             except Exception:  # not up yet: connection refused, 5xx while starting
                 time.sleep(0.5)
         pytest.fail("SeaweedFS did not start in time")
