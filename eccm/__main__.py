@@ -1,6 +1,6 @@
 """`python -m eccm`: the same entry point as the `eccm` console script."""
 import sys
 
-from .cli import main
+from eccm.cli import main
 
 sys.exit(main())

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from . import __version__
-from .config import Config, ConfigError, load
-from .text import plural
+from eccm import __version__
+from eccm.config import Config, ConfigError, load
+from eccm.core.text import plural
 
 log = logging.getLogger("eccm")
 
@@ -64,7 +64,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for key, shown, source in rows:
         print(f"  {key:<{width}} = {shown}   [{source}]")
     if cfg.S3_SERVER_ENDPOINT:
-        from .uploader import scheme_note
+        from eccm.sinks.upload import scheme_note
         print(scheme_note(cfg.S3_SERVER_ENDPOINT))
     return EXIT_OK
 
@@ -79,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                   "`eccm run --demo` alone (ECCM_* variables still change its settings), "
                   "or `eccm run --config FILE` for the car", file=sys.stderr)
             return EXIT_CONFIG
-        from .demo import run_demo
+        from eccm.sim.demo import run_demo
         return run_demo(setup_logging, upload=args.upload)
     if args.upload:
         print("run: --upload goes with --demo (a real car uploads whenever S3 is "
@@ -89,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_CONFIG
     setup_logging(cfg.LOG_LEVEL)
-    from .daemon import Daemon
+    from eccm.core.daemon import Daemon
     return Daemon(cfg).run()
 
 
@@ -97,7 +97,7 @@ def cmd_gnss_parse(args: argparse.Namespace) -> int:
     """Feed a raw receiver capture through the live parser; one JSON object per fix."""
     import json
 
-    from .nmea import NmeaParser
+    from eccm.sources.gnss.nmea import NmeaParser
     parser = NmeaParser()
     out = sys.stdout
     with open(args.file, "rb") as fh:
@@ -129,10 +129,10 @@ def cmd_upload(args: argparse.Namespace) -> int:
               "S3_SERVER_AK, S3_SERVER_SK and S3_SERVER_BUCKET", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging("WARNING")
-    from .daemon import upload_session
-    from .layout import UPLOADED
-    from .recorder import tidy_orphan_manifests
-    from .uploader import FileHeld, UploadError, pending_files, unmanifested_files
+    from eccm.core.daemon import upload_session
+    from eccm.sinks.layout import UPLOADED
+    from eccm.sinks.records import tidy_orphan_manifests
+    from eccm.sinks.upload import FileHeld, UploadError, pending_files, unmanifested_files
     session = upload_session(cfg)
     tidy_orphan_manifests(session.outbox, session.outbox.parent / UPLOADED)
     files = pending_files(session.outbox)
@@ -184,7 +184,7 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     cfg = _load_or_report(Path(args.config))
     if cfg is None:
         return EXIT_CONFIG
-    from .service import detect, install, render_unit
+    from eccm.tools.service import detect, install, render_unit
     installation = detect(Path(args.config), cfg.RECORD_DIRECTORY_LOCATION)
     if not os.access(installation.executable, os.X_OK):
         # A Python outside ECCM's venv: the unit would start a program that is not there.
@@ -214,7 +214,7 @@ def cmd_install_service(args: argparse.Namespace) -> int:
 
 def cmd_udev_rules(args: argparse.Namespace) -> int:
     """List USB serial devices; print (or install) udev rules giving them stable names."""
-    from .udev import RULES_PATH, parse_names, render_rules, scan, suggest_names
+    from eccm.tools.udev import RULES_PATH, parse_names, render_rules, scan, suggest_names
     try:
         chosen = parse_names(args.name)
     except ValueError as exc:
@@ -254,7 +254,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     """Per record file: times, distances, speeds, idle, RPM/coolant max, fuel, codes."""
     import json
 
-    from .trip import TripError, format_summary, load, summarize
+    from eccm.tools.trip import TripError, format_summary, load, summarize
     summaries, failed = [], False
     for path in args.files:
         try:
@@ -272,7 +272,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def beside_input(source: Path, extension: str) -> Path:
     """Where an export or plot of `source` goes without -o: next to it, unless it lies in
     ECCM's outbox/ or uploaded/ folders, which hold records only (the current folder then)."""
-    from .layout import OUTBOX, UPLOADED
+    from eccm.sinks.layout import OUTBOX, UPLOADED
     name = source.with_suffix("." + extension).name
     if source.resolve().parent.name in (OUTBOX, UPLOADED):
         if Path.cwd().resolve().name in (OUTBOX, UPLOADED):
@@ -286,7 +286,7 @@ def beside_input(source: Path, extension: str) -> Path:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .trip import EXPORTERS, TripError, load
+    from eccm.tools.trip import EXPORTERS, TripError, load
     try:
         text = EXPORTERS[args.format](load(Path(args.file)))
     except TripError as exc:
@@ -303,13 +303,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .trip import TripError, load
+    from eccm.tools.trip import TripError, load
     try:
         trip = load(Path(args.file))
     except TripError as exc:
         print(f"plot: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    from .plot import plot  # matplotlib itself is imported by plot(): see main()
+    from eccm.tools.plot import plot  # matplotlib itself is imported by plot(): see main()
     try:
         out = Path(args.output) if args.output else beside_input(Path(args.file), "png")
     except ValueError as exc:

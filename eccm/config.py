@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-from .layout import DEMO_CAR, OUTBOX, UPLOADED
+from eccm.sinks.layout import DEMO_CAR, OUTBOX, UPLOADED
 
 TEMPLATE_PATH = Path(__file__).with_name("config.ini.template")
 ENV_PREFIX = "ECCM_"

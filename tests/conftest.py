@@ -133,7 +133,7 @@ def emulator_factory(tmp_path):
 
 @pytest.fixture
 def sim_adapter():
-    from eccm.simcar import SimulatedAdapter
+    from eccm.sim.car import SimulatedAdapter
     adapter = SimulatedAdapter(latency=0.002).start()
     yield adapter
     adapter.stop()

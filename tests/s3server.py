@@ -93,7 +93,7 @@ class SeaweedFS:
         return ports
 
     def client(self):
-        from eccm.uploader import S3Settings, make_client
+        from eccm.sinks.upload import S3Settings, make_client
         return make_client(S3Settings(self.endpoint, ACCESS_KEY, SECRET_KEY, "unused"))
 
     def _wait_ready(self, timeout: float = 60) -> bool:

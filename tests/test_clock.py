@@ -10,11 +10,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from eccm.clock import CONFIRMATIONS, RELEASED, TRUST_YEARS, RecordClock
-from eccm.nmea import NmeaParser
-from eccm.recorder import Recorder
-from eccm.simgnss import nmea_sentence
-from eccm.state import Column, ObdSession, SharedState
+from eccm.core.clock import CONFIRMATIONS, RELEASED, TRUST_YEARS, RecordClock
+from eccm.sources.gnss.nmea import NmeaParser
+from eccm.sinks.records import Recorder
+from eccm.sim.gnss import nmea_sentence
+from eccm.core.state import Column, ObdSession, SharedState
 
 from conftest import outbox_files, read_records
 

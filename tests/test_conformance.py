@@ -18,11 +18,10 @@ from typing import Any, Dict, List
 import obd
 import pytest
 
-from eccm.elm import ElmConnection, EngineChanged, ReadError
-from eccm.elmlink import PortInUse
+from eccm.sources.obd.adapter import ElmConnection, EngineChanged, ReadError
+from eccm.sources.obd.link import PortInUse
 
-from conftest import (REPO, outbox_files, read_records, stop_process, wait_for,
-                      write_config)
+from conftest import (REPO, outbox_files, read_records, stop_process, wait_for, write_config)
 from fake_elm import Ecu, FakeElm
 
 # Cases: (name, protocol, ECUs, quirks). Each ECU answers from its own value range.

@@ -13,9 +13,9 @@ import obd
 import pytest
 import serial
 
-from eccm import values as obd_values
+from eccm.sources.obd import values as obd_values
 from eccm.config import load
-from eccm.daemon import Daemon
+from eccm.core.daemon import Daemon
 
 from conftest import outbox_files, part_files, read_records, wait_for, write_config
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 
-from eccm.disk import check_budget
+from eccm.sinks.disk import check_budget
 
 
 def make(folder, name, size, age):

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from eccm import recorder as recorder_module
-from eccm.recorder import Recorder
-from eccm.recordfmt import parse_time
-from eccm.state import Column, ObdSession, SharedState
+from eccm.sinks import records as recorder_module
+from eccm.sinks.records import Recorder
+from eccm.sinks.rows import parse_time
+from eccm.core.state import Column, ObdSession, SharedState
 
 from conftest import (free_port, outbox_files, outbox_manifests, part_files, read_records,
                       wait_for, write_config)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import obd
 import pytest
 
-from eccm.elm import ElmConnection
-from eccm.obd_poller import DEFAULT_FAST, schedule
-from eccm.simcar import PROFILES, RICH_PIDS, AdapterProfile, SimulatedAdapter, SimulatedCar
+from eccm.sources.obd.adapter import ElmConnection
+from eccm.sources.obd.poller import DEFAULT_FAST, schedule
+from eccm.sim.car import PROFILES, RICH_PIDS, AdapterProfile, SimulatedAdapter, SimulatedCar
 
 
 @pytest.fixture

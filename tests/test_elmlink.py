@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eccm.elmlink import AdapterError, ElmLink
+from eccm.sources.obd.link import AdapterError, ElmLink
 
 from fake_elm import Ecu, FakeElm
 

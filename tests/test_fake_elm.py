@@ -14,9 +14,8 @@ import pytest
 import serial
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fake_elm import (  # noqa: E402
-    Ecu, FakeElm, Quirks, decode_dtc, decode_pid, encode_dtc, j1850_crc,
-)
+from fake_elm import (# noqa: E402     Ecu, FakeElm, Quirks, decode_dtc, decode_pid, encode_dtc,
+                      j1850_crc)
 
 # The ELM327 datasheet's VIN example (p.42, "Multiline Responses").
 DS_VIN = "1D4GP00R55B123456"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from eccm.gnss_reader import live_dates
-from eccm.nmea import NmeaParser
+from eccm.sources.gnss.reader import live_dates
+from eccm.sources.gnss.nmea import NmeaParser
 
 from conftest import (SHARED, free_port, outbox_files, part_files, read_records, require_tool,
                       stop_process, wait_for, write_config)

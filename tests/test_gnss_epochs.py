@@ -13,8 +13,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pytest
 
-from eccm.nmea import KNOTS, MODE_NONE, Fix, NmeaParser
-from eccm.simgnss import nmea_sentence
+from eccm.sources.gnss.nmea import KNOTS, MODE_NONE, Fix, NmeaParser
+from eccm.sim.gnss import nmea_sentence
 
 MIDNIGHT = datetime(2026, 11, 23, 23, 59, 54)  # the streams cross into 2026-11-24
 

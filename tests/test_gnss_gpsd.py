@@ -3,7 +3,7 @@
 Receiver captures ECCM has not seen: two-second bursts (GGA/GLL of T with RMC/ZDA of T+1,
 in both orders, with GSA/VTG), several talkers (GN/GP/GL/GA/GB), hostile values and
 midnight rollover. Each stream goes to gpsd through a pseudo-terminal and, byte for byte,
-to eccm.nmea.NmeaParser (as the live reader feeds it: quiet() after each burst while the
+to sources.gnss.nmea.NmeaParser (as the live reader feeds it: quiet() after each burst while the
 cycle end is unknown, and again with no pauses at all). Then:
 
 - every gpsd TPV with a time and a position has an ECCM fix with the same time of day and
@@ -43,8 +43,8 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import pytest
 
-from eccm.nmea import Fix
-from eccm.simgnss import nmea_sentence
+from eccm.sources.gnss.nmea import Fix
+from eccm.sim.gnss import nmea_sentence
 
 from conftest import free_port, require_tool, stop_process, wait_for
 from test_gnss_epochs import MIDNIGHT, PATTERNS, Second, hms, burst, run, second, sentence

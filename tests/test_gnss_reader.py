@@ -9,10 +9,10 @@ import tty
 from contextlib import contextmanager
 from typing import Any, Iterator, Tuple
 
-from eccm.gnss_reader import GnssReader
-from eccm.server import SocketServer
-from eccm.simgnss import nmea_sentence
-from eccm.state import CONNECTED, SharedState
+from eccm.sources.gnss.reader import GnssReader
+from eccm.server.tcp import SocketServer
+from eccm.sim.gnss import nmea_sentence
+from eccm.core.state import CONNECTED, SharedState
 
 from conftest import wait_for
 
@@ -84,7 +84,7 @@ def test_a_receiver_whose_bursts_hold_two_seconds(monkeypatch):
     """GGA/GLL of second T with RMC/ZDA of T+1 (and GSA/VTG) in each burst, a pause after
     each: every published fix is one second's data, each second once, with the arrival
     time of its own second's first sentence (what the record clock compares with)."""
-    from eccm.nmea import NmeaParser
+    from eccm.sources.gnss.nmea import NmeaParser
     from test_gnss_epochs import PATTERNS, burst, mixed, second
 
     pauses = []

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eccm.nmea import LINE_CAP, MODE_2D, MODE_3D, MODE_NONE, NmeaParser, degrees, parse_all
-from eccm.simgnss import nmea_sentence
+from eccm.sources.gnss.nmea import (LINE_CAP, MODE_2D, MODE_3D, MODE_NONE, NmeaParser, degrees,
+                                    parse_all)
+from eccm.sim.gnss import nmea_sentence
 
 from conftest import SHARED
 

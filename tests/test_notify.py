@@ -12,8 +12,8 @@ import time
 import pytest
 
 from eccm.config import load
-from eccm.daemon import Daemon
-from eccm.notify import Notifier
+from eccm.core.daemon import Daemon
+from eccm.core.notify import Notifier
 
 from conftest import REPO, stop_process, wait_for, write_config
 

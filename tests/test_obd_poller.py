@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from eccm.obd_poller import NotConnected, ObdPoller
-from eccm.state import CONNECTED, LOST, SharedState
+from eccm.sources.obd.poller import NotConnected, ObdPoller
+from eccm.core.state import CONNECTED, LOST, SharedState
 
 from conftest import wait_for
 
@@ -97,7 +97,7 @@ def test_reconnect_request_opens_a_new_session(sim_adapter, poller_factory):
 
 def test_adapter_lost_during_the_vin_read_is_a_lost_link_not_a_dead_thread(
         sim_adapter, poller_factory, monkeypatch):
-    from eccm.elm import AdapterError, ElmConnection
+    from eccm.sources.obd.adapter import AdapterError, ElmConnection
 
     def unplugged(self):
         raise AdapterError("adapter disconnected: unplugged during 0902")

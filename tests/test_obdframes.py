@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from eccm.elm import SIZES
-from eccm.obdframes import (Message, decode_dtcs, decode_vin, dtc_code, parse_reply,
-                            split_mode01)
+from eccm.sources.obd.adapter import SIZES
+from eccm.sources.obd.frames import (Message, decode_dtcs, decode_vin, dtc_code, parse_reply,
+                                     split_mode01)
 
 
 def msgs(lines, protocol):

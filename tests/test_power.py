@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from eccm.simcar import SimulatedAdapter, SimulatedCar
+from eccm.sim.car import SimulatedAdapter, SimulatedCar
 
 from conftest import outbox_files, part_files, read_records, wait_for, write_config
 

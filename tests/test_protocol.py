@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 import pytest
 
-from eccm.nmea import MODE_NONE, Fix
-from eccm.protocol import (HELP, MAX_AUTH_ATTEMPTS, Backend, Session, Unavailable,
-                           gnss_readings, hmac_answer, split_command)
-from eccm.recorder import gnss_cells
-from eccm.recordfmt import GNSS_COLUMNS, RowFormat
-from eccm.state import DISABLED, Column, ObdSession, SharedState
+from eccm.sources.gnss.nmea import MODE_NONE, Fix
+from eccm.server.protocol import (HELP, MAX_AUTH_ATTEMPTS, Backend, Session, Unavailable,
+                                  gnss_readings, hmac_answer, split_command)
+from eccm.sinks.records import gnss_cells
+from eccm.sinks.rows import GNSS_COLUMNS, RowFormat
+from eccm.core.state import DISABLED, Column, ObdSession, SharedState
 
 SECRET = "Open Sesame 42"
 
@@ -74,7 +74,7 @@ def session(**kw):
 
 
 def test_strip_telnet_negotiation():
-    from eccm.protocol import strip_telnet
+    from eccm.server.protocol import strip_telnet
     assert strip_telnet(b"\xff\xfd\x03\xff\xfb\x18AUTH x\r") == b"AUTH x\r"
     assert strip_telnet(b"a\xff\xffb\xff\xfa\x18\x01\xff\xf0c") == b"a\xffbc"
     assert strip_telnet(b"plain") == b"plain"

@@ -10,7 +10,7 @@ from typing import List
 
 import pytest
 
-from eccm.recorder import manifest_from_file, write_manifest
+from eccm.sinks.records import manifest_from_file, write_manifest
 
 from conftest import REPO, require_tool, write_config
 from s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS

@@ -10,8 +10,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from eccm.recorder import Recorder, recover
-from eccm.state import Column, ObdSession, SharedState
+from eccm.sinks.records import Recorder, recover
+from eccm.core.state import Column, ObdSession, SharedState
 
 from conftest import outbox_files, outbox_manifests, part_files, read_records
 
@@ -258,7 +258,7 @@ def test_a_file_cut_by_a_power_cut_keeps_vin_protocol_and_clock(tmp_path):
 
 
 def test_a_manifest_that_failed_at_start_is_written_without_a_restart(tmp_path, monkeypatch):
-    from eccm import recorder as recorder_module
+    from eccm.sinks import records as recorder_module
     outbox = tmp_path / "rec" / "outbox"
     outbox.mkdir(parents=True)
     old = outbox / "CAR1_20260101T000000Z.csv"

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from eccm.recordfmt import (RowFormat, complete_length, file_name, file_sequence,
-                            format_cell, format_time, parse_file_name, parse_time)
-from eccm.state import Column
+from eccm.sinks.rows import (RowFormat, complete_length, file_name, file_sequence, format_cell,
+                             format_time, parse_file_name, parse_time)
+from eccm.core.state import Column
 
 
 def test_file_name_is_car_utc_start_counter_and_tag():

@@ -18,11 +18,11 @@ import tty
 
 import pytest
 
-from eccm.protocol import hmac_answer
-from eccm.server import LOGIN_BURST, MAX_PENDING_PER_ADDRESS, SocketServer
-from eccm.simcar import SimulatedAdapter, SimulatedCar
-from eccm.simgnss import nmea_sentence
-from eccm.state import CONNECTED, DISABLED, LOST, SharedState
+from eccm.server.protocol import hmac_answer
+from eccm.server.tcp import LOGIN_BURST, MAX_PENDING_PER_ADDRESS, SocketServer
+from eccm.sim.car import SimulatedAdapter, SimulatedCar
+from eccm.sim.gnss import nmea_sentence
+from eccm.core.state import CONNECTED, DISABLED, LOST, SharedState
 
 from conftest import free_port, part_files, read_records, require_tool, wait_for, write_config
 

@@ -1,4 +1,4 @@
-"""The issue's attacks on the running daemon, with the production limits (eccm.server's
+"""The issue's attacks on the running daemon, with the production limits (eccm.server.tcp's
 constants): idle and slowloris connections before login, 64 parallel guessers from one
 address, and the legacy clients that must keep working.
 
@@ -17,8 +17,8 @@ import time
 from collections import Counter
 from typing import Dict, List, Optional
 
-from eccm.server import (EVICTION_MARGIN, LOGIN_BURST, LOGIN_DEADLINE, LOGIN_PERIOD,
-                         MAX_PENDING, MAX_PENDING_PER_ADDRESS)
+from eccm.server.tcp import (EVICTION_MARGIN, LOGIN_BURST, LOGIN_DEADLINE, LOGIN_PERIOD,
+                             MAX_PENDING, MAX_PENDING_PER_ADDRESS)
 
 from conftest import require_tool
 from test_server import SECRET, frozen_car, run_client, server  # noqa: F401 - fixtures

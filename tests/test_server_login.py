@@ -15,9 +15,9 @@ from typing import List, Optional
 
 import pytest
 
-from eccm.server import (EVICTED, EVICTION_MARGIN, TOO_MANY, LoginBudget, SocketServer,
-                         address_key)
-from eccm.state import SharedState
+from eccm.server.tcp import (EVICTED, EVICTION_MARGIN, TOO_MANY, LoginBudget, SocketServer,
+                             address_key)
+from eccm.core.state import SharedState
 
 SECRET = "in-process-Secret-42"
 REFUSED = "ERR too many failed logins from your address, try again later"
@@ -268,7 +268,7 @@ def test_clients_that_ask_and_never_read_cannot_lock_others_out(start_server):
 # --- the failed-login budget ------------------------------------------------------------
 
 def test_failed_logins_share_one_budget_per_address_across_connections(start_server, caplog):
-    caplog.set_level(logging.INFO, logger="eccm.server")
+    caplog.set_level(logging.INFO, logger="eccm.server.tcp")
     server = start_server(login_burst=2, login_period=600)
     with connect(server) as sock:
         sock.sendall(b"AUTH guess-one\nAUTH guess-two\n")

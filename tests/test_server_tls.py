@@ -18,8 +18,8 @@ from typing import Tuple
 import pytest
 
 from eccm.config import ConfigError, load
-from eccm.server import SocketServer
-from eccm.state import SharedState
+from eccm.server.tcp import SocketServer
+from eccm.core.state import SharedState
 
 from conftest import REPO, free_port, require_tool, wait_for, write_config
 from test_server import frozen_car, run_client  # noqa: F401 - fixture

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from eccm.service import Installation, render_unit
+from eccm.tools.service import Installation, render_unit
 
 from conftest import REPO, require_tool, write_config
 

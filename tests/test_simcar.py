@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import obd
 
-from eccm.simcar import ElmResponder, SimulatedCar, drive_speed, drive_state, encode_dtc
+from eccm.sim.car import ElmResponder, SimulatedCar, drive_speed, drive_state, encode_dtc
 
 
 def make():

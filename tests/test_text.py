@@ -1,7 +1,7 @@
 """Counts in user-facing messages."""
 import pytest
 
-from eccm.text import plural
+from eccm.core.text import plural
 
 
 @pytest.mark.parametrize("args,text", [

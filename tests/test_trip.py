@@ -13,9 +13,9 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from eccm.recordfmt import GNSS_COLUMNS, RowFormat, TIME_COLUMN, format_time
-from eccm.state import Column
-from eccm.trip import format_distance, format_duration, haversine, load, summarize
+from eccm.sinks.rows import GNSS_COLUMNS, RowFormat, TIME_COLUMN, format_time
+from eccm.core.state import Column
+from eccm.tools.trip import format_distance, format_duration, haversine, load, summarize
 
 from conftest import REPO, outbox_files, part_files, wait_for
 

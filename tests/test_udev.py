@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from eccm.udev import UsbSerial, parse_names, render_rules, scan, suggest_names
+from eccm.tools.udev import UsbSerial, parse_names, render_rules, scan, suggest_names
 
 # A udev rule: comma-separated KEY[{attr}] OP "value" pairs (udev(7)).
 PAIR = re.compile(r'^[A-Z_]+(\{[A-Za-z0-9_]+\})?(==|!=|\+=|:=|=)"[^"\\\\]*"$')

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from eccm.recorder import manifest_from_file, write_manifest
-from eccm.state import SharedState
-from eccm.uploader import (S3Settings, UploadError, Uploader, UploadSession, classify, digests,
-                           endpoint_url, object_key, pending_files)
+from eccm.sinks.records import manifest_from_file, write_manifest
+from eccm.core.state import SharedState
+from eccm.sinks.upload import (S3Settings, UploadError, Uploader, UploadSession, classify,
+                               digests, endpoint_url, object_key, pending_files)
 
 from conftest import REPO, free_port, wait_for, write_config
 from s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS, serve
@@ -239,7 +239,7 @@ def test_pruned_copies_are_counted_in_the_singular(tmp_path, caplog):
     # clock: over an hour since the last pruning, whatever the machine's uptime
     uploader = Uploader(threading.Event(), SharedState(), session, keep_days=1,
                         clock=lambda: 1e9)
-    with caplog.at_level("INFO", logger="eccm.uploader"):
+    with caplog.at_level("INFO", logger="eccm.sinks.upload"):
         uploader._housekeeping()
     assert not old.exists()
     assert "removed 1 uploaded copy older than 1 day" in caplog.text

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from eccm.recorder import Recorder, manifest_from_file, write_manifest
-from eccm.state import Column, ObdSession, SharedState
-from eccm.uploader import FileHeld, S3Settings, UploadSession, digests, pending_files
+from eccm.sinks.records import Recorder, manifest_from_file, write_manifest
+from eccm.core.state import Column, ObdSession, SharedState
+from eccm.sinks.upload import FileHeld, S3Settings, UploadSession, digests, pending_files
 
 from conftest import REPO, outbox_files, write_config
 from s3server import ACCESS_KEY, SECRET_KEY, serve
@@ -68,7 +68,7 @@ def test_different_bytes_under_the_key_are_never_overwritten(s3, tmp_path, caplo
     earlier = b"TIME (UTC),RPM (rpm)\n2026-03-01T08:00:00.000Z,3000\n"  # not ours
     s3.client().put_object(Bucket=BUCKET, Key=key, Body=earlier)  # another drive's file
     ours = path.read_bytes()
-    with caplog.at_level(logging.WARNING, logger="eccm.uploader"):
+    with caplog.at_level(logging.WARNING, logger="eccm.sinks.upload"):
         stored_as = session(s3, outbox, "CAR1", prefix).upload(path)
     assert stored_as == key.replace(".csv", "-dup1.csv")
     assert body(s3, key) == earlier  # untouched

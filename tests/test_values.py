@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import obd
 
-from eccm import values
+from eccm.sources.obd import values
 
 
 def test_units_are_fixed_per_command():

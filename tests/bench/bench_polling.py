@@ -1,5 +1,5 @@
 """Polling benchmark: python-OBD vs ECCM vs a raw ideal client, on a timing-faithful
-simulated ELM327 (eccm.simcar profiles) and on the real ELM327-emulator.
+simulated ELM327 (eccm.sim.car profiles) and on the real ELM327-emulator.
 
 Run:  python tests/bench/bench_polling.py [--seconds 5]
 Prints values/s, the fast tier's (RPM) refresh rate and ratios measured in this run.
@@ -26,9 +26,9 @@ sys.path.insert(0, str(REPO))
 import obd  # noqa: E402
 import serial  # noqa: E402
 
-from eccm.obd_poller import ObdPoller, quiet_python_obd  # noqa: E402
-from eccm.simcar import DEMO_PIDS, PROFILES, RICH_PIDS, SimulatedAdapter, SimulatedCar  # noqa
-from eccm.state import SharedState  # noqa: E402
+from eccm.sources.obd.poller import ObdPoller, quiet_python_obd  # noqa: E402
+from eccm.sim.car import DEMO_PIDS, PROFILES, RICH_PIDS, SimulatedAdapter, SimulatedCar  # noqa
+from eccm.core.state import SharedState  # noqa: E402
 
 PIDS30 = sorted(set(DEMO_PIDS) | set(p for p in RICH_PIDS if p not in DEMO_PIDS))[:29] + [0x01]
 SWITCH_TO = 2_000_000

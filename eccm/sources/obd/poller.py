@@ -1,7 +1,7 @@
 """OBD poller thread: owns the ELM327 adapter; discovers and polls every engine value.
 
-The adapter is driven by eccm.elm (whole replies only, packed requests, response counts;
-python-OBD decodes).
+The adapter is driven by sources/obd/adapter.py (whole replies only, packed requests,
+response counts; python-OBD decodes).
 Values are polled in two tiers: the fast ones (RPM, speed, throttle...) every cycle, the
 slow ones (temperatures, fuel level...) spread over OBD_SLOW_EVERY cycles, so the fast
 tier refreshes as often as the adapter allows while every value is still logged.
@@ -24,12 +24,12 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import obd
 
-from . import values as obd_values
-from .elm import (MAX_PACK, PROBE_BAUDS, AdapterError, ElmConnection, EngineChanged, NoCar,
-                  parse_volts, probe_voltage)
-from .elmlink import ElmLink, PortInUse, is_url
-from .state import CONNECTED, CONNECTING, LOST, Column, ObdSession, SharedState
-from .worker import Backoff, LinkLog, Worker
+from eccm.sources.obd import values as obd_values
+from eccm.sources.obd.adapter import (MAX_PACK, PROBE_BAUDS, AdapterError, ElmConnection,
+                                      EngineChanged, NoCar, parse_volts, probe_voltage)
+from eccm.sources.obd.link import ElmLink, PortInUse, is_url
+from eccm.core.state import CONNECTED, CONNECTING, LOST, Column, ObdSession, SharedState
+from eccm.core.worker import Backoff, LinkLog, Worker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

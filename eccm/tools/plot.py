@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 from typing import List, Tuple
 
-from .trip import Trip, format_distance, format_duration, summarize
+from eccm.tools.trip import Trip, format_distance, format_duration, summarize
 
 PANELS = [("SPEED", "Speed", "km/h"), ("RPM", "Engine speed", "rpm"),
           ("THROTTLE_POS", "Throttle", "%"), ("COOLANT_TEMP", "Coolant", "°C")]

@@ -6,7 +6,7 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Iterable, Optional, Sequence, Tuple
 
-from .state import Column
+from eccm.core.state import Column
 
 PART_SUFFIX = ".part"
 TIME_COLUMN = Column("TIME", "UTC")
@@ -23,7 +23,7 @@ GNSS_COLUMNS: Tuple[Column, ...] = (
     Column("SATELLITES", "count"),
     Column("HDOP"),
 )
-# The fix attribute (eccm.nmea.Fix) behind each GNSS column, in the same order: the record
+# The fix attribute (nmea.Fix) behind each GNSS column, in the same order: the record
 # and the socket's GET read a fix through this one list.
 GNSS_FIX_ATTRS: Tuple[str, ...] = ("time", "lat", "lon", "alt", "speed", "track", "mode",
                                    "sats", "hdop")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
-from .layout import OUTBOX, UPLOADED, is_manifest, manifest_name
+from eccm.sinks.layout import OUTBOX, UPLOADED, is_manifest, manifest_name
 
 log = logging.getLogger(__name__)
 

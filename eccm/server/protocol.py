@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .recordfmt import GNSS_COLUMNS, GNSS_FIX_ATTRS, format_cell
-from .state import DISABLED, Reading, Snapshot
-from .text import plural
+from eccm.sinks.rows import GNSS_COLUMNS, GNSS_FIX_ATTRS, format_cell
+from eccm.core.state import DISABLED, Reading, Snapshot
+from eccm.core.text import plural
 
 MAX_LINE = 1024
 MAX_AUTH_ATTEMPTS = 3

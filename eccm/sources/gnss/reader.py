@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 
 import serial
 
-from .clock import RELEASED, TRUST_YEARS
-from .nmea import Fix, NmeaParser
-from .state import CONNECTED, CONNECTING, LOST, SharedState
-from .worker import Backoff, LinkLog, Worker
+from eccm.core.clock import RELEASED, TRUST_YEARS
+from eccm.sources.gnss.nmea import Fix, NmeaParser
+from eccm.core.state import CONNECTED, CONNECTING, LOST, SharedState
+from eccm.core.worker import Backoff, LinkLog, Worker
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from .state import CONNECTED, LOST
+from eccm.core.state import CONNECTED, LOST
 
 log = logging.getLogger(__name__)
 

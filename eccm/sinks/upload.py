@@ -29,13 +29,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 
-from .layout import (DEMO_CAR, MANIFEST_SUFFIX, UPLOADED, ManifestError, is_manifest,
-                     load_manifest, manifest_name)
-from .recordfmt import PART_SUFFIX, parse_file_name
-from .recorder import tidy_orphan_manifests
-from .text import plural
-from .state import CONNECTED, LOST, SharedState
-from .worker import Backoff, Worker
+from eccm.sinks.layout import (DEMO_CAR, MANIFEST_SUFFIX, UPLOADED, ManifestError, is_manifest,
+                               load_manifest, manifest_name)
+from eccm.sinks.rows import PART_SUFFIX, parse_file_name
+from eccm.sinks.records import tidy_orphan_manifests
+from eccm.core.text import plural
+from eccm.core.state import CONNECTED, LOST, SharedState
+from eccm.core.worker import Backoff, Worker
 
 log = logging.getLogger(__name__)
 

@@ -14,20 +14,20 @@ import time
 from datetime import datetime, timezone
 from typing import Dict, List, Optional
 
-from .clock import RELEASED, RecordClock
-from .config import Config
-from .disk import check_budget
-from .gnss_reader import GnssReader
-from .layout import OUTBOX
-from .notify import Notifier
-from .elmlink import PortInUse, check_free
-from .obd_poller import DEFAULT_FAST, ObdPoller, quiet_python_obd
-from .recorder import Recorder
-from .server import SocketServer
-from .uploader import S3Settings, Uploader, UploadSession
-from .state import DISABLED, SharedState
-from .text import plural
-from .worker import Worker
+from eccm.core.clock import RELEASED, RecordClock
+from eccm.config import Config
+from eccm.sinks.disk import check_budget
+from eccm.sources.gnss.reader import GnssReader
+from eccm.sinks.layout import OUTBOX
+from eccm.core.notify import Notifier
+from eccm.sources.obd.link import PortInUse, check_free
+from eccm.sources.obd.poller import DEFAULT_FAST, ObdPoller, quiet_python_obd
+from eccm.sinks.records import Recorder
+from eccm.server.tcp import SocketServer
+from eccm.sinks.upload import S3Settings, Uploader, UploadSession
+from eccm.core.state import DISABLED, SharedState
+from eccm.core.text import plural
+from eccm.core.worker import Worker
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Iterable, List
 
-from .config import Config, ConfigError, load
-from .layout import DEMO_CAR, OUTBOX, UPLOADED
-from .recordfmt import PART_SUFFIX, parse_file_name
+from eccm.config import Config, ConfigError, load
+from eccm.sinks.layout import DEMO_CAR, OUTBOX, UPLOADED
+from eccm.sinks.rows import PART_SUFFIX, parse_file_name
 
 DEMO_FOLDER = "demo-records"
 
@@ -44,9 +44,9 @@ def _describe(cfg: Config, car_from_environment: str) -> Iterable[str]:
 
 def run_demo(setup_logging: Callable[[str], None], upload: bool = False) -> int:
     """Runs in the main thread until Ctrl-C / SIGTERM."""
-    from .daemon import Daemon  # first: a Python without ECCM's dependencies stops here
-    from .simcar import SimulatedAdapter
-    from .simgnss import SimulatedReceiver
+    from eccm.core.daemon import Daemon  # first: a Python without ECCM's dependencies stops here
+    from eccm.sim.car import SimulatedAdapter
+    from eccm.sim.gnss import SimulatedReceiver
 
     environ = dict(os.environ)
     car_from_environment = environ.get("ECCM_CAR_IDENTIFIER", "")

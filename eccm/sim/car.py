@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
-from .simdevice import PtyDevice
+from eccm.sim.device import PtyDevice
 
 log = logging.getLogger(__name__)
 

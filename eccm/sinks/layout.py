@@ -13,9 +13,9 @@ import re
 from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from . import __version__
-from .recordfmt import GNSS_COLUMNS, TIME_COLUMN, format_time, parse_file_name
-from .state import Column
+from eccm import __version__
+from eccm.sinks.rows import GNSS_COLUMNS, TIME_COLUMN, format_time, parse_file_name
+from eccm.core.state import Column
 
 DEMO_CAR = "DEMO"  # the simulated car (demo.py): its drives stay out of a real car's bucket
 OUTBOX = "outbox"

@@ -24,15 +24,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .layout import (CLOCK_SOURCES, OUTBOX, SEQUENCE_FILE, UPLOADED, build_manifest,
-                     dump_manifest, is_manifest, looks_like_record, manifest_name,
-                     parse_header, record_of)
-from .recordfmt import (GNSS_COLUMNS, GNSS_FIX_ATTRS, PART_SUFFIX, TIME_COLUMN, RowFormat,
-                        complete_length, file_name, file_sequence, parse_file_name,
-                        parse_time)
-from .state import Column, SharedState, Snapshot
-from .text import plural
-from .worker import Worker
+from eccm.sinks.layout import (CLOCK_SOURCES, OUTBOX, SEQUENCE_FILE, UPLOADED, build_manifest,
+                               dump_manifest, is_manifest, looks_like_record, manifest_name,
+                               parse_header, record_of)
+from eccm.sinks.rows import (GNSS_COLUMNS, GNSS_FIX_ATTRS, PART_SUFFIX, TIME_COLUMN, RowFormat,
+                             complete_length, file_name, file_sequence, parse_file_name,
+                             parse_time)
+from eccm.core.state import Column, SharedState, Snapshot
+from eccm.core.text import plural
+from eccm.core.worker import Worker
 
 log = logging.getLogger(__name__)
 

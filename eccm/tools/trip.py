@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from xml.etree import ElementTree as ET
 
-from .text import plural
-from .recordfmt import format_time
+from eccm.core.text import plural
+from eccm.sinks.rows import format_time
 
 EARTH_RADIUS_M = 6_371_008.8
 PETROL_AFR = 14.7           # stoichiometric air/fuel mass ratio

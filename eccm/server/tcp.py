@@ -30,13 +30,13 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import __version__
-from .elm import AdapterError, ReadError
-from .obd_poller import NotConnected, ObdPoller
-from .protocol import MAX_LINE, Backend, Reply, Session, Unavailable, strip_telnet
-from .state import DISABLED, SharedState, Snapshot
-from .text import plural
-from .worker import Worker
+from eccm import __version__
+from eccm.sources.obd.adapter import AdapterError, ReadError
+from eccm.sources.obd.poller import NotConnected, ObdPoller
+from eccm.server.protocol import MAX_LINE, Backend, Reply, Session, Unavailable, strip_telnet
+from eccm.core.state import DISABLED, SharedState, Snapshot
+from eccm.core.text import plural
+from eccm.core.worker import Worker
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import obd
 from obd.protocols import ECU
 from obd.protocols.protocol import Frame, Message
 
-from .state import Column
+from eccm.core.state import Column
 
 # pint unit names python-OBD uses -> the short unit written in headers.
 UNIT_NAMES = {

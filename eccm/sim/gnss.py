@@ -12,8 +12,8 @@ import time
 from datetime import datetime, timezone
 from typing import Callable, List, Tuple
 
-from .simcar import drive_speed
-from .simdevice import PtyDevice
+from eccm.sim.car import drive_speed
+from eccm.sim.device import PtyDevice
 
 START = (45.7640, 4.8357)
 EARTH_M_PER_DEG = 111_320.0

@@ -19,7 +19,7 @@ differ):
   ECU that woke up after connect); never for DTCs or the VIN;
 - a higher serial speed where the adapter can switch (STN 'STBR', ELM 'ATBRD').
 
-python-OBD decodes the values (eccm.values); this module does all the talking.
+python-OBD decodes the values (eccm.sources.obd.values); this module does all the talking.
 Used by the OBD poller thread only.
 """
 from __future__ import annotations
@@ -32,11 +32,11 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import obd
 
-from .elmlink import (RESYNC, SEARCH_TIMEOUT, AdapterError, Answer, ElmLink, PortInUse,
-                      is_url)
-from .obdframes import (CAN11, CAN29, Message, Reply, decode_dtcs, decode_vin,
-                        engine_address, parse_reply, split_mode01)
-from .values import decode_payload
+from eccm.sources.obd.link import (RESYNC, SEARCH_TIMEOUT, AdapterError, Answer, ElmLink,
+                                   PortInUse, is_url)
+from eccm.sources.obd.frames import (CAN11, CAN29, Message, Reply, decode_dtcs, decode_vin,
+                                     engine_address, parse_reply, split_mode01)
+from eccm.sources.obd.values import decode_payload
 
 log = logging.getLogger(__name__)
 

@@ -119,7 +119,7 @@ def detect(config: Path, records: str) -> Installation:
 
 def find_readme() -> Optional[Path]:
     """README.md of the checkout this package runs from (pip install -e, ./start.sh)."""
-    readme = Path(__file__).resolve().parent.parent / "README.md"
+    readme = Path(__file__).resolve().parents[2] / "README.md"
     try:
         head = readme.read_text(encoding="utf-8")[:200]
     except (OSError, UnicodeDecodeError):

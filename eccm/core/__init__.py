@@ -1,0 +1,1 @@
+"""The daemon's core: shared state, worker lifecycle, health, wiring, clock."""

@@ -1,0 +1,1 @@
+"""The TCP text protocol: pure sessions and the socket server."""

@@ -1,0 +1,1 @@
+"""Simulated adapter, car and receiver for the demo, tests and benchmarks."""

@@ -1,0 +1,1 @@
+"""Sinks: what consumes snapshots or finished files (records, upload)."""

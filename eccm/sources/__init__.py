@@ -1,0 +1,1 @@
+"""Sources: threads that read the car and the sky and publish readings."""

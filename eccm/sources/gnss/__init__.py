@@ -1,0 +1,1 @@
+"""GNSS receivers: NMEA parsing (pure) and the reader thread."""

@@ -1,0 +1,1 @@
+"""OBD-II through an ELM327 adapter: link, frames, adapter, values, poller."""

@@ -1,0 +1,1 @@
+"""Offline tools (trip, plot, service, udev); never imported by the daemon."""
