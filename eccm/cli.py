@@ -129,11 +129,11 @@ def cmd_upload(args: argparse.Namespace) -> int:
               "S3_SERVER_AK, S3_SERVER_SK and S3_SERVER_BUCKET", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging("WARNING")
-    from eccm.core.daemon import upload_session
+    from eccm.core.daemon import s3_store
     from eccm.sinks.layout import UPLOADED
     from eccm.sinks.records import tidy_orphan_manifests
     from eccm.sinks.upload import FileHeld, UploadError, pending_files, unmanifested_files
-    session = upload_session(cfg)
+    session = s3_store(cfg)
     tidy_orphan_manifests(session.outbox, session.outbox.parent / UPLOADED)
     files = pending_files(session.outbox)
     bare = unmanifested_files(session.outbox)

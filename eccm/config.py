@@ -38,8 +38,7 @@ class ConfigError(Exception):
         self.warnings = list(warnings or [])
 
 
-# --- value parsers: raw string -> value, or ValueError("expected ...") ------------------
-
+# Value parsers: raw string -> value, or ValueError("expected ...").
 def _boolean(raw: str) -> bool:
     low = raw.lower()
     if low in ("yes", "true", "on", "1"):

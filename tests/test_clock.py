@@ -14,7 +14,7 @@ from eccm.core.clock import CONFIRMATIONS, RELEASED, TRUST_YEARS, RecordClock
 from eccm.sources.gnss.nmea import NmeaParser
 from eccm.sinks.records import Recorder
 from eccm.sim.gnss import nmea_sentence
-from eccm.core.state import Column, ObdSession, SharedState
+from eccm.core.state import Column, EngineRun, SharedState
 
 from conftest import outbox_files, read_records
 
@@ -129,7 +129,7 @@ def test_recorder_names_and_stamps_with_gnss_time(tmp_path):
                    separator=",", interval=0.5, fsync_interval=1, rotate_seconds=3600,
                    rotate_bytes=1 << 20, max_age=5, gnss=False, clock=clock.now)
     rec.prepare()
-    state.start_obd_session(ObdSession(1, (Column("RPM", "rpm"),)))
+    state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),)))
     rec.tick()
     rec.close_file("test")
     (done,) = [f for f in outbox_files(tmp_path) if f.suffix == ".csv"]

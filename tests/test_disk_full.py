@@ -18,7 +18,7 @@ import pytest
 from eccm.sinks import records as recorder_module
 from eccm.sinks.records import Recorder
 from eccm.sinks.rows import parse_time
-from eccm.core.state import Column, ObdSession, SharedState
+from eccm.core.state import Column, EngineRun, SharedState
 
 from conftest import (free_port, outbox_files, outbox_manifests, part_files, read_records,
                       wait_for, write_config)
@@ -37,7 +37,7 @@ def make(folder: Path, **kw):
     args.update(kw)
     rec = Recorder(threading.Event(), state, **args)
     rec.prepare()
-    state.start_obd_session(ObdSession(1, COLS))
+    state.start_engine_run(EngineRun(1, COLS))
     return state, rec
 
 

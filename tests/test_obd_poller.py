@@ -32,7 +32,7 @@ def poller_factory():
 
 
 def session_of(state):
-    return state.snapshot().obd_session
+    return state.snapshot().engine_run
 
 
 def test_discovers_polls_and_reads_vin(sim_adapter, poller_factory):

@@ -13,11 +13,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 import pytest
 
 from eccm.sources.gnss.nmea import MODE_NONE, Fix
-from eccm.server.protocol import (HELP, MAX_AUTH_ATTEMPTS, Backend, Session, Unavailable,
+from eccm.server.protocol import (HELP, MAX_AUTH_ATTEMPTS, Backend, Conversation, Unavailable,
                                   gnss_readings, hmac_answer, split_command)
 from eccm.sinks.records import gnss_cells
 from eccm.sinks.rows import GNSS_COLUMNS, RowFormat
-from eccm.core.state import DISABLED, Column, ObdSession, SharedState
+from eccm.core.state import DISABLED, Column, EngineRun, SharedState
 
 SECRET = "Open Sesame 42"
 
@@ -28,7 +28,7 @@ class Car(Backend):
 
     def __init__(self, connected: bool = True):
         self.state = SharedState()
-        self.state.start_obd_session(ObdSession(1, (Column("RPM", "rpm"),
+        self.state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),
                                                     Column("SPEED", "km/h"))))
         self.state.update_values({"RPM": (812.5, "rpm"), "SPEED": (42, "km/h")})
         self.connected = connected
@@ -70,7 +70,7 @@ class Car(Backend):
 
 def session(**kw):
     car = Car(**kw)
-    return car, Session(car, SECRET, "c0ffee", "ECCM test")
+    return car, Conversation(car, SECRET, "c0ffee", "ECCM test")
 
 
 def test_strip_telnet_negotiation():
@@ -344,7 +344,7 @@ REFUSED = "ERR too many failed logins from your address, try again later"
 
 def budgeted(tries: int):
     car = Budgeted(tries)
-    return car, Session(car, SECRET, "c0ffee", "ECCM test")
+    return car, Conversation(car, SECRET, "c0ffee", "ECCM test")
 
 
 @pytest.mark.parametrize("attempt", [f"AUTH {SECRET}", "AUTH wrong",
@@ -390,8 +390,8 @@ def test_auth_takes_the_secret_as_typed_with_its_inner_blanks():
     """A secret with two spaces or a tab inside (the config accepts it) logged in only as a
     bare first line: AUTH rebuilt it with single spaces."""
     for secret in ("two  spaces inside-0123456789", "a\ttab inside-0123456789"):
-        session = Session(Car(), secret, "c0ffee", "hello")
+        session = Conversation(Car(), secret, "c0ffee", "hello")
         reply = session.handle(f"AUTH {secret}")
         assert reply.lines == ["OK authenticated"], (secret, reply.lines)
-        other = Session(Car(), secret, "c0ffee", "hello")
+        other = Conversation(Car(), secret, "c0ffee", "hello")
         assert other.handle("AUTH " + " ".join(secret.split())).auth_failed

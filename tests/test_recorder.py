@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from eccm.sinks.records import Recorder, recover
-from eccm.core.state import Column, ObdSession, SharedState
+from eccm.core.state import Column, EngineRun, SharedState
 
 from conftest import outbox_files, outbox_manifests, part_files, read_records
 
@@ -42,14 +42,14 @@ def test_rows_follow_the_session_and_close_into_the_outbox(tmp_path):
     state, rec = make(tmp_path)
     rec.tick()  # no engine session: no file
     assert part_files(rec.folder) == []
-    state.start_obd_session(ObdSession(1, COLS))
+    state.start_engine_run(EngineRun(1, COLS))
     state.update_values({"RPM": (812.5, "rpm"), "FUEL_TYPE": ("Petrol, E10", "")})
     rec.tick()
     state.update_values({"SPEED": (42.0, "km/h")})
     rec.tick()
     (part,) = part_files(rec.folder)
     assert re.fullmatch(r"CAR1_20260102T030406Z_000001-[0-9a-f]{6}\.csv\.part", part.name)
-    state.end_obd_session()
+    state.end_engine_run()
     rec.tick()
     assert part_files(rec.folder) == []
     (done,) = outbox_files(rec.folder)
@@ -61,7 +61,7 @@ def test_rows_follow_the_session_and_close_into_the_outbox(tmp_path):
 
 def test_stale_values_are_empty_cells(tmp_path):
     state, rec = make(tmp_path, max_age=0.2)
-    state.start_obd_session(ObdSession(1, COLS))
+    state.start_engine_run(EngineRun(1, COLS))
     state.update_values({"RPM": (900, "rpm")}, mono=time.monotonic() - 1.0)
     state.update_values({"SPEED": (10, "km/h")})
     rec.tick()
@@ -72,11 +72,11 @@ def test_stale_values_are_empty_cells(tmp_path):
 
 def test_new_session_and_size_limit_rotate(tmp_path):
     state, rec = make(tmp_path, rotate_bytes=200)
-    state.start_obd_session(ObdSession(1, COLS))
+    state.start_engine_run(EngineRun(1, COLS))
     state.update_values({"RPM": (1000, "rpm")})
     for _ in range(3):
         rec.tick()
-    state.start_obd_session(ObdSession(2, COLS[:1]))
+    state.start_engine_run(EngineRun(2, COLS[:1]))
     for _ in range(12):
         rec.tick()
     rec.close_file("test")
@@ -93,7 +93,7 @@ def test_new_session_and_size_limit_rotate(tmp_path):
 def test_separator_per_extension_in_files(tmp_path, ext, sep):
     from eccm.config import default_separator
     state, rec = make(tmp_path, extension=ext, separator=default_separator(ext))
-    state.start_obd_session(ObdSession(1, COLS))
+    state.start_engine_run(EngineRun(1, COLS))
     state.update_values({"RPM": (1000, "rpm"), "FUEL_TYPE": ("a,b|c\td", "")})
     rec.tick()
     rec.close_file("test")
@@ -107,7 +107,7 @@ def test_separator_per_extension_in_files(tmp_path, ext, sep):
 
 def test_gnss_columns_reserved_when_enabled(tmp_path):
     state, rec = make(tmp_path, gnss=True)
-    state.start_obd_session(ObdSession(1, COLS))
+    state.start_engine_run(EngineRun(1, COLS))
     rec.tick()
     rec.close_file("test")
     rows = read_records(outbox_files(rec.folder)[0])
@@ -175,7 +175,7 @@ def test_recovery_manifests_records_of_older_versions_but_nothing_else(tmp_path)
 
 def test_closed_file_has_a_true_manifest(tmp_path):
     state, rec = make(tmp_path, gnss=True)
-    state.start_obd_session(ObdSession(1, COLS, protocol="ISO 15765-4 (CAN 11/500)",
+    state.start_engine_run(EngineRun(1, COLS, protocol="ISO 15765-4 (CAN 11/500)",
                                        vin="1HGCM82633A004352"))
     state.update_values({"RPM": (812.5, "rpm")})
     rec.tick()
@@ -204,7 +204,7 @@ def test_two_files_with_the_same_clock_name_differ(tmp_path):
     for boot in range(3):
         clock = lambda: datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)  # noqa: E731
         state, rec = make(tmp_path, clock=clock)
-        state.start_obd_session(ObdSession(1, COLS))
+        state.start_engine_run(EngineRun(1, COLS))
         state.update_values({"RPM": (800 + boot, "rpm")})
         rec.tick()
         rec.close_file("test")
@@ -220,7 +220,7 @@ def test_two_files_with_the_same_clock_name_differ(tmp_path):
 def test_write_error_is_counted_not_raised(tmp_path):
     import os
     state, rec = make(tmp_path, interval=0)  # retry at the next tick
-    state.start_obd_session(ObdSession(1, COLS))
+    state.start_engine_run(EngineRun(1, COLS))
     state.update_values({"RPM": (1000, "rpm")})
     rec.tick()
     broken = rec._file.path
@@ -242,7 +242,7 @@ def test_a_file_cut_by_a_power_cut_keeps_vin_protocol_and_clock(tmp_path):
     """Cutting the power at ignition-off is how a car's Pi usually stops: the recovered
     file's manifest still says what only the running recorder knew."""
     state, rec = make(tmp_path, clock_source=lambda: "gnss")
-    state.start_obd_session(ObdSession(1, COLS, protocol="SAE J1850 VPW",
+    state.start_engine_run(EngineRun(1, COLS, protocol="SAE J1850 VPW",
                                        vin="1HGCM82633A004352"))
     state.update_values({"RPM": (812.5, "rpm")})
     rec.tick()

@@ -15,7 +15,7 @@ import pytest
 
 from eccm.sinks.records import manifest_from_file, write_manifest
 from eccm.core.state import SharedState
-from eccm.sinks.upload import (S3Settings, UploadError, Uploader, UploadSession, classify,
+from eccm.sinks.upload import (S3Settings, UploadError, Uploader, S3Store, classify,
                                digests, endpoint_url, object_key, pending_files)
 
 from conftest import REPO, free_port, wait_for, write_config
@@ -73,7 +73,7 @@ def test_files_arrive_byte_identical_then_local_copy_goes(s3, tmp_path, size):
     outbox = tmp_path / "records" / "outbox"
     path = record(outbox, "CAR1", "20260101T080000Z", size, seed=size)
     data = path.read_bytes()
-    session = UploadSession(settings(s3.endpoint), "CAR1", outbox)
+    session = S3Store(settings(s3.endpoint), "CAR1", outbox)
     key = session.upload(path)
     assert stored(s3, key) == data
     head = s3.client().head_object(Bucket=BUCKET, Key=key)
@@ -85,7 +85,7 @@ def test_keep_uploaded_moves_the_file(s3, tmp_path):
     outbox = tmp_path / "records" / "outbox"
     path = record(outbox, "CAR1", "20260101T090000Z", 5000)
     size, _, sha = digests(path)
-    UploadSession(settings(s3.endpoint), "CAR1", outbox, keep_uploaded=True).upload(path)
+    S3Store(settings(s3.endpoint), "CAR1", outbox, keep_uploaded=True).upload(path)
     kept = tmp_path / "records" / "uploaded" / path.name
     assert kept.exists() and digests(kept)[2] == sha
 
@@ -113,7 +113,7 @@ def test_server_down_then_back_delivers_everything_with_backoff(tmp_path):
     contents = {name: (outbox / name).read_bytes() for name in files}
     state = SharedState()
     stop = threading.Event()
-    uploader = Uploader(stop, state, UploadSession(settings(f"http://127.0.0.1:{port}"),
+    uploader = Uploader(stop, state, S3Store(settings(f"http://127.0.0.1:{port}"),
                                                    "CAR2", outbox), max_delay=4)
     uploader.start()
     try:
@@ -195,7 +195,7 @@ def test_tls_hint_is_the_same_sentence_for_every_file(s3, tmp_path):
     """The daemon logs a problem when it changes: one sentence for all files, not one per
     object URL, and permanent (retried slowly: only the user can fix the endpoint)."""
     outbox = tmp_path / "records" / "outbox"
-    session = UploadSession(settings(f"127.0.0.1:{s3.port}"), "CAR1", outbox)
+    session = S3Store(settings(f"127.0.0.1:{s3.port}"), "CAR1", outbox)
     errors = []
     for i in range(2):
         path = record(outbox, "CAR1", f"20260101T1{i}0000Z", 1000, seed=i)
@@ -235,7 +235,7 @@ def test_pruned_copies_are_counted_in_the_singular(tmp_path, caplog):
     outbox = tmp_path / "records" / "outbox"
     old = record(tmp_path / "records" / "uploaded", "CAR1", "20250101T000000Z", 100)
     os.utime(old, (0, 0))
-    session = UploadSession(settings("http://127.0.0.1:9"), "CAR1", outbox, keep_uploaded=True)
+    session = S3Store(settings("http://127.0.0.1:9"), "CAR1", outbox, keep_uploaded=True)
     # clock: over an hour since the last pruning, whatever the machine's uptime
     uploader = Uploader(threading.Event(), SharedState(), session, keep_days=1,
                         clock=lambda: 1e9)
@@ -307,7 +307,7 @@ def test_fleet_layout_queried_in_place_with_duckdb(s3, tmp_path):
         path.write_text("TIME (UTC),RPM (rpm)\n" + "".join(
             f"2026-01-10T12:00:{i:02d}.000Z,{800 + i}\n" for i in range(count)))
         finish(path)
-        UploadSession(settings(s3.endpoint, prefix=prefix), car, outbox).upload(path)
+        S3Store(settings(s3.endpoint, prefix=prefix), car, outbox).upload(path)
         rows[car] = rows.get(car, 0) + count
     extension = next(Path(duckdb_extension_httpfs.__file__).parent.rglob(
         "httpfs.duckdb_extension"))

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from eccm.sinks.records import Recorder, manifest_from_file, write_manifest
-from eccm.core.state import Column, ObdSession, SharedState
-from eccm.sinks.upload import FileHeld, S3Settings, UploadSession, digests, pending_files
+from eccm.core.state import Column, EngineRun, SharedState
+from eccm.sinks.upload import FileHeld, S3Settings, S3Store, digests, pending_files
 
 from conftest import REPO, outbox_files, write_config
 from s3server import ACCESS_KEY, SECRET_KEY, serve
@@ -31,8 +31,8 @@ def s3(tmp_path_factory):
     yield from serve(tmp_path_factory, BUCKET)
 
 
-def session(s3, outbox: Path, car: str, prefix: str) -> UploadSession:
-    return UploadSession(S3Settings(s3.endpoint, ACCESS_KEY, SECRET_KEY, BUCKET,
+def session(s3, outbox: Path, car: str, prefix: str) -> S3Store:
+    return S3Store(S3Settings(s3.endpoint, ACCESS_KEY, SECRET_KEY, BUCKET,
                                     prefix=prefix), car, outbox)
 
 
@@ -127,7 +127,7 @@ def test_two_files_with_the_same_clock_name_become_two_objects(s3, tmp_path):
                        rotate_seconds=3600, rotate_bytes=1 << 20, max_age=60, gnss=False,
                        clock=lambda: datetime(2026, 3, 1, 8, 0, 0, tzinfo=timezone.utc))
         rec.prepare()
-        state.start_obd_session(ObdSession(1, (Column("RPM", "rpm"),)))
+        state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),)))
         state.update_values({"RPM": (rpm, "rpm")})
         rec.tick()
         rec.close_file("test")

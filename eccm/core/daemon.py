@@ -24,7 +24,7 @@ from eccm.sources.obd.link import PortInUse, check_free
 from eccm.sources.obd.poller import DEFAULT_FAST, ObdPoller, quiet_python_obd
 from eccm.sinks.records import Recorder
 from eccm.server.tcp import SocketServer
-from eccm.sinks.upload import S3Settings, Uploader, UploadSession
+from eccm.sinks.upload import S3Settings, Uploader, S3Store
 from eccm.core.state import DISABLED, SharedState
 from eccm.core.text import plural
 from eccm.core.worker import Worker
@@ -91,7 +91,7 @@ class Daemon:
             self.workers.append(self.server)
         self.uploader: Optional[Uploader] = None
         if cfg.s3_enabled:
-            self.uploader = Uploader(self.stop_event, self.state, upload_session(cfg),
+            self.uploader = Uploader(self.stop_event, self.state, s3_store(cfg),
                                      keep_days=cfg.S3_KEEP_UPLOADED_DAYS)
             self.workers.append(self.uploader)
         else:
@@ -245,11 +245,11 @@ class Daemon:
         log.info("ECCM stopped")
 
 
-def upload_session(cfg: Config) -> UploadSession:
+def s3_store(cfg: Config) -> S3Store:
     settings = S3Settings(endpoint=cfg.S3_SERVER_ENDPOINT, access_key=cfg.S3_SERVER_AK,
                           secret_key=cfg.S3_SERVER_SK, bucket=cfg.S3_SERVER_BUCKET,
                           region=cfg.S3_SERVER_REGION, prefix=cfg.S3_KEY_PREFIX or "",
                           verify_tls=cfg.S3_VERIFY_TLS)
-    return UploadSession(settings, cfg.CAR_IDENTIFIER,
+    return S3Store(settings, cfg.CAR_IDENTIFIER,
                          Path(cfg.RECORD_DIRECTORY_LOCATION) / OUTBOX,
                          keep_uploaded=cfg.S3_KEEP_UPLOADED)

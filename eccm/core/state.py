@@ -47,7 +47,7 @@ class Column:
 
 
 @dataclass(frozen=True)
-class ObdSession:
+class EngineRun:
     """One stretch of talking to the car; a new one means a new record file."""
     number: int
     columns: Tuple[Column, ...]
@@ -62,7 +62,7 @@ class Snapshot:
     mono: float
     values: Mapping[str, Reading]
     links: Mapping[str, Link]
-    obd_session: Optional[ObdSession]
+    engine_run: Optional[EngineRun]
     gnss: Any
     counters: Mapping[str, int]
     info: Mapping[str, Any]
@@ -82,7 +82,7 @@ class SharedState:
         self._lock = threading.Lock()
         self._values: Mapping[str, Reading] = MappingProxyType({})
         self._links: Mapping[str, Link] = MappingProxyType({})
-        self._obd_session: Optional[ObdSession] = None
+        self._obd_session: Optional[EngineRun] = None
         self._gnss: Any = None
         self._counters: Mapping[str, int] = MappingProxyType({})
         self._info: Mapping[str, Any] = MappingProxyType({})
@@ -111,11 +111,11 @@ class SharedState:
             self._links = MappingProxyType(links)
             return True
 
-    def start_obd_session(self, session: ObdSession) -> None:
+    def start_engine_run(self, session: EngineRun) -> None:
         with self._lock:
             self._obd_session = session
 
-    def end_obd_session(self) -> None:
+    def end_engine_run(self) -> None:
         with self._lock:
             self._obd_session = None
 

@@ -1,6 +1,6 @@
 """The socket text protocol: parsing and formatting, and one session's state machine.
 
-Pure logic: a Session turns one received line into reply lines, asking a Backend for data
+Pure logic: a Conversation turns one received line into reply lines, asking a Backend for data
 (the server supplies one that talks to the shared state and the OBD poller). No sockets,
 no threads, so every path can be driven directly by tests.
 
@@ -168,7 +168,7 @@ def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode("utf-8", "replace"), b.encode("utf-8", "replace"))
 
 
-class Session:
+class Conversation:
     """One client's conversation. handle() is called with each received line."""
 
     def __init__(self, backend: Backend, secret: Optional[str], challenge: str,
@@ -187,7 +187,7 @@ class Session:
     def greeting(self) -> str:
         return f"{self._greeting} challenge={self.challenge}"
 
-    # --- formatting ------------------------------------------------------------------
+    # Formatting.
 
     def _ok(self, text: str = "", **data: Any) -> str:
         if self.json:
@@ -205,7 +205,7 @@ class Session:
         unit = f" {reading.unit}" if reading.unit else ""
         return f"{name} {format_cell(reading.value) or '-'}{unit} age={age:.1f}s"
 
-    # --- dispatch --------------------------------------------------------------------
+    # Dispatch.
 
     def handle(self, line: str) -> Reply:
         if not line.strip():
@@ -420,7 +420,7 @@ class Session:
             self.backend.reconnect()
             return "RESTART IN PROGRESS"
         if word == "GET_COMMAND_LIST":
-            session = self.backend.snapshot().obd_session
+            session = self.backend.snapshot().engine_run
             if session is None:
                 return LEGACY_UNAVAILABLE
             return ",".join(c.name for c in session.columns)

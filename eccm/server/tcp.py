@@ -3,7 +3,7 @@
 One accept thread, one thread per client (bounded). A client only ever reads the shared
 state or sends a request to the OBD poller (DTC read/clear, legacy live queries), so a slow
 or hostile client never blocks the others or the polling. Protocol decisions are the
-Session's (protocol.py); this module owns the sockets and the limits:
+Conversation's (protocol.py); this module owns the sockets and the limits:
 
 - a connection must log in within `login_deadline` seconds and `login_max_bytes` bytes;
 - connections not logged in yet have their own quota, in total and per source address;
@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from eccm import __version__
 from eccm.sources.obd.adapter import AdapterError, ReadError
 from eccm.sources.obd.poller import NotConnected, ObdPoller
-from eccm.server.protocol import MAX_LINE, Backend, Reply, Session, Unavailable, strip_telnet
+from eccm.server.protocol import MAX_LINE, Backend, Reply, Conversation, Unavailable, strip_telnet
 from eccm.core.state import DISABLED, SharedState, Snapshot
 from eccm.core.text import plural
 from eccm.core.worker import Worker
@@ -363,7 +363,7 @@ class SocketServer(Worker):
                    car=cfg.CAR_IDENTIFIER, tls_cert=cfg.SOCKET_SERVER_TLS_CERT,
                    tls_key=cfg.SOCKET_SERVER_TLS_KEY)
 
-    # --- lifecycle --------------------------------------------------------------------
+    # Lifecycle.
 
     def prepare(self) -> None:
         """Listen now, so a taken port or an unusable certificate fails the start-up with a
@@ -436,7 +436,7 @@ class SocketServer(Worker):
         for line in self.budget.sweep():
             log.warning("%s", line)
 
-    # --- admission: the accept thread -------------------------------------------------
+    # Admission: the accept thread.
 
     def _admit(self, conn: socket.socket, peer: str) -> None:
         """Give a new connection a thread, within the limits; close a waiting one to make
@@ -506,7 +506,7 @@ class SocketServer(Worker):
         finally:
             conn.close()
 
-    # --- called from client threads ---------------------------------------------------
+    # Called from client threads.
 
     def promote(self, client: "_Client") -> Optional[str]:
         """The client just logged in: move it to a session slot; None, or the refusal."""
@@ -543,7 +543,7 @@ class SocketServer(Worker):
         self.state.count("auth_failures")
         log.warning("failed login from %s", peer)
 
-    # --- status -----------------------------------------------------------------------
+    # Status.
 
     def status(self) -> List[Tuple[str, Any]]:
         snap = self.state.snapshot()
@@ -554,7 +554,7 @@ class SocketServer(Worker):
         self._rate = (now, samples)
         obd_link = snap.links.get("obd")
         gnss_link = snap.links.get("gnss")
-        session = snap.obd_session
+        session = snap.engine_run
         fix = snap.gnss
         items: List[Tuple[str, Any]] = [
             ("version", __version__), ("car", self.car),
@@ -600,10 +600,9 @@ class SocketServer(Worker):
             ("last_upload", snap.info.get("last_upload") or "never"),
         ]
 
-# --- one client (its own thread) ------------------------------------------------------
 
 class _Client:
-    """The I/O loop of one connection; protocol decisions are the Session's."""
+    """The I/O loop of one connection; protocol decisions are the Conversation's."""
 
     def __init__(self, server: SocketServer, conn: socket.socket, peer: str, key: str):
         self.server = server
@@ -611,7 +610,7 @@ class _Client:
         self.peer = peer
         self.key = key
         deadline = server.login_deadline
-        self.session = Session(DaemonBackend(server, peer, key), server.secret,
+        self.session = Conversation(DaemonBackend(server, peer, key), server.secret,
                                secrets.token_hex(16),
                                f"ECCM {__version__} car={server.car} ready; AUTH required"
                                f"{f' within {deadline:g} s' if server.secret else ''}, "
@@ -821,7 +820,7 @@ class _Client:
                 self.server.state.count("socket_refused")
                 lines, close = [refusal], True
         if not self.greeted:
-            # Decided after the first message is handled, by the Session's own (budgeted,
+            # Decided after the first message is handled, by the Conversation's own (budgeted,
             # constant-time) check: whether the greeting comes tells nothing about a guess
             # that was not checked.
             self.greeted = True

@@ -461,7 +461,7 @@ class Recorder(Worker):
     def tick(self) -> None:
         """Write one row, opening/rotating/closing the file as the session demands."""
         snap = self.state.snapshot()
-        session = snap.obd_session
+        session = snap.engine_run
         if self._file is not None:
             reason = None
             if session is None:

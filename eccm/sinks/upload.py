@@ -209,7 +209,7 @@ def classify(exc: Exception, endpoint: str = "") -> UploadError:
     return UploadError(f"{exc.__class__.__name__}: {exc}")
 
 
-class UploadSession:
+class S3Store:
     """Uploads and verifies files with one client; used by one thread at a time."""
 
     def __init__(self, settings: S3Settings, car: str, outbox: Path,
@@ -382,7 +382,7 @@ class Uploader(Worker):
     name = "uploader"
     beats = False  # one upload may rightly take minutes on a slow link; botocore times out
 
-    def __init__(self, stop_event: threading.Event, state: SharedState, session: UploadSession,
+    def __init__(self, stop_event: threading.Event, state: SharedState, session: S3Store,
                  *, max_delay: float = 300.0, keep_days: float = 30.0,
                  clock: Callable[[], float] = time.monotonic):
         super().__init__(stop_event)

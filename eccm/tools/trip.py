@@ -264,7 +264,6 @@ def format_summary(summary: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# --- exports ---------------------------------------------------------------------------
 
 ENGINE_EXCLUDE = {"GNSS_TIME", "LATITUDE", "LONGITUDE", "ALTITUDE", "GNSS_SPEED", "TRACK",
                   "FIX_MODE", "SATELLITES", "HDOP"}

@@ -99,7 +99,7 @@ def run_eccm(port: str, seconds: float) -> Tally:
     stop = threading.Event()
     poller = ObdPoller(stop, state, port=port, fast_baudrate=SWITCH_TO)
     poller.start()
-    while state.snapshot().obd_session is None:
+    while state.snapshot().engine_run is None:
         time.sleep(0.01)
     time.sleep(WARMUP)
     tally.values = tally.rpm = 0

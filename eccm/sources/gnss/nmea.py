@@ -408,7 +408,7 @@ class NmeaParser:
             self.counters.unparsed += 1
         self._after(body.split(",", 1)[0])
 
-    # --- epochs -----------------------------------------------------------------------
+    # Epochs.
 
     @property
     def _epoch(self) -> Optional[_Epoch]:
@@ -564,7 +564,7 @@ class NmeaParser:
             if value is not None:
                 self._epoch.fields[key] = value
 
-    # --- checked values ---------------------------------------------------------------
+    # Checked values.
 
     def _number(self, value: Optional[str], low: float, high: float) -> Optional[float]:
         """A numeric field within [low, high]; None if empty or unreadable, and None but
@@ -634,7 +634,7 @@ class NmeaParser:
         if self._epoch.valid is None:
             self._epoch.valid = False
 
-    # --- sentences --------------------------------------------------------------------
+    # Sentences.
 
     def _on_gga(self, msg: "pynmea2.NMEASentence") -> None:
         if not self._at(msg.data[0]):

@@ -122,7 +122,7 @@ class ElmConnection:
         self._own_hint: Set[str] = set()     # single PIDs that differ from the others
         self._connect(baudrate, protocol, fast_baudrate, link)
 
-    # --- connection -------------------------------------------------------------------
+    # Connection.
 
     def _command(self, text: str, timeout: Optional[float] = None) -> Answer:
         if self.link is None:
@@ -268,7 +268,7 @@ class ElmConnection:
             obd.commands[1][pid] for pid in self.supported
             if obd.commands.has_pid(1, pid) and pid % 0x20}
 
-    # --- what went wrong, counted ----------------------------------------------------
+    # What went wrong, counted.
 
     def _anomaly(self, kind: str, detail: str) -> None:
         """Count one anomaly (STATUS shows the counts); log each kind once a connection."""
@@ -302,7 +302,7 @@ class ElmConnection:
                 raise EngineChanged(f"the engine ({standard:X}) answers now, after ECU "
                                     f"{self.engine:X} was taken for it: reconnecting")
 
-    # --- mode 01 ----------------------------------------------------------------------
+    # Mode 01.
 
     def _hint_key(self, request: str) -> str:
         single = len(request) == 4 and request not in self._own_hint
@@ -443,7 +443,7 @@ class ElmConnection:
             return None
         return self.query_group([cmd])[cmd]
 
-    # --- DTCs, VIN --------------------------------------------------------------------
+    # DTCs, VIN.
 
     def _long_request(self, request: str) -> Reply:
         """A request whose answer may span several messages: never a count digit, and no
@@ -514,7 +514,7 @@ class ElmConnection:
             self._anomaly("bad_vin", "the VIN reply is not 17 valid characters")
         return vin
 
-    # --- python-OBD compatible surface -----------------------------------------------
+    # Python-OBD compatible surface.
 
     def voltage(self) -> Optional[float]:
         """The supply voltage the adapter measures (ATRV), or None."""

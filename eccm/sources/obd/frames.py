@@ -197,7 +197,7 @@ def _isotp(frames: Sequence[bytes]) -> Tuple[List[bytes], List[str]]:
     return messages, problems
 
 
-# --- mode 01 ------------------------------------------------------------------------
+# Mode 01.
 
 def split_mode01(data: bytes, wanted: Sequence[int], sizes: Dict[int, int]
                  ) -> Optional[Dict[int, bytes]]:
@@ -221,7 +221,7 @@ def split_mode01(data: bytes, wanted: Sequence[int], sizes: Dict[int, int]
     return out
 
 
-# --- DTCs (SAE J1979 modes 03, 07, 0A; SAE J2012 code format) ---------------------------
+# DTCs (SAE J1979 modes 03, 07, 0A; SAE J2012 code format).
 
 def dtc_code(a: int, b: int) -> str:
     """Two bytes -> 'P0420': 2 bits system, 2 bits first digit, 3 hex digits, upper case."""
@@ -256,7 +256,7 @@ def decode_dtcs(messages: Sequence[Message], mode: int, can: bool) -> List[str]:
     return codes
 
 
-# --- VIN (SAE J1979 mode 09 PID 02) -------------------------------------------------
+# VIN (SAE J1979 mode 09 PID 02).
 
 def decode_vin(messages: Sequence[Message], can: bool) -> Optional[str]:
     """Whole answers of one ECU to 0902 -> the VIN, or None unless it is 17 valid

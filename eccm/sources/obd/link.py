@@ -114,7 +114,7 @@ class ElmLink:
         self.stale_bytes = 0      # bytes that arrived when no reply was awaited
         self.missed_prompts = 0
 
-    # --- commands ---------------------------------------------------------------------
+    # Commands.
 
     def command(self, text: str, timeout: Optional[float] = None) -> Answer:
         """Send text + CR; the reply's non-empty lines (prompt and echo removed)."""

@@ -28,7 +28,7 @@ from eccm.sources.obd import values as obd_values
 from eccm.sources.obd.adapter import (MAX_PACK, PROBE_BAUDS, AdapterError, ElmConnection,
                                       EngineChanged, NoCar, parse_volts, probe_voltage)
 from eccm.sources.obd.link import ElmLink, PortInUse, is_url
-from eccm.core.state import CONNECTED, CONNECTING, LOST, Column, ObdSession, SharedState
+from eccm.core.state import CONNECTED, CONNECTING, LOST, Column, EngineRun, SharedState
 from eccm.core.worker import Backoff, LinkLog, Worker
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class ObdPoller(Worker):
         # second ECCM cannot take it while the car is off.
         self._held: Optional[ElmLink] = None
 
-    # --- called from other threads ---------------------------------------------------
+    # Called from other threads.
 
     def submit(self, fn: Callable[[Any], T], timeout: float = 10.0) -> T:
         """Run fn(connection) on the poller thread; its result, or NotConnected/TimeoutError."""
@@ -161,7 +161,7 @@ class ObdPoller(Worker):
         """Close and reopen the adapter (RESTART_DATA_MANAGER)."""
         self._reconnect.set()
 
-    # --- poller thread ---------------------------------------------------------------
+    # Poller thread.
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -223,7 +223,7 @@ class ObdPoller(Worker):
 
     def _close(self, conn: ElmConnection) -> None:
         self._conn = None
-        self.state.end_obd_session()
+        self.state.end_engine_run()
         conn.close()
 
     def _poll_session(self, conn: ElmConnection) -> None:
@@ -238,9 +238,9 @@ class ObdPoller(Worker):
             return
         self._sessions += 1
         columns = obd_values.session_columns(commands) + (VOLTAGE_COLUMN,)
-        session = ObdSession(self._sessions, columns,
+        session = EngineRun(self._sessions, columns,
                              protocol=conn.protocol_name(), port=conn.port_name(), vin=vin)
-        self.state.start_obd_session(session)
+        self.state.start_engine_run(session)
         self.state.set_info(obd_protocol=session.protocol, obd_vin=vin, obd_pids=len(commands),
                             obd_port=session.port, obd_adapter=conn.version)
         # PIDs asked of the car, and the columns they fill (a PID may fill several; the
