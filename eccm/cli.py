@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -129,11 +130,14 @@ def cmd_upload(args: argparse.Namespace) -> int:
               "S3_SERVER_AK, S3_SERVER_SK and S3_SERVER_BUCKET", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging("WARNING")
-    from eccm.core.daemon import s3_store
+    # boto3 is imported only when a file goes up: a Python without it is told what to run
+    # before anything is counted or tidied.
+    importlib.import_module("boto3")
     from eccm.sinks.layout import UPLOADED
     from eccm.sinks.records import tidy_orphan_manifests
-    from eccm.sinks.upload import FileHeld, UploadError, pending_files, unmanifested_files
-    session = s3_store(cfg)
+    from eccm.sinks.upload import (FileHeld, S3Store, UploadError, pending_files,
+                                   unmanifested_files)
+    session = S3Store.from_config(cfg)
     tidy_orphan_manifests(session.outbox, session.outbox.parent / UPLOADED)
     files = pending_files(session.outbox)
     bare = unmanifested_files(session.outbox)

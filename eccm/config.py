@@ -112,9 +112,10 @@ def _names(raw: str) -> Optional[Tuple[str, ...]]:
     """'RPM, speed' -> ('RPM', 'SPEED'); each must be a python-OBD mode-01 value."""
     if raw == "":
         return None
-    import obd  # only when the key is set: check-config stays light otherwise
+    # Only when the key is set: check-config stays light otherwise.
+    from eccm.sources.obd.values import unknown_mode01
     names = tuple(n.strip().upper() for n in raw.split(",") if n.strip())
-    bad = [n for n in names if not obd.commands.has_name(n) or obd.commands[n].mode != 1]
+    bad = unknown_mode01(names)
     if bad:
         raise ValueError(f"expected python-OBD mode-01 value names such as RPM, SPEED; "
                          f"unknown: {', '.join(bad[:5])}")
@@ -296,10 +297,6 @@ def _template_defaults() -> Dict[str, str]:
     parser = _new_parser()
     parser.read_string(TEMPLATE_PATH.read_text(encoding="utf-8"), source=str(TEMPLATE_PATH))
     return dict(parser.defaults())
-
-
-def template_keys() -> List[str]:
-    return list(_template_defaults())
 
 
 def _new_parser() -> configparser.ConfigParser:

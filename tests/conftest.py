@@ -72,6 +72,21 @@ def require_tool(name: str) -> str:
     return path
 
 
+def query_values(conn, commands) -> dict:
+    """Every command's value through the connection, in the packed groups the poller uses."""
+    out: dict = {}
+    for group in conn.groups(commands):
+        out.update(conn.query_group(group))
+    return out
+
+
+def parse_all(data: bytes) -> list:
+    """Every fix in a whole receiver capture, as one parser reads it."""
+    from eccm.sources.gnss.nmea import NmeaParser
+    parser = NmeaParser()
+    return parser.feed(data) + parser.finish()
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as sock:

@@ -110,7 +110,7 @@ class SeaweedFS:
                 self.client().list_buckets()
                 return True
             except Exception:  # not up yet: connection refused, 5xx while starting
-                time.sleep(0.5)
+                time.sleep(0.1)
         pytest.fail("SeaweedFS did not start in time")
 
     def make_bucket(self, name: str) -> None:
@@ -125,7 +125,7 @@ class SeaweedFS:
             except Exception:  # the filer may still be starting
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.5)
+                time.sleep(0.1)
 
     def stop(self) -> None:
         stop_process(self.proc)

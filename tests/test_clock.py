@@ -127,7 +127,7 @@ def test_recorder_names_and_stamps_with_gnss_time(tmp_path):
     state = SharedState()
     rec = Recorder(threading.Event(), state, car="C", folder=str(tmp_path), extension=".csv",
                    separator=",", interval=0.5, fsync_interval=1, rotate_seconds=3600,
-                   rotate_bytes=1 << 20, max_age=5, gnss=False, clock=clock.now)
+                   rotate_bytes=1 << 20, max_age=5, clock=clock.now)
     rec.prepare()
     state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),)))
     rec.tick()

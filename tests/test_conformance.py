@@ -21,7 +21,8 @@ import pytest
 from eccm.sources.obd.adapter import ElmConnection, EngineChanged, ReadError
 from eccm.sources.obd.link import PortInUse
 
-from conftest import (REPO, outbox_files, read_records, stop_process, wait_for, write_config)
+from conftest import (REPO, outbox_files, part_files, query_values, read_records,
+                      stop_process, wait_for, write_config)
 from fake_elm import Ecu, FakeElm
 
 # Cases: (name, protocol, ECUs, quirks). Each ECU answers from its own value range.
@@ -125,7 +126,7 @@ def test_every_value_is_the_engines_or_empty(name, protocol, ecus, quirks):
                                                  if obd.commands.has_pid(1, p)}
             seen: Dict[Any, List[Any]] = {c: [] for c in commands}
             for _ in range(ROUNDS):
-                for cmd, value in conn.query_values(commands).items():
+                for cmd, value in query_values(conn, commands).items():
                     if value is not None:
                         seen[cmd].append(python_obd_value(cmd, value))
             for cmd, values in seen.items():
@@ -229,7 +230,7 @@ def test_an_engine_that_wakes_after_the_gearbox_is_never_confused_with_it(protoc
             with pytest.raises(EngineChanged):
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline:
-                    value = conn.query_values([obd.commands.RPM])[obd.commands.RPM]
+                    value = query_values(conn, [obd.commands.RPM])[obd.commands.RPM]
                     if value is not None:
                         gearbox_rpm.add(float(value.magnitude))
         finally:
@@ -240,7 +241,7 @@ def test_an_engine_that_wakes_after_the_gearbox_is_never_confused_with_it(protoc
         try:
             assert conn.engine == (0x7E8 if protocol == 6 else 0x10)
             assert engine_pids <= conn.supported
-            value = conn.query_values([obd.commands.RPM])[obd.commands.RPM]
+            value = query_values(conn, [obd.commands.RPM])[obd.commands.RPM]
             assert float(value.magnitude) in truth(fake, 0x0C)
         finally:
             conn.close()
@@ -264,7 +265,7 @@ def test_an_undecodable_value_is_an_empty_cell_not_a_dead_thread():
     with FakeElm(protocol=6, ecus=[engine]) as fake:
         conn = connect(fake)
         try:
-            values = conn.query_values([obd.commands.AIR_STATUS, obd.commands.RPM])
+            values = query_values(conn, [obd.commands.AIR_STATUS, obd.commands.RPM])
             assert values[obd.commands.AIR_STATUS] is None
             assert values[obd.commands.RPM] is not None
             assert conn.anomalies["undecodable"] == 1
@@ -280,9 +281,9 @@ def test_a_silent_car_while_cranking_does_not_turn_packing_off():
                               key=lambda c: c.pid)
             fake.set_silent("engine", True)
             for _ in range(4):
-                conn.query_values(commands)
+                query_values(conn, commands)
             fake.set_silent("engine", False)
-            values = conn.query_values(commands)
+            values = query_values(conn, commands)
             assert conn.can_pack and all(v is not None for v in values.values())
         finally:
             conn.close()
@@ -300,7 +301,7 @@ def test_sixteen_frames_never_become_a_two_digit_count():
             commands = sorted((c for c in conn.supported_commands if c.mode == 1),
                               key=lambda c: c.pid)[:6]
             for _ in range(3):
-                values = conn.query_values(commands)
+                values = query_values(conn, commands)
             assert not conn.single_pids and conn.can_pack and conn._digit
             assert all(v is not None for v in values.values())
             sent = [cmd for _, _, cmd in fake.requests]
@@ -335,14 +336,15 @@ def test_a_second_eccm_on_the_same_adapter_exits_2_naming_the_first(
         wait_for(lambda: first_says in first.log, 30, what=f"the first ECCM: {first_says}")
         env = {k: v for k, v in os.environ.items() if not k.startswith("ECCM_")}
         env["PYTHONPATH"] = str(REPO)
-        for _ in range(2):  # at any moment of the first one's work or retries
+        for attempt in range(2):  # at any moment of the first one's work or retries
+            if attempt:
+                time.sleep(1.3)  # another moment of it (the second attempt's subject)
             second = subprocess.run([sys.executable, "-m", "eccm", "run", "--config",
                                      str(configs[1])], env=env, capture_output=True,
                                     text=True, timeout=60, cwd=tmp_path)
             assert second.returncode == 2, second.stderr
             assert f"{fake.port} is in use by PID {first.proc.pid}" in second.stderr
             assert first.proc.poll() is None  # the first one goes on
-            time.sleep(1.3)
         first.stop()
 
 
@@ -363,15 +365,19 @@ def test_wifi_adapter_over_tcp_records_and_reconnects(tmp_path):
             return (tmp_path / "daemon.log").read_bytes().count(b"OBD adapter connected")
         wait_for(lambda: connections() >= 1, 30, what="a connection over TCP")
         sent = {v for _, v in fake.true_values("engine", 0x0C)}
+        problems = (tmp_path / "daemon.log").read_bytes().count(b"OBD adapter: ")
         fake.stop()  # the Wi-Fi adapter loses power
-        time.sleep(1.5)
+        wait_for(lambda: (tmp_path / "daemon.log").read_bytes().count(b"OBD adapter: ")
+                 > problems, 30, what="the loss of the adapter noticed")
         fake = FakeElm(protocol=6, ecus=[engine], use_pty=False, tcp=True,
                        tcp_port=port).start()
         wait_for(lambda: connections() >= 2, 30, what="a reconnection over TCP")
         reconnected = time.monotonic()
         wait_for(lambda: any(t > reconnected for t, _ in fake.true_values("engine", 0x0C)),
                  10, what="RPM asked after the reconnection")
-        time.sleep(0.5)
+        wait_for(lambda: recorded(records, "RPM") & {v for _, v in
+                                                     fake.true_values("engine", 0x0C)},
+                 10, what="an RPM of the adapter back on recorded")
     finally:
         stop_process(proc, signal.SIGTERM)
         log.close()
@@ -385,6 +391,23 @@ def test_wifi_adapter_over_tcp_records_and_reconnects(tmp_path):
         cells += [float(r[column]) for r in rows[1:] if r[column]]
     assert cells and set(cells) <= sent
     assert set(cells) & {v for _, v in fake.true_values("engine", 0x0C)}  # after, too
+
+
+def recorded(records, column: str) -> set:
+    """The values of a column in the record files so far, open or finished (an open
+    file's last line may be half written: not read)."""
+    values = set()
+    for path in part_files(records) + outbox_files(records):
+        rows = read_records(path)
+        if not rows:
+            continue
+        names = [h.split(" (")[0] for h in rows[0]]
+        if column not in names:
+            continue
+        whole = rows[1:-1] if path.name.endswith(".part") else rows[1:]
+        values |= {float(r[names.index(column)]) for r in whole
+                   if len(r) == len(names) and r[names.index(column)]}
+    return values
 
 
 # PIDs of the fake engine that python-OBD decodes, by record column.
@@ -414,7 +437,11 @@ def test_eccm_run_records_only_true_cells(tmp_path, protocol, quirks):
         try:
             wait_for(lambda: b"recording to" in (tmp_path / "daemon.log").read_bytes(), 30,
                      what="recording")
-            time.sleep(4)
+            # Until the faults have fired, a reply was dropped and every column has a value.
+            wait_for(lambda: fault_fired(fake, quirks) and b"OBD reply not used" in
+                     (tmp_path / "daemon.log").read_bytes() and
+                     all(recorded(tmp_path / "records", name) for name in COLUMNS), 30,
+                     what="the faults, a dropped reply and every column recorded")
         finally:
             stop_process(proc)
             log.close()

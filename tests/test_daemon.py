@@ -7,6 +7,7 @@ import re
 import signal
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import obd
@@ -16,6 +17,8 @@ import serial
 from eccm.sources.obd import values as obd_values
 from eccm.config import load
 from eccm.core.daemon import Daemon
+from eccm.core.health import UploadHealth
+from eccm.sinks.rows import parse_time
 
 from conftest import outbox_files, part_files, read_records, wait_for, write_config
 
@@ -158,14 +161,23 @@ def test_sigterm_stops_within_5s_file_whole_and_queued(tmp_path, emulator_factor
 def test_kill9_loses_nothing_fsynced(tmp_path, emulator_factory, daemon_factory):
     emu = emulator_factory()
     records = tmp_path / "records"
+    fsync_interval = 0.2
     config = write_config(tmp_path, OBD_INTERFACE=emu.port, RECORD_INTERVAL=0.1,
-                          FSYNC_INTERVAL=0.5)
+                          FSYNC_INTERVAL=fsync_interval)
     daemon = daemon_factory(config)
     wait_for(rows_in_part(records, 10), 40, what="rows")
     (part,) = part_files(records)
     before = part.read_bytes()
     before = before[:before.rfind(b"\n") + 1]  # the rows written by now
-    time.sleep(0.5 + 0.3)  # more than the fsync interval
+    last = parse_time(before.splitlines()[-1].split(b",", 1)[0].decode())
+    assert last is not None
+
+    def fsynced_since() -> bool:
+        """A row written more than an fsync interval after `before`'s last one: the
+        recorder has fsynced the file since (it syncs when it writes a row that late)."""
+        times = [parse_time(row[0]) for row in read_records(part)[1:] if row]
+        return any(t - last > timedelta(seconds=fsync_interval + 0.1) for t in times if t)
+    wait_for(fsynced_since, 10, what="a row written over an fsync interval later")
     daemon.proc.send_signal(signal.SIGKILL)
     daemon.proc.wait(5)
     assert part.exists()
@@ -186,10 +198,12 @@ def test_torn_file_from_a_crash_is_repaired_at_start_without_adapter(tmp_path,
     records.mkdir()
     torn = records / "TEST-CAR_20260101T080000Z.csv.part"
     torn.write_bytes(b"TIME (UTC),RPM (rpm)\n2026-01-01T08:00:00.000Z,800\n2026-01-01T08:0")
-    daemon = daemon_factory(write_config(tmp_path, OBD_INTERFACE=tmp_path / "missing"))
+    daemon = daemon_factory(write_config(tmp_path, OBD_INTERFACE=tmp_path / "missing",
+                                         LOG_LEVEL="DEBUG"))  # DEBUG: each attempt shows
     wait_for(lambda: outbox_files(records), 20, what="the repaired file")
     wait_for(lambda: "does not exist" in daemon.log, 20, what="the adapter problem logged")
-    time.sleep(2.5)  # a few reconnect attempts
+    wait_for(lambda: daemon.log.count("OBD adapter connecting") >= 3, 20,
+             what="a few reconnect attempts")
     assert daemon.proc.poll() is None
     daemon.stop()
     assert daemon.proc.returncode == 0
@@ -231,7 +245,34 @@ def test_status_line_counts_one_file_in_the_singular(tmp_path):
     """What `systemctl status eccm` shows."""
     cfg, _ = load(write_config(tmp_path, OBD_INTERFACE=tmp_path / "missing"), environ={})
     daemon = Daemon(cfg)
-    daemon.state.set_info(upload_backlog=1)
+    daemon.state.report(UploadHealth(backlog=1))
     assert "1 file to upload" in daemon.status_line()
-    daemon.state.set_info(upload_backlog=3)
+    daemon.state.report(UploadHealth(backlog=3))
     assert "3 files to upload" in daemon.status_line()
+
+
+def test_each_component_builds_itself_from_the_config(tmp_path):
+    """The daemon wires; each component reads its own keys (from_config)."""
+    cfg, _ = load(write_config(
+        tmp_path, OBD_INTERFACE=tmp_path / "missing", OBD_SLOW_EVERY=7, OBD_TIMEOUT=2.5,
+        RECORD_ROTATE_MINUTES=5, RECORD_ROTATE_SIZE_MB=2, MONITORING_FILE_EXTENSION=".tsv",
+        GPS_POSITION_MONITORING="yes", GNSS_PORT=tmp_path / "gnss", GNSS_BAUDRATE=4800,
+        S3_SERVER_ENDPOINT="http://127.0.0.1:9", S3_SERVER_AK="ak", S3_SERVER_SK="sk",
+        S3_SERVER_BUCKET="cars", S3_KEY_PREFIX="logs", S3_KEEP_UPLOADED="yes",
+        S3_KEEP_UPLOADED_DAYS=3, ENABLE_SOCKET_SERVER="no"), environ={})
+    daemon = Daemon(cfg)
+    assert [w.name for w in daemon.workers] == ["recorder", "obd", "gnss", "uploader"]
+    recorder, poller, gnss, uploader = daemon.workers
+    assert (recorder.folder, recorder.extension, recorder.format.separator) == (
+        tmp_path / "records", ".tsv", "\t")
+    assert (recorder.rotate_seconds, recorder.rotate_bytes) == (300, 2 * 1024 * 1024)
+    assert recorder.clock == daemon.clock.now  # the wiring: the daemon's record clock
+    assert (poller.port, poller.slow_every, poller.timeout) == (
+        str(tmp_path / "missing"), 7, 2.5)
+    assert (gnss.port, gnss.baudrate, gnss.on_fix) == (
+        str(tmp_path / "gnss"), 4800, daemon._on_fix)
+    store = uploader.session
+    assert (store.settings.endpoint, store.settings.bucket, store.settings.prefix) == (
+        "http://127.0.0.1:9", "cars", "logs")
+    assert (store.outbox, store.keep_uploaded, uploader.keep_days) == (
+        tmp_path / "records" / "outbox", True, 3)

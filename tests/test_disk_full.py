@@ -33,7 +33,7 @@ def make(folder: Path, **kw):
     state = SharedState()
     args = dict(car="CAR1", folder=str(folder), extension=".csv", separator=",",
                 interval=0, fsync_interval=0, rotate_seconds=3600, rotate_bytes=1 << 20,
-                max_age=60.0, gnss=False, clock=Clock())
+                max_age=60.0, clock=Clock())
     args.update(kw)
     rec = Recorder(threading.Event(), state, **args)
     rec.prepare()
@@ -81,7 +81,7 @@ def test_a_half_written_row_is_cut_back_before_the_file_is_published(tmp_path, m
     assert check_finished(rec.folder) == 2
     snap = state.snapshot()
     assert snap.counters["rows_lost"] == 1
-    assert "disk full" in snap.info["record_problem"]
+    assert "disk full" in snap.health.record.problem
 
 
 def test_a_failed_open_leaves_no_file_behind(tmp_path, monkeypatch):

@@ -9,6 +9,8 @@ from eccm.sources.obd.adapter import ElmConnection
 from eccm.sources.obd.poller import DEFAULT_FAST, schedule
 from eccm.sim.car import PROFILES, RICH_PIDS, AdapterProfile, SimulatedAdapter, SimulatedCar
 
+from conftest import query_values
+
 
 @pytest.fixture
 def adapter_factory():
@@ -34,11 +36,11 @@ def test_packed_values_equal_single_pid_requests(adapter_factory):
     try:
         cmds = engine_commands(conn)
         assert len(cmds) >= 30 and conn.can_pack
-        packed = conn.query_values(cmds)
+        packed = query_values(conn, cmds)
         assert len(conn.groups(cmds)) == -(-len(cmds) // 6)
         assert conn.ecus == {0x7E8} and conn.engine == 0x7E8
         conn.pack = False
-        single = conn.query_values(cmds)
+        single = query_values(conn, cmds)
         for cmd in cmds:
             assert packed[cmd] is not None, cmd.name
             if cmd.name in ("STATUS",):
@@ -54,7 +56,7 @@ def test_clone_that_rejects_packing_falls_back_to_single(adapter_factory):
     conn = ElmConnection(adapter.port)
     try:
         cmds = engine_commands(conn)
-        first = conn.query_values(cmds)
+        first = query_values(conn, cmds)
         assert not conn.can_pack  # learnt from the rejected packed requests
         assert all(first[c] is not None for c in cmds)
         assert len(conn.groups(cmds)) == len(cmds)
@@ -120,7 +122,7 @@ def test_a_second_ecu_is_told_apart_by_its_header(adapter_factory):
     conn = ElmConnection(adapter.port)
     try:
         cmds = engine_commands(conn)
-        expected = conn.query_values(cmds)
+        expected = query_values(conn, cmds)
         responder = adapter.responder
         original = responder._obd
 
@@ -132,7 +134,7 @@ def test_a_second_ecu_is_told_apart_by_its_header(adapter_factory):
             other = [ln[:-2] + f"{(int(ln[-2:], 16) ^ 0x5A):02X}" for ln in other]
             return other + lines
         responder._obd = two_ecus
-        again = conn.query_values(cmds)
+        again = query_values(conn, cmds)
         assert 0x7E9 in conn.ecus and conn.can_pack
         for cmd in cmds:
             if cmd.name != "STATUS":

@@ -6,6 +6,7 @@ import pytest
 
 from eccm.sources.obd.link import AdapterError, ElmLink
 
+from conftest import wait_for
 from fake_elm import Ecu, FakeElm
 
 
@@ -74,6 +75,7 @@ def test_stale_bytes_on_a_socket_are_all_drained_before_the_next_command():
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     port = server.getsockname()[1]
+    late_sent = threading.Event()
 
     def adapter():
         conn, _ = server.accept()
@@ -90,6 +92,7 @@ def test_stale_bytes_on_a_socket_are_all_drained_before_the_next_command():
                         conn.sendall(b"7E804410C1AF8\r\r>")
                         time.sleep(0.05)
                         conn.sendall(b"7E804410C0BB8\r\r>")
+                        late_sent.set()
                     elif line == b"010D":
                         conn.sendall(b"7E803410D32\r\r>")
     thread = threading.Thread(target=adapter, daemon=True)
@@ -97,7 +100,8 @@ def test_stale_bytes_on_a_socket_are_all_drained_before_the_next_command():
     link = ElmLink(f"socket://127.0.0.1:{port}", 38400, timeout=0.5)
     try:
         assert link.command("010C").lines == ["7E804410C1AF8"]
-        time.sleep(0.3)  # the duplicate is waiting in the socket
+        wait_for(lambda: late_sent.is_set() and link.ser.in_waiting, 5, step=0.01,
+                 what="the duplicate waiting in the socket")
         assert link.command("010D").lines == ["7E803410D32"]
         assert link.stale_bytes >= 15
     finally:

@@ -14,8 +14,9 @@ import pytest
 import serial
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fake_elm import (# noqa: E402     Ecu, FakeElm, Quirks, decode_dtc, decode_pid, encode_dtc,
-                      j1850_crc)
+from fake_elm import (  # noqa: E402
+    Ecu, FakeElm, Quirks, decode_dtc, decode_pid, encode_dtc, j1850_crc,
+)
 
 # The ELM327 datasheet's VIN example (p.42, "Multiline Responses").
 DS_VIN = "1D4GP00R55B123456"
@@ -129,7 +130,7 @@ def test_unable_to_connect_and_wrong_protocols(elm):
     assert lines(cmd(ser, "0100")) == ["BUS INIT: ...ERROR"]   # CAN car
     cmd(ser, "ATSP8")
     assert lines(cmd(ser, "0100")) == ["CAN ERROR"]            # 250k vs 500k
-    time.sleep(0.4)
+    time.sleep(max(0.0, 0.45 - fake.now()))                     # the engine is awake
     cmd(ser, "ATSP0")
     r = lines(cmd(ser, "0100"))
     assert r[0] == "SEARCHING..." and r[1].startswith("41 00")
@@ -303,13 +304,15 @@ def test_response_count_digit_returns_early(elm):
     r = lines(cmd(ser, "010D"))
     slow = time.monotonic() - t
     assert len(r) == 2 and slow >= 0.25
-    t = time.monotonic()
+    # With a count, the adapter stops listening once it has that many replies: the
+    # gearbox's (10 ms, well within ST) is then missed. How much sooner it returns:
+    # tests/bench/bench_latency.py.
     r = lines(cmd(ser, "010D1"))
-    fast = time.monotonic() - t
-    assert len(r) == 1 and fast < 0.15
-    t = time.monotonic()
+    assert len(r) == 1
+    assert [x.delivered for x in fake.replies_for("transmission", 1, 0x0D,
+                                                  include_undelivered=True)] == ["full", "missed"]
     r = lines(cmd(ser, "010D2"))
-    assert len(r) == 2 and time.monotonic() - t < 0.15
+    assert len(r) == 2
     # NO DATA only after the whole ST
     t = time.monotonic()
     assert lines(cmd(ser, "010A")) == ["NO DATA"]
@@ -333,10 +336,8 @@ def test_interrupt_prints_stopped(elm):
     ser.write(b"010C\r")
     time.sleep(0.1)
     ser.write(b"X")
-    t = time.monotonic()
     r = read_prompt(ser).decode()
-    assert r == "STOPPED\r\r>"
-    assert time.monotonic() - t < 0.3
+    assert r == "STOPPED\r\r>"  # before the engine's reply (how soon: bench_latency.py)
     assert fake.replies_for("engine") == []
     # the adapter is usable again
     assert lines(cmd(ser, "ATI")) == ["ELM327 v1.5"]

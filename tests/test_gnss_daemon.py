@@ -87,7 +87,11 @@ def test_gnss_columns_match_fixes_and_survive_unplug(tmp_path, emulator_factory,
              what="rows with a position")
     receiver.unplug()
     wait_for(lambda: "GNSS receiver: " in daemon.log, 20, what="the unplug to be noticed")
-    time.sleep(3)  # rows keep coming without the receiver; their GNSS cells go empty
+    noticed = len(gnss_rows(records))
+    # Rows keep coming without the receiver; their GNSS cells go empty (VALUE_MAX_AGE).
+    wait_for(lambda: sum(1 for r in gnss_rows(records)[noticed:]
+                         if r.get("LATITUDE", "torn") == "") >= 3,
+             20, what="rows with empty GNSS cells")
     before = len(gnss_rows(records))
     replugged = FakeReceiver(capture[len(capture) // 2:])
     link(static, replugged.port)

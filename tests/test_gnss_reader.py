@@ -16,6 +16,7 @@ from eccm.core.state import CONNECTED, SharedState
 
 from conftest import wait_for
 
+PAUSE = 0.1
 GGA = "GPGGA,{t},4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"
 RMC = "GPRMC,{t},A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W"
 
@@ -24,12 +25,14 @@ RMC = "GPRMC,{t},A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W"
 def reader_on_pty(**kw: Any) -> Iterator[Tuple[int, SharedState, GnssReader]]:
     """A GnssReader on a fresh pseudo-terminal, already open (pyserial empties the input
     when it opens the port: write only after this): (master fd, state, reader); the reader
-    is stopped and the pty closed after."""
+    is stopped and the pty closed after. Its read timeout, the pause that ends a burst, is
+    PAUSE (0.25 s in the daemon): each burst's pause costs less."""
     master, slave = pty.openpty()
     tty.setraw(slave)
     stop = threading.Event()
     state = SharedState()
-    reader = GnssReader(stop, state, port=os.ttyname(slave), max_delay=1, **kw)
+    reader = GnssReader(stop, state, port=os.ttyname(slave), max_delay=1,
+                        read_timeout=PAUSE, **kw)
     reader.start()
     try:
         wait_for(lambda: getattr(state.snapshot().links.get("gnss"), "state", None)
@@ -58,7 +61,7 @@ def test_an_epoch_reaches_the_state_without_waiting_for_the_next_one():
 
         for second in (1, 2, 3, 4):  # the first bursts (cycle unknown), then learnt
             os.write(master, burst(second))
-            wait_for(lambda: published_second() == second, 10,
+            wait_for(lambda: published_second() == second, 10, step=0.02,
                      what=f"the fix of second {second} with no later sentence sent")
         assert reader.parser.cycle_end_known
         assert reader.parser.counters.late == 0
@@ -105,9 +108,10 @@ def test_a_receiver_whose_bursts_hold_two_seconds(monkeypatch):
             # The burst completes second T's fix (its RMC came with the burst before);
             # while the cycle end is unknown, the reader then sees the pause.
             wait_for(lambda: getattr(state.snapshot().gnss, "time_of_day", None)
-                     == second(i).utc.time(), 10, what=f"the fix of burst {i}'s GGA")
+                     == second(i).utc.time(), 10, step=0.02, what=f"the fix of burst {i}'s GGA")
             if not reader.parser.cycle_end_known:
-                wait_for(lambda: len(pauses) > before, 10, what=f"the pause after burst {i}")
+                wait_for(lambda: len(pauses) > before, 10, step=0.02,
+                         what=f"the pause after burst {i}")
         assert pauses and reader.parser.cycle_end_known
         assert reader.parser.counters.late == 0
         written.append(float("inf"))
@@ -139,16 +143,33 @@ def test_dates_that_cannot_be_now_do_not_reach_the_published_fix():
         assert reader.parser.counters.out_of_range == 2
 
 
-def test_a_receiver_sending_the_next_seconds_rmc_first():
+def test_a_receiver_sending_the_next_seconds_rmc_first(monkeypatch):
     """Bursts of RMC/ZDA of T+1 then GGA/GLL of T, a pause after each: published times
     only go forward and each second is published once, whole (speed and altitude)."""
+    from eccm.sources.gnss import reader as reader_module
     from test_gnss_epochs import PATTERNS, burst, mixed, second
+
+    reads = []  # each read of the reader: True with bytes, False when it timed out
+    real_read = reader_module._SerialSource.read
+
+    def spy(self):
+        data = real_read(self)
+        reads.append(bool(data))
+        return data
+    monkeypatch.setattr(reader_module._SerialSource, "read", spy)
+
+    def paused_after_data(since: int) -> bool:
+        """The reader got bytes, then a read timed out: it saw the pause."""
+        seen = reads[since:]
+        return True in seen and False in seen[seen.index(True):]
 
     published = []
     with reader_on_pty(on_fix=published.append) as (master, state, reader):
         for i in range(8):
+            before = len(reads)
             os.write(master, burst(i, PATTERNS["RMC ZDA of T+1 first"]))
-            time.sleep(READ_PAUSE)
+            wait_for(lambda: paused_after_data(before), 10, step=0.02,
+                     what=f"the pause after burst {i}")
         wait_for(lambda: any(f.time_of_day == second(6).utc.time() for f in published), 10,
                  what="the fix of second 6")
         index = {second(i).utc.time(): i for i in range(10)}
@@ -160,5 +181,3 @@ def test_a_receiver_sending_the_next_seconds_rmc_first():
                 assert None not in (fix.lat, fix.speed, fix.alt, fix.date), fix
         assert reader.parser.counters.stale == 0
 
-
-READ_PAUSE = 0.4  # longer than the reader's read timeout: it sees a pause (quiet())

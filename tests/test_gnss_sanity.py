@@ -12,8 +12,10 @@ import pytest
 
 from eccm.core.clock import RELEASED, TRUST_YEARS
 from eccm.sources.gnss.reader import live_dates
-from eccm.sources.gnss.nmea import MODE_NONE, NmeaParser, parse_all
+from eccm.sources.gnss.nmea import MODE_NONE, NmeaParser
 from eccm.sim.gnss import nmea_sentence
+
+from conftest import parse_all
 
 GGA = "GPGGA,123519.00,4807.038,N,01131.000,E,1,{sats},{hdop},{alt},M,46.9,M,,"
 RMC = "GPRMC,123519.00,{status},{lat},N,{lon},E,{knots},{track},{day},003.1,W"

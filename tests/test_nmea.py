@@ -8,11 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eccm.sources.gnss.nmea import (LINE_CAP, MODE_2D, MODE_3D, MODE_NONE, NmeaParser, degrees,
-                                    parse_all)
+from eccm.sources.gnss.nmea import LINE_CAP, MODE_2D, MODE_3D, MODE_NONE, NmeaParser, degrees
 from eccm.sim.gnss import nmea_sentence
 
-from conftest import SHARED
+from conftest import SHARED, parse_all
 
 GGA = "GPGGA,123519.00,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"
 RMC = "GPRMC,123519.00,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W"

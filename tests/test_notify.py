@@ -45,6 +45,10 @@ class NotifySocket:
         with self.lock:
             return sum(1 for t, m in self.messages if m == line and t >= since)
 
+    def times(self, line, since=0.0):
+        with self.lock:
+            return [t for t, m in self.messages if m == line and t >= since]
+
     def seen(self, prefix):
         with self.lock:
             return [m for _, m in self.messages if m.startswith(prefix)]
@@ -73,23 +77,29 @@ def test_no_socket_no_op(tmp_path):
 
 def test_ready_watchdog_hang_and_stopping(tmp_path, notify_socket):
     """The daemon with no adapter: READY, then WATCHDOG keeps coming; a frozen process
-    sends none; SIGTERM sends STOPPING."""
+    sends none; SIGTERM sends STOPPING. WatchdogSec is 2 s (the daemon pings every
+    third of it): the same checks as with systemd's usual tens of seconds, in seconds."""
+    watchdog = 2.0
     config = write_config(tmp_path, OBD_INTERFACE=tmp_path / "no-adapter")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECCM_")}
     env.update(PYTHONPATH=str(REPO), NOTIFY_SOCKET=notify_socket.path,
-               WATCHDOG_USEC="3000000")
+               WATCHDOG_USEC=str(int(watchdog * 1e6)))
     proc = subprocess.Popen([sys.executable, "-m", "eccm", "run", "--config", str(config)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: notify_socket.count("READY=1"), 20, what="READY=1")
         start = time.monotonic()
-        time.sleep(4)
-        assert notify_socket.count("WATCHDOG=1", since=start) >= 3, "watchdog not kept alive"
-        assert any("obd lost" in s for s in notify_socket.seen("STATUS="))
+        wait_for(lambda: notify_socket.count("WATCHDOG=1", since=start) >= 3, 4 * watchdog,
+                 what="WATCHDOG=1 three times")
+        pings = [start] + notify_socket.times("WATCHDOG=1", since=start)[:3]
+        assert pings[3] - start <= 4 / 3 * watchdog, "watchdog not kept alive"
+        assert max(b - a for a, b in zip(pings, pings[1:])) < watchdog, pings
+        wait_for(lambda: any("obd lost" in s for s in notify_socket.seen("STATUS=")), 10,
+                 what="STATUS to say obd lost")
         proc.send_signal(signal.SIGSTOP)  # the main loop hangs
-        time.sleep(0.5)
+        time.sleep(0.3)  # pings sent before the stop still on their way
         frozen = time.monotonic()
-        time.sleep(3)
+        time.sleep(watchdog)  # a whole WatchdogSec without a ping: systemd would act
         assert notify_socket.count("WATCHDOG=1", since=frozen) == 0
         proc.send_signal(signal.SIGCONT)
         proc.send_signal(signal.SIGTERM)
@@ -113,13 +123,15 @@ def test_stuck_worker_withholds_watchdog(tmp_path, notify_socket):
         original()
     daemon.recorder.tick = tick
     daemon.start()
+
+    def pings(at_least: int, since: float = 0.0) -> bool:
+        daemon.keepalive()  # the main loop's call, as often as wait_for polls
+        return notify_socket.count("WATCHDOG=1", since=since) >= at_least
     try:
-        for _ in range(3):
-            daemon.keepalive()
-            time.sleep(0.4)
-        assert notify_socket.count("WATCHDOG=1") >= 2
+        wait_for(lambda: pings(2), 5, what="WATCHDOG=1 twice while every worker beats")
         hang.set()
-        time.sleep(2.0)
+        wait_for(lambda: time.monotonic() - daemon.recorder.beat > daemon.heartbeat_limit,
+                 10, what="the recorder to be silent longer than the heartbeat limit")
         stuck_since = time.monotonic()
         for _ in range(4):
             daemon.keepalive()
@@ -128,11 +140,8 @@ def test_stuck_worker_withholds_watchdog(tmp_path, notify_socket):
         assert notify_socket.count("WATCHDOG=1", since=stuck_since) == 0
         release.set()
         hang.clear()
-        time.sleep(1.0)
-        for _ in range(3):
-            daemon.keepalive()
-            time.sleep(0.4)
-        assert notify_socket.count("WATCHDOG=1", since=stuck_since) >= 1
+        wait_for(lambda: pings(1, since=stuck_since), 5,
+                 what="WATCHDOG=1 again once the recorder beats")
     finally:
         release.set()
         daemon.shutdown()

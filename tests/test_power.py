@@ -1,8 +1,6 @@
 """Power awareness: ignition off/on (real ELM327-emulator) and a low battery (simulated)."""
 from __future__ import annotations
 
-import time
-
 from eccm.sim.car import SimulatedAdapter, SimulatedCar
 
 from conftest import outbox_files, part_files, read_records, wait_for, write_config
@@ -19,7 +17,8 @@ def test_ignition_off_closes_the_drive_and_on_resumes(tmp_path, emulator_factory
     wait_for(lambda: not part_files(records) and len(outbox_files(records)) == 1, 30,
              what="the drive's file to be closed and queued")
     wait_for(lambda: "ignition off" in daemon.log, 30, what="the reason in the log")
-    time.sleep(3)
+    wait_for(lambda: "the car does not" in daemon.log, 30,
+             what="an attempt to reconnect with the engine off")
     assert not part_files(records), "no file while the engine is off"
     emu.command("scenario car")  # ignition on again
     wait_for(lambda: part_files(records), 60, what="a new drive's file")
@@ -36,6 +35,14 @@ def test_ignition_off_closes_the_drive_and_on_resumes(tmp_path, emulator_factory
 def test_low_battery_lets_the_ecus_sleep(tmp_path, daemon_factory):
     car = SimulatedCar()
     adapter = SimulatedAdapter(car, latency=0.002).start()
+    probes = []  # at each voltage reading (ATRV) the adapter answers: OBD requests so far
+    real_at = adapter.responder._at
+
+    def at(command: str):
+        if command == "RV":
+            probes.append(adapter.responder.obd_requests)
+        return real_at(command)
+    adapter.responder._at = at
     try:
         records = tmp_path / "records"
         daemon = daemon_factory(write_config(tmp_path, OBD_INTERFACE=adapter.port,
@@ -46,12 +53,14 @@ def test_low_battery_lets_the_ecus_sleep(tmp_path, daemon_factory):
         wait_for(lambda: not part_files(records) and outbox_files(records), 30,
                  what="the file to be queued")
         wait_for(lambda: "letting the ECUs sleep" in daemon.log, 10, what="the reason")
-        time.sleep(1)
+        asleep = len(probes)
+        wait_for(lambda: len(probes) > asleep, 10, what="the first voltage probe asleep")
         requests = adapter.responder.obd_requests
-        time.sleep(4)
-        assert adapter.responder.obd_requests == requests, "the car's bus must stay quiet"
-        car.battery = None  # engine started again
+        woken = len(probes)
+        car.battery = None  # engine started again: the next probe (10 s later) sees it
         wait_for(lambda: part_files(records), 60, what="recording again")
+        # Up to that probe, the adapter alone was asked (its voltage), never the car.
+        assert probes[woken] == requests, "the car's bus must stay quiet"
         assert daemon.proc.poll() is None
         daemon.stop()
     finally:

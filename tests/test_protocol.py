@@ -5,7 +5,7 @@ import json
 import re
 import time
 from dataclasses import replace
-from datetime import date, time as clock_time
+from datetime import date, datetime, time as clock_time, timezone
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -13,10 +13,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 import pytest
 
 from eccm.sources.gnss.nmea import MODE_NONE, Fix
-from eccm.server.protocol import (HELP, MAX_AUTH_ATTEMPTS, Backend, Conversation, Unavailable,
-                                  gnss_readings, hmac_answer, split_command)
-from eccm.sinks.records import gnss_cells
-from eccm.sinks.rows import GNSS_COLUMNS, RowFormat
+from eccm.server.protocol import COMMANDS as TABLE
+from eccm.server.protocol import (MAX_AUTH_ATTEMPTS, Backend, Conversation, Unavailable,
+                                  hmac_answer, split_command)
+from eccm.sinks.rows import RowFormat, row_cells
+from eccm.sources.gnss.reader import publish_fix
+from eccm.sources.gnss.columns import COLUMNS as GNSS_COLUMNS
 from eccm.core.state import DISABLED, Column, EngineRun, SharedState
 
 SECRET = "Open Sesame 42"
@@ -30,12 +32,15 @@ class Car(Backend):
         self.state = SharedState()
         self.state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),
                                                     Column("SPEED", "km/h"))))
+        self.state.declare("gnss", GNSS_COLUMNS)  # as the daemon's GNSS reader does
         self.state.update_values({"RPM": (812.5, "rpm"), "SPEED": (42, "km/h")})
         self.connected = connected
         self.stored = [("P0301", "Cylinder 1 Misfire Detected")]
         self.left_after_clear = 0
         self.clears = 0
         self.audits = []
+        self.asked = []  # (kind, name) of each legacy question that reached the car
+        self.reconnects = 0
 
     def snapshot(self):
         return self.state.snapshot()
@@ -55,11 +60,12 @@ class Car(Backend):
     def query_legacy(self, kind, name):
         if not self.connected:
             raise Unavailable("no")
+        self.asked.append((kind, name))
         return {"QUERY_COMMAND": "812.5 revolutions_per_minute",
                 "GET_DTC": str(self.stored), "CLEAR_DTC": "None"}.get(kind, "None")
 
     def reconnect(self):
-        pass
+        self.reconnects += 1
 
     def status(self):
         return [("uptime_s", 3), ("obd", "connected")]
@@ -163,10 +169,118 @@ def test_json_mode_and_watch():
     assert json.loads(s.handle("WATCH").lines[0])["ok"] is False
 
 
-def test_help_lists_every_command():
+# --- the command table: HELP, the login gate and dispatch ------------------------------
+# Written out here, not taken from eccm.server.protocol.COMMANDS: a command dropped from,
+# renamed in or added to the table fails these tests.
+
+HELP_TEXT = [
+    "AUTH <secret>            authenticate (or AUTH HMAC <hex>, see the greeting's challenge)",
+    "HELP                     this list",
+    "LIST                     every value available now, with its unit",
+    "GET <NAME> [NAME...]     latest value(s) with unit and age",
+    "ALL                      every latest value",
+    "POSITION                 latest GNSS fix",
+    "STATUS                   health of ECCM",
+    "DTC                      read stored and pending trouble codes from the car",
+    "CLEAR_DTC                clear the car's trouble codes and freeze frame (mode 04)",
+    "WATCH <NAME...> [HZ]     stream values (at most 10 per second) until UNWATCH",
+    "UNWATCH                  stop streaming",
+    "JSON ON|OFF              one JSON object per reply line",
+    "QUIT                     close the connection",
+]
+# A line for each command, and the start of what that command (and no other) answers.
+MODERN = {
+    "AUTH x": ["OK already authenticated"],
+    "HELP": [HELP_TEXT[0]],
+    "LIST": ["RPM rpm", "SPEED km/h", "OK 2 values"],
+    "GET RPM": ["RPM 812.5 rpm age=", "OK"],
+    "ALL": ["RPM 812.5 rpm age=", "SPEED 42 km/h age=", "OK 2 values"],
+    "POSITION": ["OK no fix"],
+    "STATUS": ["uptime_s: 3", "obd: connected", "OK"],
+    "DTC": ["STORED P0301 Cylinder 1 Misfire Detected", "OK 1 stored, 0 pending"],
+    "CLEAR_DTC": ["OK trouble codes cleared; 0 stored codes left"],
+    "WATCH RPM": ["OK watching 1 value at 1 Hz; UNWATCH stops"],
+    "UNWATCH": ["OK stopped"],
+    "JSON OFF": ["OK json off"],
+    "QUIT": ["OK bye"],
+}
+LEGACY_COMMANDS = {
+    "QUERY_COMMAND>>RPM": ["812.5 revolutions_per_minute"],
+    "QUERY_STATUS>>FUEL_STATUS": ["None"],
+    "GET_DTC": ["[('P0301', 'Cylinder 1 Misfire Detected')]"],
+    "CLEAR_DTC": ["None"],
+    "GET_COMMAND_LIST": ["RPM,SPEED"],
+    "RESTART_DATA_MANAGER": ["RESTART IN PROGRESS"],
+}
+
+
+def starts(lines, expected):
+    """Each line starts with its expected beginning, and there are as many."""
+    return len(lines) == len(expected) and all(ln.startswith(e) for ln, e in zip(lines, expected))
+
+
+def test_help_lists_the_commands_in_order_with_their_usage():
     _, s = session()
     lines = s.handle("help").lines
-    assert lines[:-1] == HELP
+    assert lines == HELP_TEXT + ["OK 13 commands"]
+    assert [c.name for c in TABLE if not c.legacy] == [ln.split()[0] for ln in HELP_TEXT]
+
+
+def test_every_command_is_answered_by_its_own_handler():
+    car, s = logged_in()
+    for line, expected in MODERN.items():
+        reply = s.handle(line)
+        if line == "HELP":
+            assert reply.lines[:-1] == HELP_TEXT, line
+        else:
+            assert starts(reply.lines, expected), (line, reply.lines)
+        assert reply.close == (line == "QUIT"), line
+    assert car.clears == 1 and car.audits == ["CLEAR_DTC done, 0 stored codes left"]
+    for word in ("NOPE", "QUERY_COMMAND>>RPM", "GET_DTC", "GET_COMMAND_LIST",
+                 "RESTART_DATA_MANAGER", "QUERY_STATUS>>FUEL_STATUS"):
+        assert s.handle(word).lines == [
+            f"ERR unknown command {word.split('>>')[0]!r}; HELP lists them"], word
+    assert car.asked == [] and car.reconnects == 0  # the original's commands: not here
+
+
+def test_the_original_commands_answer_after_the_bare_secret():
+    car, s = session()
+    assert s.handle(SECRET).lines == [] and s.legacy
+    for line, expected in LEGACY_COMMANDS.items():
+        assert s.handle(line).lines == expected, line
+    assert car.asked == [("QUERY_COMMAND", "RPM"), ("QUERY_STATUS", "FUEL_STATUS"),
+                         ("GET_DTC", ""), ("CLEAR_DTC", "")]
+    assert car.reconnects == 1 and car.audits == ["CLEAR_DTC (legacy command)"]
+    assert s.handle("NOPE").lines == ["INVALID COMMAND"]
+    # The newer commands work in such a session too.
+    for line in ("GET RPM", "LIST", "STATUS", "WATCH RPM", "UNWATCH", "QUIT"):
+        assert starts(s.handle(line).lines, MODERN[line]), line
+
+
+def test_before_login_only_auth_help_and_quit_are_answered():
+    every = [*MODERN, *LEGACY_COMMANDS, "AUTH", "NOPE", "get rpm", "quit"]
+    answered = []
+    for line in every:
+        car, s = session()
+        s.handle("HELP")  # not the first message: no bare-secret login
+        reply = s.handle(line)
+        if reply.lines != ["ERR not authenticated: AUTH <secret> first"]:
+            answered.append(line)
+        assert not s.authenticated and car.clears == 0 and car.asked == [], line
+    assert answered == ["AUTH x", "HELP", "QUIT", "AUTH", "quit"]
+
+
+def test_every_command_word_is_no_bare_secret():
+    """A first message that is a command word, in any case, is that command, never a
+    guess at the secret: only other words are checked as the original's bare secret."""
+    for word in ["AUTH", "HELP", "QUIT", "LIST", "GET", "ALL", "POSITION", "STATUS", "DTC",
+                 "CLEAR_DTC", "WATCH", "UNWATCH", "JSON", "QUERY_COMMAND>>RPM",
+                 "QUERY_STATUS>>X", "GET_DTC", "GET_COMMAND_LIST", "RESTART_DATA_MANAGER"]:
+        _, s = session()
+        reply = s.handle(word.lower())
+        assert not reply.auth_failed and reply.lines != ["ERR wrong secret"], word
+    _, s = session()
+    assert s.handle("SOMETHING_ELSE").auth_failed
 
 
 COMMANDS = st.sampled_from([
@@ -231,7 +345,7 @@ def logged_in(**kw):
 
 def test_get_knows_every_gnss_column_of_the_record_file_by_its_header_name():
     car, s = logged_in()
-    car.state.set_gnss(arrived(FIX))
+    publish_fix(car.state, arrived(FIX))
     assert HEADER_NAMES[:3] == ["GNSS_TIME", "LATITUDE", "LONGITUDE"]
     reply = s.handle("GET " + " ".join(n.lower() for n in HEADER_NAMES))  # any case
     assert reply.lines[-1] == "OK"
@@ -248,13 +362,16 @@ def test_get_knows_every_gnss_column_of_the_record_file_by_its_header_name():
 
 
 def test_gnss_values_are_the_cells_the_recorder_writes():
-    state = SharedState()
-    fix = arrived(FIX)
-    state.set_gnss(fix)
-    view = state.snapshot()
-    readings = gnss_readings(view)
-    assert [readings[n].value for n in HEADER_NAMES] == gnss_cells(fix, view, 1e9)
-    assert [readings[c.name].unit for c in GNSS_COLUMNS] == [c.unit for c in GNSS_COLUMNS]
+    car, s = logged_in()
+    publish_fix(car.state, arrived(FIX))
+    view = car.state.snapshot()
+    columns = view.declared()
+    assert [c.name for c in columns] == ["RPM", "SPEED"] + HEADER_NAMES
+    cells = row_cells(view, columns, datetime.now(timezone.utc), 1e9)[1:]
+    s.handle("JSON on")
+    got = s.handle("GET " + " ".join(c.name for c in columns)).lines[:-1]
+    assert [json.loads(line)["value"] for line in got] == cells
+    assert [json.loads(line)["unit"] for line in got] == [c.unit for c in columns]
 
 
 def test_get_a_gnss_value_without_a_fix_says_so():
@@ -266,7 +383,7 @@ def test_get_a_gnss_value_without_a_fix_says_so():
     car.state.set_link("gnss", DISABLED)
     assert s.handle("GET ALTITUDE").lines == ["ERR no value ALTITUDE (GNSS is off)"]
     # A fix without a position: an empty value, as for an engine value without one.
-    car.state.set_gnss(Fix(time_of_day=clock_time(1, 2, 3), mode=MODE_NONE, sats=2,
+    publish_fix(car.state, Fix(time_of_day=clock_time(1, 2, 3), mode=MODE_NONE, sats=2,
                            mono=time.monotonic()))  # arrived now
     reply = s.handle("GET LATITUDE SATELLITES")
     assert re.fullmatch(r"LATITUDE - deg age=\d+\.\ds", reply.lines[0])
@@ -277,7 +394,7 @@ def test_list_all_and_watch_include_the_gnss_values():
     car, s = logged_in()
     before = s.handle("LIST").lines
     assert before == ["RPM rpm", "SPEED km/h", "OK 2 values"]
-    car.state.set_gnss(arrived(FIX))
+    publish_fix(car.state, arrived(FIX))
     listed = s.handle("LIST").lines
     assert listed[:2] == before[:2]
     assert listed[2:-1] == [f"{c.name} {c.unit}".rstrip() for c in GNSS_COLUMNS]
@@ -292,7 +409,7 @@ def test_legacy_query_command_answers_gnss_values_from_the_fix():
     car, s = session(connected=False)  # the car is not needed for a position
     s.handle(SECRET)
     assert s.handle("QUERY_COMMAND>>LATITUDE").lines == ["None"]
-    car.state.set_gnss(arrived(FIX))
+    publish_fix(car.state, arrived(FIX))
     assert s.handle("QUERY_COMMAND>>LATITUDE").lines == ["48.1173 deg"]
     assert s.handle("QUERY_COMMAND>>satellites").lines == ["8 count"]
     assert s.handle("QUERY_COMMAND>>RPM").lines == ["DATA MANAGER NOT AVAILABLE"]

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from eccm.sinks.records import Recorder, recover
+from eccm.sources.gnss.columns import COLUMNS as GNSS_COLUMNS
 from eccm.core.state import Column, EngineRun, SharedState
 
 from conftest import outbox_files, outbox_manifests, part_files, read_records
@@ -27,11 +28,16 @@ class Clock:
         return self.now
 
 
-def make(tmp_path, **kw):
+def make(tmp_path, gnss=False, **kw):
+    """A recorder as the daemon wires it: the OBD source declared first, then (gnss=True)
+    the GNSS receiver's columns."""
     state = SharedState()
+    state.declare("obd", ())
+    if gnss:
+        state.declare("gnss", GNSS_COLUMNS)
     args = dict(car="CAR1", folder=str(tmp_path / "rec"), extension=".csv", separator=",",
                 interval=0.5, fsync_interval=1.0, rotate_seconds=3600,
-                rotate_bytes=1 << 20, max_age=5.0, gnss=False, clock=Clock())
+                rotate_bytes=1 << 20, max_age=5.0, clock=Clock())
     args.update(kw)
     rec = Recorder(threading.Event(), state, **args)
     rec.prepare()
@@ -229,10 +235,10 @@ def test_write_error_is_counted_not_raised(tmp_path):
     counters = state.snapshot().counters
     assert counters["record_errors"] == 2  # the row, then closing the file
     assert counters["rows_recorded"] == 1
-    assert "Bad file descriptor" in state.snapshot().info["record_problem"]
+    assert "Bad file descriptor" in state.snapshot().health.record.problem
     rec.tick()  # recording goes on in a fresh file
     assert len(part_files(rec.folder)) == 2
-    assert state.snapshot().info["record_problem"] is None
+    assert state.snapshot().health.record.problem is None
     rec.close_file("test")
     assert [p.name for p in recover(rec.folder, rec.outbox)] == [broken.name[:-5]]
     assert sum(len(read_records(f)) - 1 for f in outbox_files(rec.folder)) == 2
@@ -273,3 +279,28 @@ def test_a_manifest_that_failed_at_start_is_written_without_a_restart(tmp_path, 
     monkeypatch.setattr(recorder_module, "write_atomic", real)
     rec.tick()  # space again: no engine session needed
     assert [p.name for p in outbox_manifests(rec.folder)] == [old.name + ".manifest.json"]
+
+
+def test_a_new_source_adds_columns_without_touching_the_recorder(tmp_path):
+    """A CAN sniffer, another ECU, an MQTT bridge: a source declares its columns and
+    publishes readings; the record and its manifest follow, in the sources' order."""
+    state, rec = make(tmp_path, gnss=True)
+    state.declare("can", (Column("STEERING_ANGLE", "deg"), Column("DOOR_OPEN")))
+    state.start_engine_run(EngineRun(1, COLS))
+    state.update_values({"RPM": (800, "rpm")})
+    state.update_values({"STEERING_ANGLE": (-12.5, "deg"), "DOOR_OPEN": (False, "")},
+                        origin="can")
+    rec.tick()
+    state.declare("can", (Column("STEERING_ANGLE", "deg"),))  # the source changed its mind
+    rec.tick()
+    rec.close_file("test")
+    first, second = outbox_files(rec.folder)
+    rows = read_records(first)
+    assert rows[0][:4] == ["TIME (UTC)", "RPM (rpm)", "SPEED (km/h)", "FUEL_TYPE"]
+    assert rows[0][4:6] == ["GNSS_TIME (UTC)", "LATITUDE (deg)"]  # GNSS declared first
+    assert rows[0][-2:] == ["STEERING_ANGLE (deg)", "DOOR_OPEN"]
+    assert rows[1][-2:] == ["-12.5", "0"]
+    manifest = json.loads(first.with_name(first.name + ".manifest.json").read_text())
+    assert [c["source"] for c in manifest["columns"]] == (
+        ["clock"] + ["obd"] * 3 + ["gnss"] * 9 + ["can"] * 2)
+    assert read_records(second)[0][-1] == "STEERING_ANGLE (deg)"  # new columns: new file

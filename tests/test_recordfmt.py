@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from eccm.sinks.rows import (RowFormat, complete_length, file_name, file_sequence, format_cell,
-                             format_time, parse_file_name, parse_time)
-from eccm.core.state import Column
+                             format_time, parse_file_name, parse_time, row_cells)
+from eccm.core.state import Column, SharedState
 
 
 def test_file_name_is_car_utc_start_counter_and_tag():
@@ -67,3 +68,14 @@ def test_header_carries_units():
     (b"", 0), (b"head", 0), (b"head\n", 5), (b"head\nrow1\nro", 10), (b"head\nrow1\n", 10)])
 def test_complete_length_cuts_the_torn_last_line(data, keep):
     assert complete_length(data) == keep
+
+
+def test_a_row_holds_fresh_values_only():
+    state = SharedState()
+    state.update_values({"RPM": (800, "rpm")}, mono=100.0)
+    state.update_values({"SPEED": (42, "km/h")}, mono=103.0)
+    snap = replace(state.snapshot(), mono=104.0)
+    moment = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    cols = (Column("RPM", "rpm"), Column("SPEED", "km/h"), Column("MISSING"))
+    assert row_cells(snap, cols, moment, max_age=2.0) == [moment, None, 42, None]
+    assert row_cells(snap, cols, moment, max_age=5.0) == [moment, 800, 42, None]

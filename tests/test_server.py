@@ -1,4 +1,6 @@
 """The socket server in the running daemon, driven by real nc, socat, telnet and sockets.
+(The protocol over a socket with a fake OBD side and shortened delays, in-process:
+test_server_session.py.)
 
 The car is ECCM's simulated adapter on a pty with a frozen drive clock, so its values are
 known exactly (RPM 780), and J1979-conformant DTC replies (ELM327-emulator 4.0.0 omits
@@ -18,11 +20,11 @@ import tty
 
 import pytest
 
-from eccm.server.protocol import hmac_answer
 from eccm.server.tcp import LOGIN_BURST, MAX_PENDING_PER_ADDRESS, SocketServer
 from eccm.sim.car import SimulatedAdapter, SimulatedCar
 from eccm.sim.gnss import nmea_sentence
 from eccm.core.state import CONNECTED, DISABLED, LOST, SharedState
+from eccm.core.health import UploadHealth
 
 from conftest import free_port, part_files, read_records, require_tool, wait_for, write_config
 
@@ -133,17 +135,6 @@ def test_legacy_sequence_unchanged(server):
                      f"{SECRET}\nQUERY_COMMAND>>RPM\nGET_DTC\n")
     assert out.splitlines()[0] == "780.0 revolutions_per_minute"  # no greeting for legacy
     assert out.splitlines()[1].startswith("[('P0301'")
-
-
-def test_hmac_login(server):
-    port, _, _ = server
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        greeting = sock.recv(1024).decode()
-        challenge = re.search(r"challenge=([0-9a-f]+)", greeting)[1]
-        sock.sendall(f"AUTH HMAC {hmac_answer(SECRET, challenge)}\nGET SPEED\n".encode())
-        time.sleep(0.5)
-        out = sock.recv(4096).decode()
-    assert out.startswith("OK authenticated\nSPEED 0 km/h")
 
 
 def samples(port: int) -> int:
@@ -257,37 +248,6 @@ def test_abuse_leaves_server_and_polling_alive(server):
     assert during >= 0.5 * baseline, "polling was starved by the clients"
 
 
-def test_a_watcher_that_never_reads_is_dropped_once_its_buffers_fill(server):
-    """The server never blocks on a client: when its socket buffers are full for the send
-    timeout, the client is dropped and the others are served."""
-    port, daemon, _ = server
-    listed = talk(port, [f"AUTH {SECRET}", "LIST"]).splitlines()
-    names = " ".join(ln.split()[0] for ln in listed if ln and ln.split()[0] not in
-                     ("ECCM", "OK", "ERR"))
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills in seconds
-    try:
-        sock.connect(("127.0.0.1", port))
-        sock.sendall(f"AUTH {SECRET}\nWATCH {names} 10\n".encode())
-        wait_for(lambda: "read nothing for" in daemon.log, 120,
-                 what="the server to drop the client that does not read")
-        sock.settimeout(5)
-        received = b""
-        try:
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                received += chunk
-        except ConnectionResetError:
-            pass  # closed with unsent data queued: a reset after what was delivered
-        assert received.count(b"\nWATCH ") > 10  # it was streaming until dropped
-    finally:
-        sock.close()
-    assert "OK authenticated" in talk(port, [f"AUTH {SECRET}"])
-    assert daemon.proc.poll() is None
-
-
 def upload_status(state: SharedState) -> dict:
     server = SocketServer(threading.Event(), state, None, bind="127.0.0.1", port=0,
                           secret=None, car="TEST")  # never listens: status() only
@@ -305,16 +265,16 @@ def test_status_upload_lines_say_something_when_nothing_was_uploaded():
     assert upload_status(state) == {"upload": "on, nothing tried yet",
                                     "upload_backlog": "not counted yet", "upload_held": 0,
                                     "last_upload": "never"}
-    state.set_info(upload_backlog=0)
+    state.report(UploadHealth(backlog=0))
     assert upload_status(state)["upload_backlog"] == 0
-    state.set_info(upload_backlog=1)
+    state.report(UploadHealth(backlog=1))
     state.set_link("s3", LOST, "connection refused")
     assert upload_status(state) == {"upload": "lost connection refused",
                                     "upload_backlog": 1, "upload_held": 0,
                                     "last_upload": "never"}
     state.set_link("s3", CONNECTED, "car-logs")
-    state.set_info(upload_backlog=0, last_upload="TEST/x.csv at 2026-01-01T00:00:00+00:00")
-    state.set_info(upload_held=1)
+    state.report(UploadHealth(backlog=0, held=1,
+                              last="TEST/x.csv at 2026-01-01T00:00:00+00:00"))
     assert upload_status(state) == {
         "upload": "connected car-logs", "upload_backlog": 0, "upload_held": 1,
         "last_upload": "TEST/x.csv at 2026-01-01T00:00:00+00:00"}
@@ -330,6 +290,7 @@ def test_gnss_values_and_status_over_the_socket(tmp_path, frozen_car, daemon_fac
     as garbage in a healthy CR LF stream."""
     master, slave = pty.openpty()
     tty.setraw(slave)
+    os.set_blocking(master, False)  # a daemon that died reads nothing: fail, never hang
     try:
         port = free_port()
         records = tmp_path / "records"
@@ -342,8 +303,11 @@ def test_gnss_values_and_status_over_the_socket(tmp_path, frozen_car, daemon_fac
         def latitude():
             """Send one epoch (the reader may not have the port open yet), then ask."""
             t = f"12{next(seconds) % 3600:04d}.00"
-            os.write(master, (nmea_sentence(GGA.format(t=t)) +
-                              nmea_sentence(RMC.format(t=t))).encode())
+            try:
+                os.write(master, (nmea_sentence(GGA.format(t=t)) +
+                                  nmea_sentence(RMC.format(t=t))).encode())
+            except BlockingIOError:  # nobody has read the pty for a while
+                pass
             try:
                 out = talk(port, [f"AUTH {SECRET}", "GET latitude"], pause=0.1, read_for=0.3)
             except OSError:  # not listening yet

@@ -15,14 +15,17 @@ import socket
 import threading
 import time
 from collections import Counter
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from eccm.server.tcp import (EVICTION_MARGIN, LOGIN_BURST, LOGIN_DEADLINE, LOGIN_PERIOD,
                              MAX_PENDING, MAX_PENDING_PER_ADDRESS)
 
-from conftest import require_tool
-from test_server import SECRET, frozen_car, run_client, server  # noqa: F401 - fixtures
+import test_server
+from conftest import require_tool, wait_for
+from test_server import SECRET, run_client
 from test_server_login import read_until_closed
+
+frozen_car, server = test_server.frozen_car, test_server.server  # fixtures: the daemon
 
 REFUSED = "ERR too many failed logins from your address, try again later"
 
@@ -70,6 +73,7 @@ def test_idle_and_slowloris_connections_leave_a_real_client_in(server):
         idle_opened.append(time.monotonic())
     stop = threading.Event()
     slow_result: Dict[int, tuple] = {}
+    slow_sent: Dict[int, int] = {}  # single bytes each slowloris has sent so far
 
     def slowloris(n: int) -> None:
         sock = connect(port, f"127.0.2.{1 + n}")
@@ -82,6 +86,7 @@ def test_idle_and_slowloris_connections_leave_a_real_client_in(server):
                 try:
                     sock.sendall(b"AUTH x"[sent % 6:sent % 6 + 1])
                     sent += 1
+                    slow_sent[n] = sent
                 except OSError:
                     break
                 if select.select([sock], [], [], 1.0)[0]:  # one byte a second
@@ -101,7 +106,8 @@ def test_idle_and_slowloris_connections_leave_a_real_client_in(server):
     try:
         for t in slow:
             t.start()
-        time.sleep(2.5)  # the slowloris have sent their line and a few bytes each
+        wait_for(lambda: len(slow_sent) == 20 and min(slow_sent.values()) >= 2, 10,
+                 what="the slowloris to send their line and a few bytes each")
         during_threads = daemon_threads(daemon.proc.pid)
 
         # A real client, from 127.0.0.1, while all of that is connected.

@@ -11,7 +11,7 @@ import logging
 import socket
 import threading
 import time
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import pytest
 
@@ -25,14 +25,17 @@ REFUSED = "ERR too many failed logins from your address, try again later"
 
 @pytest.fixture
 def start_server():
-    """start(**parameters) -> a running SocketServer on 127.0.0.1 (stopped afterwards)."""
+    """start(**parameters) -> a running SocketServer on 127.0.0.1 (stopped afterwards);
+    `obd`: its OBD side (a fake CarAccess), none by default. Its loops look at the stop
+    event every 0.05 s (tick), so stopping it takes no 0.5 s per test."""
     started = []
 
-    def start(secret: Optional[str] = SECRET, **limits) -> SocketServer:
+    def start(secret: Optional[str] = SECRET, obd: Any = None, **limits) -> SocketServer:
         stop = threading.Event()
         state = SharedState()
         state.update_values({"RPM": (780, "rpm")})
-        server = SocketServer(stop, state, None, bind="127.0.0.1", port=0, secret=secret,
+        limits.setdefault("tick", 0.05)
+        server = SocketServer(stop, state, obd, bind="127.0.0.1", port=0, secret=secret,
                               car="TEST", **limits)
         server.prepare()
         server.start()
@@ -108,12 +111,12 @@ def log_in(server: SocketServer, source: str = "127.0.0.1") -> socket.socket:
 
 def test_no_login_within_the_deadline_closes_the_connection_but_not_a_logged_in_one(
         start_server):
-    server = start_server(login_deadline=1.0)
+    server = start_server(login_deadline=0.5)
     logged_in = log_in(server)
     idle = connect(server)
     text = read_until_closed(idle, 5)
-    assert text is not None and text.startswith("ECCM ") and "AUTH required within 1 s" in text
-    assert text.endswith("ERR no login within 1 s; closing\n")
+    assert text is not None and text.startswith("ECCM ") and "AUTH required within 0.5 s" in text
+    assert text.endswith("ERR no login within 0.5 s; closing\n")
     # The logged-in client, just as quiet since, is still served.
     logged_in.sendall(b"GET RPM\n")
     assert read_until(logged_in, "\nOK\n").startswith("RPM 780 rpm age=")
@@ -125,14 +128,14 @@ def test_no_login_within_the_deadline_closes_the_connection_but_not_a_logged_in_
 def test_bytes_arriving_one_by_one_before_login_wait_for_their_line_end(start_server):
     """Before login, only the first message may end with a pause (the original ECCM's
     bare secret): a client typing slowly, or a slowloris, is not answered byte by byte,
-    and a line typed slowly is one line. The production limits hold here."""
-    server = start_server(secret="k3y")
+    and a line typed slowly is one line. The pause that ends a message is shortened."""
+    server = start_server(secret="k3y", unterminated_flush=0.03)
     with connect(server) as sock:
         sock.sendall(b"HELP\n")
         read_until(sock, "\nOK ")
         for byte in b"AUTH k3y\n":
             sock.sendall(bytes([byte]))
-            time.sleep(0.3)  # longer than the legacy pause that ends a message
+            time.sleep(0.1)  # longer than the pause that ends a message
         sock.sendall(b"GET RPM\n")
         text = read_until(sock, "\nOK\n")
     assert text.startswith("OK authenticated\nRPM 780 rpm"), text

@@ -21,8 +21,11 @@ from eccm.config import ConfigError, load
 from eccm.server.tcp import SocketServer
 from eccm.core.state import SharedState
 
+import test_server
 from conftest import REPO, free_port, require_tool, wait_for, write_config
-from test_server import frozen_car, run_client  # noqa: F401 - fixture
+from test_server import run_client
+
+frozen_car = test_server.frozen_car  # the fixture: the simulated car on a pty
 
 SECRET = "tls-Secret-0123456789"
 
@@ -45,13 +48,14 @@ def pair(tmp_path_factory) -> Tuple[Path, Path]:
 
 
 @pytest.fixture
-def tls_server(pair):
+def tls_server(pair, request):
+    """An in-process TLS server; its login deadline 2 s, or the test's parameter."""
     stop = threading.Event()
     state = SharedState()
     state.update_values({"RPM": (780, "rpm")})
     server = SocketServer(stop, state, None, bind="127.0.0.1", port=0, secret=SECRET,
                           car="TEST", tls_cert=str(pair[0]), tls_key=str(pair[1]),
-                          login_deadline=2.0)
+                          login_deadline=getattr(request, "param", 2.0), tick=0.05)
     server.prepare()
     server.start()
     yield server
@@ -98,6 +102,7 @@ def test_python_client_verifies_the_served_certificate(tls_server, pair):
     assert_served(out.decode())
 
 
+@pytest.mark.parametrize("tls_server", [0.5], indirect=True)  # a short login deadline
 def test_a_plain_text_client_gets_nothing_usable(tls_server):
     nc = require_tool("nc")
     out = run_client([nc, "-q", "3", "127.0.0.1", str(tls_server.port)], SCRIPT)
@@ -109,6 +114,7 @@ def test_a_plain_text_client_gets_nothing_usable(tls_server):
     assert "RPM 780" not in out
 
 
+@pytest.mark.parametrize("tls_server", [0.5], indirect=True)  # a short login deadline
 def test_tls_connections_count_against_the_same_limits(tls_server, pair):
     """The handshake happens inside the login deadline and the waiting quota: a client
     that opens TLS and never logs in is closed like a plain one."""
@@ -122,7 +128,7 @@ def test_tls_connections_count_against_the_same_limits(tls_server, pair):
                 if not chunk:
                     break
                 out += chunk
-    assert out.decode().endswith("ERR no login within 2 s; closing\n")
+    assert out.decode().endswith("ERR no login within 0.5 s; closing\n")
 
 
 # --- configuration ----------------------------------------------------------------------

@@ -13,7 +13,8 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from eccm.sinks.rows import GNSS_COLUMNS, RowFormat, TIME_COLUMN, format_time
+from eccm.sinks.rows import RowFormat, TIME_COLUMN, format_time
+from eccm.sources.gnss.columns import COLUMNS as GNSS_COLUMNS
 from eccm.core.state import Column
 from eccm.tools.trip import format_distance, format_duration, haversine, load, summarize
 

@@ -15,8 +15,8 @@ import pytest
 
 from eccm.sinks.records import manifest_from_file, write_manifest
 from eccm.core.state import SharedState
-from eccm.sinks.upload import (S3Settings, UploadError, Uploader, S3Store, classify,
-                               digests, endpoint_url, object_key, pending_files)
+from eccm.sinks.upload import (S3Settings, UploadError, Uploader, S3Store, classify, digests,
+                               endpoint_url, object_key, pending_files)
 
 from conftest import REPO, free_port, wait_for, write_config
 from s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS, serve
@@ -113,13 +113,28 @@ def test_server_down_then_back_delivers_everything_with_backoff(tmp_path):
     contents = {name: (outbox / name).read_bytes() for name in files}
     state = SharedState()
     stop = threading.Event()
-    uploader = Uploader(stop, state, S3Store(settings(f"http://127.0.0.1:{port}"),
-                                                   "CAR2", outbox), max_delay=4)
+    store = S3Store(settings(f"http://127.0.0.1:{port}"), "CAR2", outbox)
+    attempts = []  # when each upload was tried
+    real_upload = store.upload
+
+    def upload(path):
+        attempts.append(time.monotonic())
+        return real_upload(path)
+    store.upload = upload
+    first, cap = 0.1, 0.8  # the daemon's are 1 s and 300 s: the same doubling, shorter
+    # The server answers before its bucket is made: NoSuchBucket, an error only the user
+    # can fix, is then retried after `cap` too (the daemon waits a minute).
+    uploader = Uploader(stop, state, store, max_delay=cap, first_delay=first, slow_retry=cap)
     uploader.start()
     try:
-        time.sleep(8)  # nothing listens on the port
-        retries = state.snapshot().counters.get("upload_retries", 0)
-        assert 2 <= retries <= 6, f"{retries} attempts in 8 s: backoff not observed"
+        # Nothing listens on the port: retried, each time after a longer wait, up to the cap.
+        wait_for(lambda: state.snapshot().counters.get("upload_retries", 0) >= 6, 30,
+                 what="six retries")
+        gaps = [b - a for a, b in zip(attempts, attempts[1:])][:5]
+        planned = [min(first * 2 ** i, cap) for i in range(5)]  # 0.1 0.2 0.4 0.8 0.8
+        # Backoff jitter is +-20 %; an attempt on a closed port takes milliseconds.
+        assert all(p * 0.8 <= g <= p * 1.2 + 1.0 for g, p in zip(gaps, planned)), \
+            f"waits {gaps} between attempts, planned {planned}: backoff not observed"
         assert sorted(p.name for p in pending_files(outbox)) == sorted(files)
         server = SeaweedFS(tmp_path / "seaweedfs", s3_port=port)
         try:

@@ -124,7 +124,7 @@ def test_two_files_with_the_same_clock_name_become_two_objects(s3, tmp_path):
         state = SharedState()
         rec = Recorder(threading.Event(), state, car="CAR1", folder=str(folder),
                        extension=".csv", separator=",", interval=1, fsync_interval=1,
-                       rotate_seconds=3600, rotate_bytes=1 << 20, max_age=60, gnss=False,
+                       rotate_seconds=3600, rotate_bytes=1 << 20, max_age=60,
                        clock=lambda: datetime(2026, 3, 1, 8, 0, 0, tzinfo=timezone.utc))
         rec.prepare()
         state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),)))

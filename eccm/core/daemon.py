@@ -18,13 +18,13 @@ from eccm.core.clock import RELEASED, RecordClock
 from eccm.config import Config
 from eccm.sinks.disk import check_budget
 from eccm.sources.gnss.reader import GnssReader
-from eccm.sinks.layout import OUTBOX
+from eccm.core.health import DiskHealth, status_line
 from eccm.core.notify import Notifier
 from eccm.sources.obd.link import PortInUse, check_free
-from eccm.sources.obd.poller import DEFAULT_FAST, ObdPoller, quiet_python_obd
+from eccm.sources.obd.poller import ObdPoller, quiet_python_obd
 from eccm.sinks.records import Recorder
 from eccm.server.tcp import SocketServer
-from eccm.sinks.upload import S3Settings, Uploader, S3Store
+from eccm.sinks.upload import Uploader
 from eccm.core.state import DISABLED, SharedState
 from eccm.core.text import plural
 from eccm.core.worker import Worker
@@ -59,31 +59,19 @@ class Daemon:
 
         self.recorder: Optional[Recorder] = None
         if cfg.FILE_RECORDING:
-            self.recorder = Recorder(
-                self.stop_event, self.state, car=cfg.CAR_IDENTIFIER,
-                folder=cfg.RECORD_DIRECTORY_LOCATION, extension=cfg.MONITORING_FILE_EXTENSION,
-                separator=cfg.MONITORING_FILE_SEPARATION_CHARACTER,
-                interval=cfg.RECORD_INTERVAL, fsync_interval=cfg.FSYNC_INTERVAL,
-                rotate_seconds=cfg.RECORD_ROTATE_MINUTES * 60,
-                rotate_bytes=int(cfg.RECORD_ROTATE_SIZE_MB * 1024 * 1024),
-                max_age=cfg.VALUE_MAX_AGE, gnss=cfg.GPS_POSITION_MONITORING,
-                clock=self.clock.now, clock_source=self._clock_source)
+            self.recorder = Recorder.from_config(self.stop_event, self.state, cfg,
+                                                 clock=self.clock.now,
+                                                 clock_source=self._clock_source)
             self.workers.append(self.recorder)
-        self.poller = ObdPoller(
-            self.stop_event, self.state, port=cfg.OBD_INTERFACE, baudrate=cfg.OBD_BAUDRATE,
-            protocol=cfg.OBD_PROTOCOL, timeout=cfg.OBD_TIMEOUT,
-            session_timeout=cfg.OBD_SESSION_TIMEOUT, max_delay=cfg.RECONNECT_MAX_DELAY,
-            fast_names=cfg.OBD_FAST_PIDS or DEFAULT_FAST, slow_every=cfg.OBD_SLOW_EVERY,
-            fast_baudrate=cfg.OBD_FAST_BAUDRATE, sleep_below=cfg.OBD_SLEEP_BELOW_VOLTAGE)
+        self.poller = ObdPoller.from_config(self.stop_event, self.state, cfg)
         self.workers.append(self.poller)
         self.gnss: Optional[GnssReader] = None
         if cfg.GPS_POSITION_MONITORING:
-            self.gnss = GnssReader(self.stop_event, self.state, port=cfg.GNSS_PORT,
-                                   baudrate=cfg.GNSS_BAUDRATE,
-                                   max_delay=cfg.RECONNECT_MAX_DELAY, on_fix=self._on_fix)
+            self.gnss = GnssReader.from_config(self.stop_event, self.state, cfg,
+                                               on_fix=self._on_fix)
             self.workers.append(self.gnss)
         else:
-            self.state.set_link("gnss", DISABLED)
+            GnssReader.declare_off(self.state)
         self.server: Optional[SocketServer] = None
         if cfg.ENABLE_SOCKET_SERVER:
             self.server = SocketServer.from_config(self.stop_event, self.state, self.poller,
@@ -91,8 +79,7 @@ class Daemon:
             self.workers.append(self.server)
         self.uploader: Optional[Uploader] = None
         if cfg.s3_enabled:
-            self.uploader = Uploader(self.stop_event, self.state, s3_store(cfg),
-                                     keep_days=cfg.S3_KEEP_UPLOADED_DAYS)
+            self.uploader = Uploader.from_config(self.stop_event, self.state, cfg)
             self.workers.append(self.uploader)
         else:
             self.state.set_link("s3", DISABLED)
@@ -139,8 +126,12 @@ class Daemon:
                 return 2
         self.install_signal_handlers()
         self.start()
+        every = SUPERVISE_EVERY
+        if self.notifier.enabled and self.notifier.watchdog_interval:
+            # systemd wants a ping every third of WatchdogSec or so (keepalive): wake as often
+            every = min(every, self.notifier.watchdog_interval / 3)
         try:
-            while not self.stop_event.wait(SUPERVISE_EVERY):
+            while not self.stop_event.wait(every):
                 self.supervise()
                 self.keepalive()
         finally:
@@ -158,8 +149,7 @@ class Daemon:
         except OSError as exc:
             log.error("cannot check the record folder: %s", exc)
             return
-        self.state.set_info(disk=f"{report.used / 1e6:.1f} of {limit / 1e6:.1f} MB"
-                                 + (" FULL" if report.full else ""))
+        self.state.report(DiskHealth(report.used, limit, report.full))
         if report.full and not self._disk_full:
             log.error("RECORD FOLDER FULL: %.1f MB used of %.1f MB allowed; %s for "
                       "upload. Recording goes on; nothing is deleted unless "
@@ -194,25 +184,7 @@ class Daemon:
     def status_line(self) -> str:
         """One line of health for systemctl status."""
         snap = self.state.snapshot()
-        parts = []
-        for source in ("obd", "gnss", "s3"):
-            link = snap.links.get(source)
-            if link is not None and link.state != "disabled":
-                parts.append(f"{source} {link.state}")
-        problem = snap.info.get("record_problem")
-        if problem:
-            parts.append(f"NOT RECORDING: {problem}")
-        elif snap.info.get("record_file"):
-            parts.append("recording")
-        backlog = snap.info.get("upload_backlog")
-        if backlog:
-            parts.append(f"{plural(backlog, 'file')} to upload")
-        held = snap.info.get("upload_held")
-        if held:
-            parts.append(f"{plural(held, 'file')} held back from upload (see the log)")
-        if snap.info.get("disk", "").endswith("FULL"):
-            parts.append("DISK FULL")
-        return ", ".join(parts) or "starting"
+        return status_line(snap.health, snap.links)
 
     def keepalive(self) -> None:
         """Main thread: WATCHDOG=1 only while the loop and every worker make progress;
@@ -243,13 +215,3 @@ class Daemon:
         for worker in reversed(self.workers):
             worker.join(max(0.1, deadline - time.monotonic()))
         log.info("ECCM stopped")
-
-
-def s3_store(cfg: Config) -> S3Store:
-    settings = S3Settings(endpoint=cfg.S3_SERVER_ENDPOINT, access_key=cfg.S3_SERVER_AK,
-                          secret_key=cfg.S3_SERVER_SK, bucket=cfg.S3_SERVER_BUCKET,
-                          region=cfg.S3_SERVER_REGION, prefix=cfg.S3_KEY_PREFIX or "",
-                          verify_tls=cfg.S3_VERIFY_TLS)
-    return S3Store(settings, cfg.CAR_IDENTIFIER,
-                         Path(cfg.RECORD_DIRECTORY_LOCATION) / OUTBOX,
-                         keep_uploaded=cfg.S3_KEEP_UPLOADED)

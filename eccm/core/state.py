@@ -7,43 +7,45 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
-# Link states of a source (OBD adapter, GNSS receiver, S3 server...).
-DISABLED = "disabled"
-CONNECTING = "connecting"
-CONNECTED = "connected"
-LOST = "lost"
+from eccm.core.health import CONNECTED, CONNECTING, DISABLED, LOST, Health, Link
+
+# Link and its states live with the health model; sources publish them through the state.
+__all__ = ["CONNECTED", "CONNECTING", "DISABLED", "LOST", "Column", "EngineRun", "Health",
+           "Link", "Reading", "SharedState", "Snapshot", "Unavailable"]
 
 
 @dataclass(frozen=True)
 class Reading:
-    """One value as it arrived: monotonic time for ages, UTC wall time for records."""
+    """One value as it arrived: monotonic time for ages, UTC wall time for records, and
+    the source that published it."""
     value: Any
     unit: str
     mono: float
     wall: datetime
-
-
-@dataclass(frozen=True)
-class Link:
-    state: str
-    reason: str = ""
-    since: float = 0.0  # monotonic
+    origin: str = ""
 
 
 @dataclass(frozen=True)
 class Column:
-    """A record column: the value's name and the fixed unit it is written in."""
+    """A record column: the value's name and the fixed unit it is written in; `source`
+    (who declared it) is a label, not part of its identity."""
     name: str
     unit: str = ""
+    source: str = field(default="", compare=False)
 
     @property
     def header(self) -> str:
         return f"{self.name} ({self.unit})" if self.unit else self.name
+
+
+class Unavailable(Exception):
+    """The car cannot be asked now (not connected, busy, no whole answer); the message says
+    why. The one error a source's request methods raise to other threads (the server)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,14 @@ class Snapshot:
     engine_run: Optional[EngineRun]
     gnss: Any
     counters: Mapping[str, int]
-    info: Mapping[str, Any]
+    health: Health
+    columns: Mapping[str, Tuple[Column, ...]]  # source -> its declared columns, in order
+
+    def declared(self) -> Tuple[Column, ...]:
+        """The record's columns: every source's, in the order the sources first declared
+        them; a source that is off (link DISABLED) declares its names but records none."""
+        return tuple(c for source, cols in self.columns.items() for c in cols
+                     if getattr(self.links.get(source), "state", None) != DISABLED)
 
     def fresh(self, name: str, max_age: float) -> Optional[Reading]:
         """The reading of `name` if it is no older than max_age seconds."""
@@ -82,18 +91,21 @@ class SharedState:
         self._lock = threading.Lock()
         self._values: Mapping[str, Reading] = MappingProxyType({})
         self._links: Mapping[str, Link] = MappingProxyType({})
-        self._obd_session: Optional[EngineRun] = None
+        self._engine_run: Optional[EngineRun] = None
         self._gnss: Any = None
         self._counters: Mapping[str, int] = MappingProxyType({})
-        self._info: Mapping[str, Any] = MappingProxyType({})
+        self._health = Health()
+        self._columns: Mapping[str, Tuple[Column, ...]] = MappingProxyType({})
         self._changed = threading.Condition(self._lock)
 
     def update_values(self, readings: Mapping[str, Tuple[Any, str]],
-                      mono: Optional[float] = None, wall: Optional[datetime] = None) -> None:
-        """Store name -> (value, unit), all stamped with one arrival time."""
+                      mono: Optional[float] = None, wall: Optional[datetime] = None,
+                      origin: str = "obd") -> None:
+        """Store name -> (value, unit) from one source, all stamped with one arrival time."""
         mono = time.monotonic() if mono is None else mono
         wall = datetime.now(timezone.utc) if wall is None else wall
-        new = {name: Reading(value, unit, mono, wall) for name, (value, unit) in readings.items()}
+        new = {name: Reading(value, unit, mono, wall, origin)
+               for name, (value, unit) in readings.items()}
         with self._lock:
             merged = dict(self._values)
             merged.update(new)
@@ -111,13 +123,25 @@ class SharedState:
             self._links = MappingProxyType(links)
             return True
 
-    def start_engine_run(self, session: EngineRun) -> None:
+    def declare(self, source: str, columns: Sequence[Column]) -> None:
+        """A source's record columns (replacing what it declared before). Sources keep
+        the place of their first declaration, so the daemon's wiring order is the
+        record's column order."""
+        labelled = tuple(replace(c, source=source) for c in columns)
         with self._lock:
-            self._obd_session = session
+            declared = dict(self._columns)
+            declared[source] = labelled
+            self._columns = MappingProxyType(declared)
+
+    def start_engine_run(self, session: EngineRun, source: str = "obd") -> None:
+        """The car is on: record files follow the run; its columns are `source`'s."""
+        self.declare(source, session.columns)
+        with self._lock:
+            self._engine_run = session
 
     def end_engine_run(self) -> None:
         with self._lock:
-            self._obd_session = None
+            self._engine_run = None
 
     def set_gnss(self, fix: Any) -> None:
         with self._lock:
@@ -129,17 +153,15 @@ class SharedState:
             counters[name] = counters.get(name, 0) + step
             self._counters = MappingProxyType(counters)
 
-    def set_info(self, **items: Any) -> None:
-        """Small facts for status displays (current file, backlog, ...)."""
+    def report(self, part: Any) -> None:
+        """A worker's health part (core.health: ObdHealth, RecordHealth...), replaced whole."""
         with self._lock:
-            info = dict(self._info)
-            info.update(items)
-            self._info = MappingProxyType(info)
+            self._health = self._health.with_part(part)
 
     def snapshot(self) -> Snapshot:
         with self._lock:
-            return Snapshot(time.monotonic(), self._values, self._links, self._obd_session,
-                            self._gnss, self._counters, self._info)
+            return Snapshot(time.monotonic(), self._values, self._links, self._engine_run,
+                            self._gnss, self._counters, self._health, self._columns)
 
     def wait_for_update(self, timeout: float) -> bool:
         """Block until update_values() is called or timeout passes (tests, streaming)."""

@@ -10,6 +10,10 @@ per source address); a try over the budget is refused unchecked and ends the con
 Legacy commands of the original ECCM (a bare secret as first line, QUERY_COMMAND>>NAME,
 QUERY_STATUS>>NAME, GET_DTC, CLEAR_DTC, GET_COMMAND_LIST, RESTART_DATA_MANAGER) answer
 one line each, as the original did.
+
+One table, COMMANDS (at the end), names every command with its HELP line, its handler,
+whether it works before login and whether it is the original's; HELP, the login gate and
+dispatch all read it.
 """
 from __future__ import annotations
 
@@ -17,11 +21,10 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
-from eccm.sinks.rows import GNSS_COLUMNS, GNSS_FIX_ATTRS, format_cell
-from eccm.core.state import DISABLED, Reading, Snapshot
+from eccm.sinks.rows import format_cell
+from eccm.core.state import DISABLED, Reading, Snapshot, Unavailable
 from eccm.core.text import plural
 
 MAX_LINE = 1024
@@ -29,44 +32,19 @@ MAX_AUTH_ATTEMPTS = 3
 MAX_WATCH_HZ = 10.0
 DEFAULT_WATCH_HZ = 1.0
 
-HELP = [
-    "AUTH <secret>            authenticate (or AUTH HMAC <hex>, see the greeting's challenge)",
-    "HELP                     this list",
-    "LIST                     every value available now, with its unit",
-    "GET <NAME> [NAME...]     latest value(s) with unit and age",
-    "ALL                      every latest value",
-    "POSITION                 latest GNSS fix",
-    "STATUS                   health of ECCM",
-    "DTC                      read stored and pending trouble codes from the car",
-    "CLEAR_DTC                clear the car's trouble codes and freeze frame (mode 04)",
-    "WATCH <NAME...> [HZ]     stream values (at most 10 per second) until UNWATCH",
-    "UNWATCH                  stop streaming",
-    "JSON ON|OFF              one JSON object per reply line",
-    "QUIT                     close the connection",
-]
-OPEN_COMMANDS = {"AUTH", "HELP", "QUIT"}
-LEGACY = {"QUERY_COMMAND", "QUERY_STATUS", "GET_DTC", "GET_COMMAND_LIST",
-          "RESTART_DATA_MANAGER"}
 LEGACY_UNAVAILABLE = "DATA MANAGER NOT AVAILABLE"
 WATCH_MAX_AGE = 5.0  # an older value streams as '-'
 
-# A client asks for a GNSS value by the name it sees in the record header.
-GNSS_NAMES = tuple(c.name for c in GNSS_COLUMNS)
+# Why a value a source declared has none yet, per source.
+WAITING = {"gnss": "no GNSS fix yet", "obd": "no answer from the car yet"}
 
 
-def gnss_readings(snap: Snapshot) -> Dict[str, Reading]:
-    """The latest fix as readings named like the record's GNSS columns; {} without one."""
-    fix = snap.gnss
-    if fix is None:
-        return {}
-    mono = fix.mono if fix.mono is not None else snap.mono
-    wall = datetime.now(timezone.utc) - timedelta(seconds=max(0.0, snap.mono - mono))
-    return {col.name: Reading(getattr(fix, attr, None), col.unit, mono, wall)
-            for col, attr in zip(GNSS_COLUMNS, GNSS_FIX_ATTRS)}
-
-
-class Unavailable(Exception):
-    """The car cannot be asked now (not connected, busy); the message says why."""
+def source_of(snap: Snapshot, name: str) -> Optional[str]:
+    """The source that declared a value name (its record column), or None."""
+    for source, columns in snap.columns.items():
+        if any(col.name == name for col in columns):
+            return source
+    return None
 
 
 class Backend:
@@ -76,7 +54,7 @@ class Backend:
         raise NotImplementedError
 
     def read_dtcs(self) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
-        """(stored, pending) as (code, description); raises Unavailable."""
+        """(stored, pending) as (code, description); raises Unavailable (core.state)."""
         raise NotImplementedError
 
     def clear_dtcs(self) -> int:
@@ -215,25 +193,16 @@ class Conversation:
         first = self.lines_seen == 1
         word, args = split_command(line)
         if not self.authenticated:
-            if first and self.secret and word not in self._all_commands():
+            if first and self.secret and word not in ALL_NAMES:
                 return self._bare_secret(line)  # the original ECCM's login
             if word not in OPEN_COMMANDS:
                 return Reply([self._err("not authenticated: AUTH <secret> first")])
-        if self.legacy and (word in LEGACY or word == "CLEAR_DTC"):
-            return Reply([self._legacy(word, args)])
-        handler = getattr(self, f"_cmd_{word.lower()}", None)
-        if handler is None or word.lower() not in self._handlers():
+        # A session that logged in the original way gets the original's commands first.
+        command = (_LEGACY_BY_NAME.get(word) if self.legacy else None) or _BY_NAME.get(word)
+        if command is None:
             return Reply(["INVALID COMMAND" if self.legacy else
                           self._err(f"unknown command {word[:40]!r}; HELP lists them")])
-        return handler(args)
-
-    @staticmethod
-    def _handlers() -> Sequence[str]:
-        return ("auth", "help", "list", "get", "all", "position", "status", "dtc",
-                "clear_dtc", "watch", "unwatch", "json", "quit")
-
-    def _all_commands(self) -> set:
-        return {h.upper() for h in self._handlers()} | LEGACY | {"CLEAR_DTC"}
+        return command.handler(self, args)
 
     def _bare_secret(self, line: str) -> Reply:
         """A first message that is no command: the bare secret of the original ECCM."""
@@ -283,10 +252,15 @@ class Conversation:
 
     @staticmethod
     def _readings(snap: Snapshot) -> Dict[str, Reading]:
-        """Engine values (sorted by name), then the GNSS fix's in record column order."""
-        readings = {name: snap.values[name] for name in sorted(snap.values)}
-        for name, reading in gnss_readings(snap).items():
-            readings.setdefault(name, reading)
+        """Every value that has a reading, in the record's column order (the sources in
+        the order the daemon created them), then any value no source declared, by name."""
+        readings = {}
+        for col in snap.declared():
+            reading = snap.values.get(col.name)
+            if reading is not None:
+                readings.setdefault(col.name, reading)
+        for name in sorted(snap.values):
+            readings.setdefault(name, snap.values[name])
         return readings
 
     def _cmd_list(self, args: List[str]) -> Reply:
@@ -310,16 +284,20 @@ class Conversation:
         names = [a.upper() for a in args]
         lines = [self._value_line(snap, n, readings[n]) for n in names if n in readings]
         missing = [n for n in names if n not in readings]
-        unknown = [n for n in missing if n not in GNSS_NAMES]
-        no_fix = [n for n in missing if n in GNSS_NAMES]  # known, but no fix to read
+        unknown = [n for n in missing if source_of(snap, n) is None]
         problems = []
         if unknown:
             problems.append("unknown value " + " ".join(u[:40] for u in unknown[:5]))
-        if no_fix:
-            gnss = snap.links.get("gnss")
-            why = "GNSS is off" if gnss is not None and gnss.state == DISABLED else \
-                "no GNSS fix yet"
-            problems.append(f"no value {' '.join(no_fix[:5])} ({why})")
+        waiting: Dict[str, List[str]] = {}  # a source's names that have no value yet
+        for name in missing:
+            source = source_of(snap, name)
+            if source is not None:
+                waiting.setdefault(source, []).append(name)
+        for source, names_left in waiting.items():
+            link = snap.links.get(source)
+            why = f"{source.upper()} is off" if link is not None and \
+                link.state == DISABLED else WAITING.get(source, f"nothing from {source} yet")
+            problems.append(f"no value {' '.join(names_left[:5])} ({why})")
         if problems:
             return Reply(lines + [self._err("; ".join(problems))])
         return Reply(lines + [self._ok()])
@@ -378,8 +356,8 @@ class Conversation:
         if not names or not (hz > 0):
             return Reply([self._err("WATCH needs value names and a rate above 0")])
         hz = min(hz, MAX_WATCH_HZ)
-        known = self.backend.snapshot().values
-        unknown = [n for n in names if n not in known and n not in GNSS_NAMES]
+        snap = self.backend.snapshot()
+        unknown = [n for n in names if n not in snap.values and source_of(snap, n) is None]
         if unknown:
             return Reply([self._err("unknown value " + " ".join(u[:40] for u in unknown[:5]))])
         self.watch = (names, hz)
@@ -415,24 +393,95 @@ class Conversation:
         return "WATCH " + " ".join(f"{name}={format_cell(reading.value) if reading else '-'}"
                                    for name, reading in fresh)
 
-    def _legacy(self, word: str, args: List[str]) -> str:
-        if word == "RESTART_DATA_MANAGER":
-            self.backend.reconnect()
-            return "RESTART IN PROGRESS"
-        if word == "GET_COMMAND_LIST":
-            session = self.backend.snapshot().engine_run
-            if session is None:
-                return LEGACY_UNAVAILABLE
-            return ",".join(c.name for c in session.columns)
-        if word == "CLEAR_DTC":
-            self.backend.audit("CLEAR_DTC (legacy command)")
+    # The original ECCM's commands: one line each, no OK/ERR.
+
+    def _legacy_restart(self, args: List[str]) -> Reply:
+        self.backend.reconnect()
+        return Reply(["RESTART IN PROGRESS"])
+
+    def _legacy_command_list(self, args: List[str]) -> Reply:
+        session = self.backend.snapshot().engine_run
+        if session is None:
+            return Reply([LEGACY_UNAVAILABLE])
+        return Reply([",".join(c.name for c in session.columns)])
+
+    def _legacy_query_command(self, args: List[str]) -> Reply:
         name = args[0].upper() if args else ""
-        if word == "QUERY_COMMAND" and name in GNSS_NAMES:  # from the fix, not the car
-            reading = gnss_readings(self.backend.snapshot()).get(name)
+        snap = self.backend.snapshot()
+        if source_of(snap, name) not in (None, "obd"):  # the receiver's, not the car's
+            reading = snap.values.get(name)
             if reading is None or reading.value is None:
-                return "None"  # what the original answered for a value it did not have
-            return f"{format_cell(reading.value)} {reading.unit}".rstrip()
+                return Reply(["None"])  # what the original answered for a value it lacked
+            return Reply([f"{format_cell(reading.value)} {reading.unit}".rstrip()])
+        return self._ask_car("QUERY_COMMAND", args)
+
+    def _legacy_query_status(self, args: List[str]) -> Reply:
+        return self._ask_car("QUERY_STATUS", args)
+
+    def _legacy_get_dtc(self, args: List[str]) -> Reply:
+        return self._ask_car("GET_DTC", args)
+
+    def _legacy_clear_dtc(self, args: List[str]) -> Reply:
+        self.backend.audit("CLEAR_DTC (legacy command)")
+        return self._ask_car("CLEAR_DTC", args)
+
+    def _ask_car(self, kind: str, args: List[str]) -> Reply:
+        """The OBD side's text for a legacy command, passed on as it is."""
         try:
-            return self.backend.query_legacy(word, args[0] if args else "")
+            return Reply([self.backend.query_legacy(kind, args[0] if args else "")])
         except Unavailable:
-            return LEGACY_UNAVAILABLE
+            return Reply([LEGACY_UNAVAILABLE])
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command of the protocol."""
+    name: str       # the word a client sends, in any case
+    usage: str      # HELP's left column
+    help: str       # HELP's text
+    handler: Callable[[Conversation, List[str]], Reply]
+    open: bool = False    # works before login (nothing else does)
+    legacy: bool = False  # the original ECCM's: only after its bare-secret login; not in HELP
+
+
+C = Conversation
+COMMANDS: Tuple[Command, ...] = (
+    Command("AUTH", "AUTH <secret>",
+            "authenticate (or AUTH HMAC <hex>, see the greeting's challenge)", C._cmd_auth,
+            open=True),
+    Command("HELP", "HELP", "this list", C._cmd_help, open=True),
+    Command("LIST", "LIST", "every value available now, with its unit", C._cmd_list),
+    Command("GET", "GET <NAME> [NAME...]", "latest value(s) with unit and age", C._cmd_get),
+    Command("ALL", "ALL", "every latest value", C._cmd_all),
+    Command("POSITION", "POSITION", "latest GNSS fix", C._cmd_position),
+    Command("STATUS", "STATUS", "health of ECCM", C._cmd_status),
+    Command("DTC", "DTC", "read stored and pending trouble codes from the car", C._cmd_dtc),
+    Command("CLEAR_DTC", "CLEAR_DTC",
+            "clear the car's trouble codes and freeze frame (mode 04)", C._cmd_clear_dtc),
+    Command("WATCH", "WATCH <NAME...> [HZ]",
+            f"stream values (at most {MAX_WATCH_HZ:g} per second) until UNWATCH",
+            C._cmd_watch),
+    Command("UNWATCH", "UNWATCH", "stop streaming", C._cmd_unwatch),
+    Command("JSON", "JSON ON|OFF", "one JSON object per reply line", C._cmd_json),
+    Command("QUIT", "QUIT", "close the connection", C._cmd_quit, open=True),
+    # The original ECCM's, answered one line each as it did.
+    Command("QUERY_COMMAND", "QUERY_COMMAND>>NAME", "a value as python-OBD's text, or None",
+            C._legacy_query_command, legacy=True),
+    Command("QUERY_STATUS", "QUERY_STATUS>>NAME", "a status value (FUEL_STATUS...) as text",
+            C._legacy_query_status, legacy=True),
+    Command("GET_DTC", "GET_DTC", "the stored trouble codes as a list of (code, description)",
+            C._legacy_get_dtc, legacy=True),
+    Command("CLEAR_DTC", "CLEAR_DTC", "clear the trouble codes (mode 04); answers None",
+            C._legacy_clear_dtc, legacy=True),
+    Command("GET_COMMAND_LIST", "GET_COMMAND_LIST", "the names of the values polled",
+            C._legacy_command_list, legacy=True),
+    Command("RESTART_DATA_MANAGER", "RESTART_DATA_MANAGER", "reopen the OBD adapter",
+            C._legacy_restart, legacy=True),
+)
+del C
+
+HELP: List[str] = [f"{c.usage:<24} {c.help}" for c in COMMANDS if not c.legacy]
+OPEN_COMMANDS: FrozenSet[str] = frozenset(c.name for c in COMMANDS if c.open)
+ALL_NAMES: FrozenSet[str] = frozenset(c.name for c in COMMANDS)
+_BY_NAME: Dict[str, Command] = {c.name: c for c in COMMANDS if not c.legacy}
+_LEGACY_BY_NAME: Dict[str, Command] = {c.name: c for c in COMMANDS if c.legacy}

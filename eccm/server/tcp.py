@@ -1,8 +1,9 @@
 """TCP socket server: accept loop, connection limits and login limits, TLS; one thread per client.
 
 One accept thread, one thread per client (bounded). A client only ever reads the shared
-state or sends a request to the OBD poller (DTC read/clear, legacy live queries), so a slow
-or hostile client never blocks the others or the polling. Protocol decisions are the
+state or asks the OBD side through CarAccess (DTC read/clear, legacy live queries; the
+poller implements it, the server knows nothing of python-OBD), so a slow or hostile client
+never blocks the others or the polling. Protocol decisions are the
 Conversation's (protocol.py); this module owns the sockets and the limits:
 
 - a connection must log in within `login_deadline` seconds and `login_max_bytes` bytes;
@@ -28,13 +29,12 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 from eccm import __version__
-from eccm.sources.obd.adapter import AdapterError, ReadError
-from eccm.sources.obd.poller import NotConnected, ObdPoller
-from eccm.server.protocol import MAX_LINE, Backend, Reply, Conversation, Unavailable, strip_telnet
-from eccm.core.state import DISABLED, SharedState, Snapshot
+from eccm.server.protocol import MAX_LINE, Backend, Reply, Conversation, strip_telnet
+from eccm.core.health import status_items
+from eccm.core.state import SharedState, Snapshot, Unavailable
 from eccm.core.text import plural
 from eccm.core.worker import Worker
 
@@ -62,13 +62,12 @@ SEND_TIMEOUT = 5.0        # a client that does not read for this long is dropped
 SEND_BUFFER = 32 * 1024   # per client: bounds kernel memory (Linux would grow it to 4 MiB)
 GREETING_GRACE = 0.25     # a legacy client sends its bare secret at once, before any greeting
 UNTERMINATED_FLUSH = 0.2  # legacy clients send messages without a line end
-REQUEST_TIMEOUT = 15.0    # DTC read/clear through the poller
+REQUEST_TIMEOUT = 15.0    # DTC read/clear, legacy queries through the OBD side
+TICK = 0.5                # the accept and client loops look at the stop event this often
 QUOTA_NOTICE_EVERY = 60.0  # seconds between two log lines about a full login quota
 
 TOO_MANY = "ERR too many connections, try again later"
 EVICTED = "ERR too many connections waiting to log in; closing"
-COUNTERS = ("socket_refused", "socket_evicted", "login_timeouts", "auth_failures",
-            "auth_refused")  # shown in STATUS errors
 
 
 def address_key(host: str) -> str:
@@ -263,8 +262,29 @@ class LoginBudget:
             return self._bucket(key, self.clock()).tokens
 
 
+DTCs = Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]  # (stored, pending) (code, text)
+
+
+class CarAccess(Protocol):
+    """What the server may ask of the OBD side (sources/obd's poller offers it). Each
+    question waits at most `timeout` seconds and raises core.state.Unavailable, whose
+    message the client is shown, when the car cannot answer."""
+
+    def read_dtcs(self, timeout: float) -> DTCs:
+        """Stored and pending trouble codes, with descriptions."""
+
+    def clear_dtcs(self, timeout: float) -> int:
+        """Mode 04; the number of stored codes left."""
+
+    def legacy_answer(self, kind: str, name: str, timeout: float) -> str:
+        """The original ECCM's text for QUERY_COMMAND/QUERY_STATUS NAME, GET_DTC, CLEAR_DTC."""
+
+    def request_reconnect(self) -> None:
+        """Close and reopen the adapter (RESTART_DATA_MANAGER); returns at once."""
+
+
 class DaemonBackend(Backend):
-    """The Backend of one client session: shared state + OBD poller requests."""
+    """The Backend of one client session: shared state + questions to the OBD side."""
 
     def __init__(self, server: "SocketServer", peer: str, key: Optional[str] = None):
         self.server = server
@@ -274,32 +294,24 @@ class DaemonBackend(Backend):
     def snapshot(self) -> Snapshot:
         return self.server.state.snapshot()
 
-    def _ask(self, fn: Any) -> Any:
-        """fn(poller): the OBD side answers through its own methods (the server never
-        touches the adapter); its failures become one Unavailable message."""
-        poller = self.server.poller
-        if poller is None:
+    def _car(self) -> CarAccess:
+        """The OBD side; it raises Unavailable itself when the car cannot answer."""
+        if self.server.obd is None:
             raise Unavailable("no OBD adapter configured")
-        try:
-            return fn(poller)
-        except (NotConnected, AdapterError, ReadError) as exc:
-            raise Unavailable(str(exc)) from None
-        except TimeoutError:
-            raise Unavailable(f"no answer from the OBD thread within {REQUEST_TIMEOUT:g} s") \
-                from None
+        return self.server.obd
 
-    def read_dtcs(self) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
-        return self._ask(lambda poller: poller.read_dtcs(REQUEST_TIMEOUT))
+    def read_dtcs(self) -> DTCs:
+        return self._car().read_dtcs(self.server.request_timeout)
 
     def clear_dtcs(self) -> int:
-        return self._ask(lambda poller: poller.clear_dtcs(REQUEST_TIMEOUT))
+        return self._car().clear_dtcs(self.server.request_timeout)
 
     def query_legacy(self, kind: str, name: str) -> str:
-        return self._ask(lambda poller: poller.legacy_answer(kind, name, REQUEST_TIMEOUT))
+        return self._car().legacy_answer(kind, name, self.server.request_timeout)
 
     def reconnect(self) -> None:
-        if self.server.poller is not None:
-            self.server.poller.request_reconnect()
+        if self.server.obd is not None:
+            self.server.obd.request_reconnect()
 
     def status(self) -> List[Tuple[str, Any]]:
         return self.server.status()
@@ -318,20 +330,26 @@ class DaemonBackend(Backend):
 
 
 class SocketServer(Worker):
+    """The accept thread. Every limit and delay is a parameter (default: the constants
+    above) so tests can shorten them; the daemon uses the defaults."""
     name = "socket"
 
     def __init__(self, stop_event: threading.Event, state: SharedState,
-                 poller: Optional[ObdPoller], *, bind: str, port: int,
+                 obd: Optional[CarAccess], *, bind: str, port: int,
                  secret: Optional[str], car: str,
                  tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
                  max_clients: int = MAX_CLIENTS, max_pending: int = MAX_PENDING,
                  max_pending_per_address: int = MAX_PENDING_PER_ADDRESS,
                  login_deadline: float = LOGIN_DEADLINE,
                  login_max_bytes: int = LOGIN_MAX_BYTES,
-                 login_burst: int = LOGIN_BURST, login_period: float = LOGIN_PERIOD):
+                 login_burst: int = LOGIN_BURST, login_period: float = LOGIN_PERIOD,
+                 idle_timeout: float = IDLE_TIMEOUT, send_timeout: float = SEND_TIMEOUT,
+                 greeting_grace: float = GREETING_GRACE,
+                 unterminated_flush: float = UNTERMINATED_FLUSH,
+                 request_timeout: float = REQUEST_TIMEOUT, tick: float = TICK):
         super().__init__(stop_event)
         self.state = state
-        self.poller = poller
+        self.obd = obd
         self.bind = bind
         self.port = port
         self.secret = secret
@@ -345,20 +363,25 @@ class SocketServer(Worker):
         self.login_deadline = login_deadline
         self.login_max_bytes = login_max_bytes
         self.budget = LoginBudget(login_burst, login_period)
+        self.idle_timeout = idle_timeout
+        self.send_timeout = send_timeout
+        self.greeting_grace = greeting_grace
+        self.unterminated_flush = unterminated_flush
+        self.request_timeout = request_timeout
+        self.tick = tick
         self.started = time.monotonic()
         self._listener: Optional[socket.socket] = None
         self._pending: Dict[int, "_Client"] = {}  # insertion order: oldest first
         self._active: Dict[int, "_Client"] = {}
         self._threads: Dict[int, threading.Thread] = {}
         self._lock = threading.Lock()
-        self._rate: Tuple[float, int] = (time.monotonic(), 0)
         self._next_sweep = 0.0
         self._next_quota_notice = 0.0
 
     @classmethod
     def from_config(cls, stop_event: threading.Event, state: SharedState,
-                    poller: Optional[ObdPoller], cfg: Any) -> "SocketServer":
-        return cls(stop_event, state, poller, bind=cfg.SOCKET_SERVER_BIND,
+                    obd: Optional[CarAccess], cfg: Any) -> "SocketServer":
+        return cls(stop_event, state, obd, bind=cfg.SOCKET_SERVER_BIND,
                    port=cfg.SOCKET_SERVER_PORT, secret=cfg.SOCKET_SERVER_SECRET,
                    car=cfg.CAR_IDENTIFIER, tls_cert=cfg.SOCKET_SERVER_TLS_CERT,
                    tls_key=cfg.SOCKET_SERVER_TLS_KEY)
@@ -389,7 +412,7 @@ class SocketServer(Worker):
             raise OSError(exc.errno, f"socket server cannot listen on {self.bind}:"
                                      f"{self.port}: {exc.strerror}") from None
         sock.listen(128)
-        sock.settimeout(0.5)
+        sock.settimeout(self.tick)
         self._listener = sock
         self.port = sock.getsockname()[1]
         log.info("socket server listening on %s:%d, %s%s", self.bind, self.port,
@@ -546,59 +569,11 @@ class SocketServer(Worker):
     # Status.
 
     def status(self) -> List[Tuple[str, Any]]:
+        """STATUS: the shared health model, as every other reader sees it."""
         snap = self.state.snapshot()
-        now = time.monotonic()
-        samples = snap.counters.get("obd_samples", 0)
-        then, before = self._rate
-        rate = (samples - before) / (now - then) if now - then > 0.5 else 0.0
-        self._rate = (now, samples)
-        obd_link = snap.links.get("obd")
-        gnss_link = snap.links.get("gnss")
-        session = snap.engine_run
-        fix = snap.gnss
-        items: List[Tuple[str, Any]] = [
-            ("version", __version__), ("car", self.car),
-            ("uptime_s", round(now - self.started)),
-            ("obd", f"{obd_link.state} {obd_link.reason}".strip() if obd_link else "unknown"),
-            ("obd_protocol", session.protocol if session else ""),
-            ("vin", (session.vin or "") if session else ""),
-            ("pids_polled", snap.info.get("obd_pids", 0) if session else 0),
-            ("samples_per_s", round(rate, 1)),
-            ("obd_samples", samples),
-            ("obd_anomalies", " ".join(f"{k}={v}" for k, v in sorted(
-                snap.info.get("obd_anomalies", {}).items())) or "none"),
-            ("gnss", f"{gnss_link.state} {gnss_link.reason}".strip() if gnss_link
-             else "unknown"),
-            ("gnss_fix", "none" if fix is None or fix.lat is None else
-             f"mode {fix.mode} {fix.lat:.6f},{fix.lon:.6f} at {fix.time}"),
-            ("gnss_input", " ".join(f"{k}={v}" for k, v in
-                                    snap.info.get("gnss_counters", {}).items())),
-            ("record_file", snap.info.get("record_file") or ""),
-            ("recording", snap.info.get("record_problem") or "ok"),
-            ("rows_lost", snap.counters.get("rows_lost", 0)),
-            *self._upload_status(snap),
-        ]
-        errors = {k: v for k, v in snap.counters.items()
-                  if "error" in k or k.startswith("restarts_") or k in COUNTERS}
-        items.append(("errors", " ".join(f"{k}={v}" for k, v in sorted(errors.items()))
-                      or "none"))
-        return items
-
-    @staticmethod
-    def _upload_status(snap: Snapshot) -> List[Tuple[str, Any]]:
-        """Upload lines that say something even before, or without, any upload."""
-        link = snap.links.get("s3")
-        if link is not None and link.state == DISABLED:
-            return [("upload", "off (S3 not configured)")]
-        backlog = snap.info.get("upload_backlog")
-        # No s3 link yet: the uploader has not tried to upload anything so far.
-        state = f"{link.state} {link.reason}".strip() if link else "on, nothing tried yet"
-        return [
-            ("upload", state),
-            ("upload_backlog", "not counted yet" if backlog is None else backlog),
-            ("upload_held", snap.info.get("upload_held", 0)),
-            ("last_upload", snap.info.get("last_upload") or "never"),
-        ]
+        return status_items(snap.health, snap.links, snap.counters, snap.gnss,
+                            version=__version__, car=self.car,
+                            uptime=time.monotonic() - self.started)
 
 
 class _Client:
@@ -633,7 +608,8 @@ class _Client:
         try:
             self.run()
         except socket.timeout:  # its buffers are full: it stopped reading
-            log.info("client %s dropped: it read nothing for %g s", self.peer, SEND_TIMEOUT)
+            log.info("client %s dropped: it read nothing for %g s", self.peer,
+                     self.server.send_timeout)
         except OSError as exc:  # reset, broken pipe, TLS error: drop this client only
             log.debug("client %s dropped: %s", self.peer, exc)
         except Exception:
@@ -702,7 +678,7 @@ class _Client:
         except OSError as exc:  # ssl.SSLError (not TLS, bad version), timeout, reset
             log.debug("client %s: no TLS handshake: %s", self.peer, exc)
             return False
-        self.conn.settimeout(SEND_TIMEOUT)
+        self.conn.settimeout(self.server.send_timeout)
         self.tls_up = True
         return True
 
@@ -720,16 +696,16 @@ class _Client:
         except socket.timeout:
             return None
         finally:
-            self.conn.settimeout(SEND_TIMEOUT)
+            self.conn.settimeout(self.server.send_timeout)
 
     def run(self) -> None:
         self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        self.conn.settimeout(SEND_TIMEOUT)
+        self.conn.settimeout(self.server.send_timeout)
         if self.server.tls is not None and not self._start_tls():
             return
         stop = self.server.stop_event
         # A legacy client sends its bare secret at once and expects no greeting.
-        first = self._read(GREETING_GRACE)
+        first = self._read(self.server.greeting_grace)
         if first is None and self.evicted is None:
             self.send([self.session.greeting()])
             self.greeted = True
@@ -760,12 +736,13 @@ class _Client:
             if self.session.watch is not None and now >= self.next_watch:
                 self.send([self.session.watch_line()])
                 self.next_watch = max(self.next_watch + 1.0 / self.session.watch[1], now)
-            elif self.session.watch is None and now - self.last_input > IDLE_TIMEOUT:
+            elif self.session.watch is None and \
+                    now - self.last_input > self.server.idle_timeout:
                 self.send(["ERR idle for too long; closing"])
                 return
-            timeout = 0.5
+            timeout = self.server.tick
             if self.buf and self._pause_ends_message():
-                timeout = max(0.0, UNTERMINATED_FLUSH - (now - self.last_input))
+                timeout = max(0.0, self.server.unterminated_flush - (now - self.last_input))
             if self.session.watch is not None:
                 timeout = max(0.0, min(timeout, self.next_watch - now))
             if not self.session.authenticated:
@@ -803,7 +780,8 @@ class _Client:
             return
         if len(self.buf) > MAX_LINE:
             self._say_and_close("ERR line too long (at most 1024 bytes); closing")
-        elif now - self.last_input >= UNTERMINATED_FLUSH and self._pause_ends_message():
+        elif now - self.last_input >= self.server.unterminated_flush and \
+                self._pause_ends_message():
             raw, self.buf = self.buf, b""
             self._handle(strip_telnet(raw).rstrip(b"\r").decode("utf-8", "replace"))
 

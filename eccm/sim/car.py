@@ -457,13 +457,13 @@ class SimulatedAdapter(PtyDevice):
         responder = self.responder
         if self.profile is None:
             is_at = text.replace(" ", "").upper().startswith("AT")
-            time.sleep(self.at_latency if is_at else self.latency)
+            self._stop.wait(self.at_latency if is_at else self.latency)  # or stopped
             reply = responder.handle(text)
         else:
             started = time.monotonic()
             reply = responder.handle(text)
             delay = responder.timing(len(line) + 1, len(reply))
-            time.sleep(max(0.0, delay - (time.monotonic() - started)))
+            self._stop.wait(max(0.0, delay - (time.monotonic() - started)))
         self.requests += 1
         try:
             os.write(self._master, reply.encode("ascii"))

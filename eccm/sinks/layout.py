@@ -14,7 +14,8 @@ from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from eccm import __version__
-from eccm.sinks.rows import GNSS_COLUMNS, TIME_COLUMN, format_time, parse_file_name
+from eccm.sinks.rows import TIME_COLUMN, format_time, parse_file_name
+from eccm.sources.gnss.columns import NAMES as GNSS_NAMES
 from eccm.core.state import Column
 
 DEMO_CAR = "DEMO"  # the simulated car (demo.py): its drives stay out of a real car's bucket
@@ -32,7 +33,6 @@ CLOCK_SOURCES = ("system", "gnss", "unverified", "unknown")
 
 _CAR_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 _HEADER_RE = re.compile(r"^(?P<name>.*?)(?: \((?P<unit>[^()]*)\))?$")
-_GNSS_NAMES = {c.name for c in GNSS_COLUMNS}
 
 
 def manifest_name(record_name: str) -> str:
@@ -54,9 +54,13 @@ def valid_car(car: object) -> bool:
 
 
 def column_source(column: Column) -> str:
+    """Who declared a column: its own label, else (a file of an older version, recovered
+    without its descriptor) the time column's, the GNSS receiver's or the OBD's."""
+    if column.source:
+        return column.source
     if column == TIME_COLUMN:
         return "clock"
-    return "gnss" if column.name in _GNSS_NAMES else "obd"
+    return "gnss" if column.name in GNSS_NAMES else "obd"
 
 
 def parse_header(cells: Sequence[str]) -> List[Column]:

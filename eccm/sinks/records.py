@@ -20,19 +20,23 @@ import os
 import secrets
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from eccm.sinks.layout import (CLOCK_SOURCES, OUTBOX, SEQUENCE_FILE, UPLOADED, build_manifest,
                                dump_manifest, is_manifest, looks_like_record, manifest_name,
                                parse_header, record_of)
-from eccm.sinks.rows import (GNSS_COLUMNS, GNSS_FIX_ATTRS, PART_SUFFIX, TIME_COLUMN, RowFormat,
-                             complete_length, file_name, file_sequence, parse_file_name,
-                             parse_time)
-from eccm.core.state import Column, SharedState, Snapshot
+from eccm.sinks.rows import (PART_SUFFIX, TIME_COLUMN, RowFormat, complete_length, file_name,
+                             file_sequence, parse_file_name, parse_time, row_cells)
+from eccm.core.health import RecordHealth
+from eccm.core.state import Column, SharedState
 from eccm.core.text import plural
 from eccm.core.worker import Worker
+
+if TYPE_CHECKING:
+    from eccm.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +179,11 @@ def manifest_from_file(record: Path, separators: Sequence[str],
     parsed = parse_file_name(record.name)
     scanned = scan_record(record, separators)
     clock = [c for c in facts.get("clock", []) if c in CLOCK_SOURCES] or ["unknown"]
+    sources = facts.get("sources")
+    if isinstance(sources, list) and len(sources) == len(scanned["columns"]) and \
+            all(isinstance(s, str) for s in sources):
+        scanned["columns"] = [replace(c, source=s)
+                              for c, s in zip(scanned["columns"], sources)]
     return build_manifest(name=record.name, car=parsed[0] if parsed else "",
                           sequence=file_sequence(record.name), clock=clock,
                           vin=facts.get("vin") if isinstance(facts.get("vin"), str) else None,
@@ -277,6 +286,11 @@ def tidy_orphan_manifests(outbox: Path, uploaded: Path) -> None:
             log.warning("cannot tidy %s: %s", name, exc)
 
 
+def _labelled(columns: Sequence[Column]) -> List[Tuple[Column, str]]:
+    """Columns with who declared them: a column moving to another source is a new file."""
+    return [(c, c.source) for c in columns]
+
+
 def _unlink_quietly(path: Path) -> None:
     try:
         path.unlink()
@@ -373,22 +387,16 @@ class RecordFile:
         return move_to_outbox(self.path, self.outbox)
 
 
-def gnss_cells(fix: Any, snap: Snapshot, max_age: float) -> List[Any]:
-    """The GNSS columns of a row; empty cells without a fresh fix."""
-    if fix is None or getattr(fix, "mono", snap.mono) < snap.mono - max_age:
-        return [None] * len(GNSS_COLUMNS)
-    return [getattr(fix, attr, None) for attr in GNSS_FIX_ATTRS]
-
-
 class Recorder(Worker):
-    """Writes one row every RECORD_INTERVAL while an engine session is on."""
+    """Writes one row every RECORD_INTERVAL while an engine run is on: the time, then
+    every column the sources declared (SharedState.declare), in their order."""
 
     name = "recorder"
 
     def __init__(self, stop_event: threading.Event, state: SharedState, *, car: str,
                  folder: str, extension: str, separator: str, interval: float,
                  fsync_interval: float, rotate_seconds: float, rotate_bytes: int,
-                 max_age: float, gnss: bool,
+                 max_age: float,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  clock_source: Callable[[], str] = lambda: "system",
                  retry_cap: float = RETRY_CAP):
@@ -404,7 +412,6 @@ class Recorder(Worker):
         self.rotate_seconds = rotate_seconds
         self.rotate_bytes = rotate_bytes
         self.max_age = max_age
-        self.gnss = gnss
         self.clock = clock
         self.clock_source = clock_source
         self.retry_cap = retry_cap
@@ -425,6 +432,19 @@ class Recorder(Worker):
         self._manifest_problem: Optional[str] = None
         self._orphans_failed = 0  # records found at start whose manifest is still unwritten
         self._separators = list(dict.fromkeys([self.format.separator, ",", "\t", "|", ";"]))
+
+    @classmethod
+    def from_config(cls, stop_event: threading.Event, state: SharedState, cfg: "Config", *,
+                    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                    clock_source: Callable[[], str] = lambda: "system") -> "Recorder":
+        """The recorder the configuration describes; the clock callbacks are the daemon's."""
+        return cls(stop_event, state, car=cfg.CAR_IDENTIFIER,
+                   folder=cfg.RECORD_DIRECTORY_LOCATION, extension=cfg.MONITORING_FILE_EXTENSION,
+                   separator=cfg.MONITORING_FILE_SEPARATION_CHARACTER,
+                   interval=cfg.RECORD_INTERVAL, fsync_interval=cfg.FSYNC_INTERVAL,
+                   rotate_seconds=cfg.RECORD_ROTATE_MINUTES * 60,
+                   rotate_bytes=int(cfg.RECORD_ROTATE_SIZE_MB * 1024 * 1024),
+                   max_age=cfg.VALUE_MAX_AGE, clock=clock, clock_source=clock_source)
 
     def prepare(self) -> None:
         """Create the folders and queue leftovers; runs before the thread starts."""
@@ -462,12 +482,15 @@ class Recorder(Worker):
         """Write one row, opening/rotating/closing the file as the session demands."""
         snap = self.state.snapshot()
         session = snap.engine_run
+        declared = snap.declared()
         if self._file is not None:
             reason = None
             if session is None:
                 reason = "engine session ended"
             elif session.number != self._session_number:
                 reason = "new engine session"
+            elif _labelled(declared) != _labelled(self._columns):
+                reason = "new columns"
             elif time.monotonic() - self._file.opened >= self.rotate_seconds:
                 reason = "time limit"
             elif self._file.size >= self.rotate_bytes:
@@ -483,11 +506,8 @@ class Recorder(Worker):
         now = self.clock()
         try:
             if self._file is None:
-                self._open(session, now)
-            cells: List[Any] = [now]
-            cells.extend(self._value(snap, col) for col in self._columns)
-            if self.gnss:
-                cells.extend(gnss_cells(snap.gnss, snap, self.max_age))
+                self._open(session, declared, now)
+            cells = row_cells(snap, self._columns, now, self.max_age)
             assert self._file is not None
             clock = self.clock_source()
             if clock not in self._file.clocks:  # the descriptor first: it may only say more
@@ -526,24 +546,24 @@ class Recorder(Worker):
             self._retry_delay = min(self._retry_delay * 2, self.retry_cap)
         self._problem = problem
         self._retry_at = time.monotonic() + self._retry_delay
-        self.state.set_info(record_problem=f"{problem}: rows not recorded, retrying")
+        self._report()
 
     def _recovered(self) -> None:
         log.info("recording again after %.0f s (%s not recorded)",
                  time.monotonic() - self._failing_since, plural(self._lost, "row"))
         self._problem = None
         self._lost = 0
-        self.state.set_info(record_problem=None)
+        self._report()
         self._manifest_retry_at = 0.0  # the disk works again: the waiting manifests too
         self._write_manifests()
 
-    def _value(self, snap: Snapshot, col: Column) -> Any:
-        reading = snap.fresh(col.name, self.max_age)
-        return None if reading is None else reading.value
+    def _report(self) -> None:
+        self.state.report(RecordHealth(
+            file=str(self._file.path) if self._file is not None else None,
+            problem=f"{self._problem}: rows not recorded, retrying" if self._problem else None))
 
-    def _open(self, session: Any, now: datetime) -> None:
-        columns = tuple(session.columns)
-        header_cols = [TIME_COLUMN, *columns, *(GNSS_COLUMNS if self.gnss else ())]
+    def _open(self, session: Any, columns: Tuple[Column, ...], now: datetime) -> None:
+        header_cols = [replace(TIME_COLUMN, source="clock"), *columns]
         sequence = self.counter.next()
         tag = secrets.token_hex(3)
         name = free_name(self.outbox, self.folder,
@@ -552,7 +572,8 @@ class Recorder(Worker):
         record = RecordFile(self.folder, self.outbox, name, self.format.header(header_cols),
                             self.fsync_interval)
         facts = {"car": self.car, "vin": session.vin, "protocol": session.protocol,
-                 "sequence": sequence, "clock": []}
+                 "sequence": sequence, "clock": [],
+                 "sources": [c.source for c in header_cols]}
         try:
             write_atomic(descriptor_path(self.folder, name), json.dumps(facts).encode())
         except OSError:
@@ -562,14 +583,14 @@ class Recorder(Worker):
         self._columns = columns
         self._session_number = session.number
         self._session_facts = {**facts, "columns": header_cols}
-        self.state.set_info(record_file=str(self._file.path))
+        self._report()
         log.info("recording to %s", self._file.path)
 
     def close_file(self, reason: str) -> None:
         if self._file is None:
             return
         current, self._file = self._file, None
-        self.state.set_info(record_file=None)
+        self._report()
         try:
             target = current.close()
         except OSError as exc:

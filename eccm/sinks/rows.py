@@ -1,32 +1,18 @@
-"""Record file format: names, header, rows, repair of torn files. Pure functions, no I/O."""
+"""Record rows: snapshot -> cells -> text line; names, header, repair of torn files.
+
+Pure functions, no I/O (sinks/records.py owns the files)."""
 from __future__ import annotations
 
 import math
 import re
 from datetime import datetime, timezone
-from typing import Any, Iterable, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
-from eccm.core.state import Column
+from eccm.core.state import Column, Snapshot
 
 PART_SUFFIX = ".part"
 TIME_COLUMN = Column("TIME", "UTC")
 
-# Reserved for the GNSS receiver; present when GPS_POSITION_MONITORING is on.
-GNSS_COLUMNS: Tuple[Column, ...] = (
-    Column("GNSS_TIME", "UTC"),
-    Column("LATITUDE", "deg"),
-    Column("LONGITUDE", "deg"),
-    Column("ALTITUDE", "m"),
-    Column("GNSS_SPEED", "m/s"),
-    Column("TRACK", "deg"),
-    Column("FIX_MODE"),
-    Column("SATELLITES", "count"),
-    Column("HDOP"),
-)
-# The fix attribute (nmea.Fix) behind each GNSS column, in the same order: the record
-# and the socket's GET read a fix through this one list.
-GNSS_FIX_ATTRS: Tuple[str, ...] = ("time", "lat", "lon", "alt", "speed", "track", "mode",
-                                   "sats", "hdop")
 
 # CAR_STAMP_SEQ-TAG.ext; older versions wrote CAR_STAMP.ext and CAR_STAMP-N.ext.
 _NAME_RE = re.compile(r"^(?P<car>.+)_(?P<stamp>\d{8}T\d{6}Z)"
@@ -91,6 +77,17 @@ def format_cell(value: Any) -> str:
         return format_time(value)
     # Text: one row is one line, whatever the ECU sends.
     return str(value).replace("\r", " ").replace("\n", " ")
+
+
+def row_cells(snap: Snapshot, columns: Sequence[Column], moment: datetime,
+              max_age: float) -> List[Any]:
+    """One record row from a snapshot: the time, then each column's value if it is no
+    older than max_age seconds, else an empty cell (never a stale value carried over)."""
+    cells: List[Any] = [moment]
+    for col in columns:
+        reading = snap.fresh(col.name, max_age)
+        cells.append(None if reading is None else reading.value)
+    return cells
 
 
 class RowFormat:

@@ -24,18 +24,22 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 
-from eccm.sinks.layout import (DEMO_CAR, MANIFEST_SUFFIX, UPLOADED, ManifestError, is_manifest,
-                               load_manifest, manifest_name)
+from eccm.sinks.layout import (DEMO_CAR, MANIFEST_SUFFIX, OUTBOX, UPLOADED, ManifestError,
+                               is_manifest, load_manifest, manifest_name)
 from eccm.sinks.rows import PART_SUFFIX, parse_file_name
 from eccm.sinks.records import tidy_orphan_manifests
+from eccm.core.health import UploadHealth
 from eccm.core.text import plural
 from eccm.core.state import CONNECTED, LOST, SharedState
 from eccm.core.worker import Backoff, Worker
+
+if TYPE_CHECKING:
+    from eccm.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +225,17 @@ class S3Store:
         self._client: Any = None
         self._conditional = True  # False once the server said it cannot do If-None-Match
 
+    @classmethod
+    def from_config(cls, cfg: "Config") -> "S3Store":
+        """The bucket the configuration names, for the record folder's outbox (the daemon's
+        uploader and `eccm upload` alike)."""
+        settings = S3Settings(endpoint=cfg.S3_SERVER_ENDPOINT, access_key=cfg.S3_SERVER_AK,
+                              secret_key=cfg.S3_SERVER_SK, bucket=cfg.S3_SERVER_BUCKET,
+                              region=cfg.S3_SERVER_REGION, prefix=cfg.S3_KEY_PREFIX or "",
+                              verify_tls=cfg.S3_VERIFY_TLS)
+        return cls(settings, cfg.CAR_IDENTIFIER, Path(cfg.RECORD_DIRECTORY_LOCATION) / OUTBOX,
+                   keep_uploaded=cfg.S3_KEEP_UPLOADED)
+
     @property
     def client(self) -> Any:
         if self._client is None:
@@ -384,26 +399,37 @@ class Uploader(Worker):
 
     def __init__(self, stop_event: threading.Event, state: SharedState, session: S3Store,
                  *, max_delay: float = 300.0, keep_days: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, first_delay: float = 1.0,
+                 idle_poll: float = IDLE_POLL, slow_retry: float = SLOW_RETRY):
         super().__init__(stop_event)
         self.state = state
         self.session = session
-        self.backoff = Backoff(max_delay, first=1.0)
+        self.backoff = Backoff(max_delay, first=first_delay)  # between failed attempts
+        self.idle_poll = idle_poll  # between two looks at an empty outbox
+        self.slow_retry = slow_retry  # at least, after an error only the user can fix
         self.keep_days = keep_days
         self.clock = clock
         self._problem: Optional[str] = None
         self._last_prune = 0.0
         self._held: Dict[str, str] = {}  # file name -> why it is not uploaded (logged once)
+        self._health = UploadHealth()
+
+    @classmethod
+    def from_config(cls, stop_event: threading.Event, state: SharedState,
+                    cfg: "Config") -> "Uploader":
+        """The uploader the configuration describes, with its own S3Store."""
+        return cls(stop_event, state, S3Store.from_config(cfg),
+                   keep_days=cfg.S3_KEEP_UPLOADED_DAYS)
 
     def run(self) -> None:
         """Runs in the uploader thread."""
         while not self.stop_event.is_set():
             files = [p for p in pending_files(self.session.outbox)
                      if p.name not in self._held]
-            self.state.set_info(upload_backlog=len(files), upload_held=len(self._held))
+            self._report(backlog=len(files), held=len(self._held))
             if not files:
                 self._housekeeping()
-                self.stop_event.wait(IDLE_POLL)
+                self.stop_event.wait(self.idle_poll)
                 continue
             for path in files:
                 if self.stop_event.is_set():
@@ -427,11 +453,11 @@ class Uploader(Worker):
             log.error("%s; it stays in %s", exc, self.session.outbox)
             return 0.0
         except UploadError as exc:
-            self._report(str(exc))
+            self._problem_seen(str(exc))
             delay = self.backoff.next()
-            return max(delay, SLOW_RETRY) if exc.permanent else delay
+            return max(delay, self.slow_retry) if exc.permanent else delay
         except OSError as exc:  # the local file: vanished or unreadable
-            self._report(f"cannot read {path.name}: {exc}")
+            self._problem_seen(f"cannot read {path.name}: {exc}")
             return self.backoff.next()
         self.backoff.reset()
         if self._problem is not None:
@@ -439,12 +465,16 @@ class Uploader(Worker):
             self._problem = None
         self.state.set_link("s3", CONNECTED, self.session.settings.bucket)
         self.state.count("files_uploaded")
-        self.state.set_info(last_upload=f"{key} at "
-                                        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+        self._report(last=f"{key} at "
+                          f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}")
         log.info("uploaded %s -> s3://%s/%s", path.name, self.session.settings.bucket, key)
         return 0.0
 
-    def _report(self, problem: str) -> None:
+    def _report(self, **changes: Any) -> None:
+        self._health = replace(self._health, **changes)
+        self.state.report(self._health)
+
+    def _problem_seen(self, problem: str) -> None:
         self.state.set_link("s3", LOST, problem)
         self.state.count("upload_errors")
         if problem != self._problem:

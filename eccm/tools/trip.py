@@ -18,6 +18,7 @@ from xml.etree import ElementTree as ET
 
 from eccm.core.text import plural
 from eccm.sinks.rows import format_time
+from eccm.sources.gnss.columns import NAMES as GNSS_NAMES
 
 EARTH_RADIUS_M = 6_371_008.8
 PETROL_AFR = 14.7           # stoichiometric air/fuel mass ratio
@@ -265,8 +266,7 @@ def format_summary(summary: Dict[str, Any]) -> str:
 
 
 
-ENGINE_EXCLUDE = {"GNSS_TIME", "LATITUDE", "LONGITUDE", "ALTITUDE", "GNSS_SPEED", "TRACK",
-                  "FIX_MODE", "SATELLITES", "HDOP"}
+ENGINE_EXCLUDE = set(GNSS_NAMES)
 
 
 def _engine(trip: Trip, row: int) -> Dict[str, Any]:

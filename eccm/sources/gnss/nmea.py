@@ -46,6 +46,8 @@ from typing import Dict, List, Optional, Tuple
 
 import pynmea2
 
+from eccm.sources.gnss.columns import COLUMNS, FIX_ATTRS
+
 LINE_CAP = 1024
 KNOTS = 0.514444  # m/s per knot
 
@@ -118,6 +120,11 @@ class Fix:
         return {"time": self.time, "lat": self.lat, "lon": self.lon, "alt": self.alt,
                 "speed": self.speed, "track": self.track, "mode": self.mode,
                 "quality": self.quality, "sats": self.sats, "hdop": self.hdop}
+
+    def readings(self) -> Dict[str, Tuple[object, str]]:
+        """The fix as the GNSS source's values: column name -> (value, unit)."""
+        return {col.name: (getattr(self, attr), col.unit)
+                for col, attr in zip(COLUMNS, FIX_ATTRS)}
 
 
 @dataclass
@@ -704,7 +711,3 @@ class NmeaParser:
             self._set(track=self._track(track))
 
 
-def parse_all(data: bytes) -> List[Fix]:
-    """Every fix in a whole capture."""
-    parser = NmeaParser()
-    return parser.feed(data) + parser.finish()

@@ -12,16 +12,22 @@ import socket
 import threading
 import time
 from dataclasses import asdict
+from types import MappingProxyType
 from datetime import date, timedelta
-from typing import Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
 from urllib.parse import urlsplit
 
 import serial
 
 from eccm.core.clock import RELEASED, TRUST_YEARS
+from eccm.core.health import GnssHealth
+from eccm.sources.gnss.columns import COLUMNS
 from eccm.sources.gnss.nmea import Fix, NmeaParser
-from eccm.core.state import CONNECTED, CONNECTING, LOST, SharedState
+from eccm.core.state import CONNECTED, CONNECTING, DISABLED, LOST, SharedState
 from eccm.core.worker import Backoff, LinkLog, Worker
+
+if TYPE_CHECKING:
+    from eccm.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +55,8 @@ class _Source:
 
 
 class _SerialSource(_Source):
-    def __init__(self, port: str, baudrate: int):
-        self._ser = serial.Serial(os.path.realpath(port), baudrate, timeout=READ_TIMEOUT)
+    def __init__(self, port: str, baudrate: int, timeout: float = READ_TIMEOUT):
+        self._ser = serial.Serial(os.path.realpath(port), baudrate, timeout=timeout)
 
     def read(self) -> bytes:
         return self._ser.read(self._ser.in_waiting or 1)
@@ -60,11 +66,11 @@ class _SerialSource(_Source):
 
 
 class _GpsdSource(_Source):
-    def __init__(self, url: str):
+    def __init__(self, url: str, timeout: float = READ_TIMEOUT):
         parts = urlsplit(url)
         self._sock = socket.create_connection((parts.hostname or "127.0.0.1",
                                                parts.port or 2947), timeout=5)
-        self._sock.settimeout(READ_TIMEOUT)
+        self._sock.settimeout(timeout)
         self._sock.sendall(GPSD_WATCH)
 
     def read(self) -> bytes:
@@ -80,25 +86,50 @@ class _GpsdSource(_Source):
         self._sock.close()
 
 
+def publish_fix(state: SharedState, fix: Fix) -> None:
+    """A fix into the state: its fields as the GNSS source's readings, every field at
+    once with the epoch's arrival time (a row never mixes two fixes), and the whole fix
+    for POSITION."""
+    state.update_values(fix.readings(), mono=fix.mono, origin=GnssReader.name)
+    state.set_gnss(fix)
+
+
 class GnssReader(Worker):
     name = "gnss"
 
     def __init__(self, stop_event: threading.Event, state: SharedState, *, port: str,
                  baudrate: int = 9600, max_delay: float = 30.0,
-                 on_fix: Optional[Callable[[Fix], None]] = None):
+                 on_fix: Optional[Callable[[Fix], None]] = None,
+                 read_timeout: float = READ_TIMEOUT):
         super().__init__(stop_event)
         self.state = state
         self.port = port
         self.baudrate = baudrate
         self.backoff = Backoff(max_delay)
         self.on_fix = on_fix
+        self.read_timeout = read_timeout  # a pause this long ends an epoch's burst
         self.parser = NmeaParser(dates=live_dates())
         self._link = LinkLog(state, "gnss", "GNSS receiver")
+        state.declare(self.name, COLUMNS)  # the record has them, with or without a fix
+
+    @classmethod
+    def from_config(cls, stop_event: threading.Event, state: SharedState, cfg: "Config", *,
+                    on_fix: Optional[Callable[[Fix], None]] = None) -> "GnssReader":
+        """The reader the configuration describes; on_fix is the daemon's (record clock)."""
+        return cls(stop_event, state, port=cfg.GNSS_PORT, baudrate=cfg.GNSS_BAUDRATE,
+                   max_delay=cfg.RECONNECT_MAX_DELAY, on_fix=on_fix)
+
+    @staticmethod
+    def declare_off(state: SharedState) -> None:
+        """GNSS is off: the fields are known by name (GET LATITUDE says 'GNSS is off')
+        but never recorded."""
+        state.set_link(GnssReader.name, DISABLED)
+        state.declare(GnssReader.name, COLUMNS)
 
     def _open(self) -> _Source:
         if self.port.startswith("gpsd://"):
-            return _GpsdSource(self.port)
-        return _SerialSource(self.port, self.baudrate)
+            return _GpsdSource(self.port, self.read_timeout)
+        return _SerialSource(self.port, self.baudrate, self.read_timeout)
 
     def run(self) -> None:
         """Runs in the gnss thread."""
@@ -147,10 +178,10 @@ class GnssReader(Worker):
             # that completed them (a second later on receivers whose burst holds two).
             for fix in self.parser.feed(data, now):
                 self._publish(fix)
-            self.state.set_info(gnss_counters=asdict(self.parser.counters))
+            self.state.report(GnssHealth(MappingProxyType(asdict(self.parser.counters))))
 
     def _publish(self, fix: Fix) -> None:
-        self.state.set_gnss(fix)
+        publish_fix(self.state, fix)
         self.state.count("gnss_fixes")
         if self.on_fix is not None and fix.utc is not None:
             self.on_fix(fix)

@@ -239,6 +239,8 @@ class ElmConnection:
                     log.info("adapter switched to %d baud (%s)", baud, cmd.split()[0])
                     return
             self.link.baudrate = old  # the adapter goes back after its timeout
+            # A device timing, not a loop wait: once per refused switch while opening,
+            # 0.1 s > ATBRT (75 ms), so the next command meets the old speed.
             time.sleep(0.1)
             self.link.synced = False  # the next command waits for a clean prompt
         log.info("adapter stays at %d baud (no speed switch supported)", old)
@@ -430,12 +432,6 @@ class ElmConnection:
         except (ValueError, IndexError, KeyError, TypeError, ArithmeticError) as exc:
             self._anomaly("undecodable", f"{cmd.name} = {data.hex().upper()}: {exc!r}")
             return None
-
-    def query_values(self, commands: Sequence[Any]) -> Dict[Any, Any]:
-        out: Dict[Any, Any] = {}
-        for group in self.groups(commands):
-            out.update(self.query_group(group))
-        return out
 
     def query(self, cmd: Any) -> Any:
         """One mode-01 value now (legacy QUERY_COMMAND); None without a whole answer."""

@@ -7,8 +7,10 @@ slow ones (temperatures, fuel level...) spread over OBD_SLOW_EVERY cycles, so th
 tier refreshes as often as the adapter allows while every value is still logged.
 
 This thread alone touches the adapter (python-OBD is not thread-safe either). Other threads
-hand it work with submit(), which runs a function with the open connection on this
-thread and waits for the result with a timeout. The adapter is reopened forever with
+ask through read_dtcs(), clear_dtcs(), legacy_answer() and request_reconnect() (the server's
+CarAccess), or hand it work with submit(), which runs a function with the open connection on
+this thread and waits for the result with a timeout; what cannot be answered is one
+Unavailable (core.state) whose message says why. The adapter is reopened forever with
 growing backoff when it is missing, unplugged, or the ignition is off.
 """
 from __future__ import annotations
@@ -19,17 +21,25 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import replace
+from types import MappingProxyType
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import obd
 
 from eccm.sources.obd import values as obd_values
 from eccm.sources.obd.adapter import (MAX_PACK, PROBE_BAUDS, AdapterError, ElmConnection,
-                                      EngineChanged, NoCar, parse_volts, probe_voltage)
+                                      EngineChanged, NoCar, ReadError, parse_volts,
+                                      probe_voltage)
 from eccm.sources.obd.link import ElmLink, PortInUse, is_url
-from eccm.core.state import CONNECTED, CONNECTING, LOST, Column, EngineRun, SharedState
+from eccm.core.health import ObdHealth, RateMeter
+from eccm.core.state import (CONNECTED, CONNECTING, LOST, Column, EngineRun, SharedState,
+                             Unavailable)
 from eccm.core.worker import Backoff, LinkLog, Worker
+
+if TYPE_CHECKING:
+    from eccm.config import Config
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,7 +47,7 @@ T = TypeVar("T")
 _obd_log = logging.getLogger("obd")
 
 
-class NotConnected(Exception):
+class NotConnected(Unavailable):
     """The car is not reachable right now; the message says why."""
 
 
@@ -61,6 +71,7 @@ VOLTAGE_COLUMN = Column("BATTERY_VOLTAGE", "V")
 VOLTAGE_EVERY = 2.0      # s between two ATRV readings while polling
 VOLTAGE_PROBE = 10.0     # s between two ATRV readings while the engine is off
 VOLTAGE_HYSTERESIS = 0.3
+HEALTH_EVERY = 1.0       # s between two health reports (samples per second) while polling
 
 
 def schedule(commands: List[Any], fast_names: Sequence[str], slow_every: int,
@@ -108,37 +119,54 @@ class ObdPoller(Worker):
         self._sessions = 0
         self._conn: Optional[ElmConnection] = None
         self._link = LinkLog(state, "obd", "OBD adapter")
+        state.declare("obd", ())  # its place in the record, first; columns at each run
         self._asleep = False  # ended for low voltage: probe the voltage only
         # The configured adapter's port, held open (and so locked) between sessions: a
         # second ECCM cannot take it while the car is off.
         self._held: Optional[ElmLink] = None
 
+    @classmethod
+    def from_config(cls, stop_event: threading.Event, state: SharedState,
+                    cfg: "Config") -> "ObdPoller":
+        """The poller the configuration describes."""
+        return cls(stop_event, state, port=cfg.OBD_INTERFACE, baudrate=cfg.OBD_BAUDRATE,
+                   protocol=cfg.OBD_PROTOCOL, timeout=cfg.OBD_TIMEOUT,
+                   session_timeout=cfg.OBD_SESSION_TIMEOUT, max_delay=cfg.RECONNECT_MAX_DELAY,
+                   fast_names=cfg.OBD_FAST_PIDS or DEFAULT_FAST, slow_every=cfg.OBD_SLOW_EVERY,
+                   fast_baudrate=cfg.OBD_FAST_BAUDRATE, sleep_below=cfg.OBD_SLEEP_BELOW_VOLTAGE)
+
     # Called from other threads.
 
     def submit(self, fn: Callable[[Any], T], timeout: float = 10.0) -> T:
-        """Run fn(connection) on the poller thread; its result, or NotConnected/TimeoutError."""
+        """Run fn(connection) on the poller thread and return its result. Raises Unavailable
+        when the car cannot answer (NotConnected; no whole answer; the adapter failed; no
+        answer within timeout), any other error of fn as it is."""
         future: "Future[T]" = Future()
         self._requests.put((fn, future))
         try:
             return future.result(timeout)
-        except FutureTimeout:
+        except (FutureTimeout, TimeoutError):  # one class since Python 3.11
             future.cancel()
-            raise TimeoutError(f"no answer from the OBD thread within {timeout:g} s") from None
+            raise Unavailable(f"no answer from the OBD thread within {timeout:g} s") from None
+        except (AdapterError, ReadError) as exc:
+            raise Unavailable(str(exc)) from exc
 
     def read_dtcs(self, timeout: float) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
         """Stored and pending trouble codes read from the car now, with descriptions.
-        Raises NotConnected, ReadError (no whole answer) or TimeoutError."""
+        Raises Unavailable."""
         stored, pending = self.submit(lambda conn: (conn.read_dtcs(3), conn.read_dtcs(7)),
                                       timeout)
         return _described(stored), _described(pending)
 
     def clear_dtcs(self, timeout: float) -> int:
-        """Mode 04; the stored codes left. Raises as read_dtcs."""
+        """Mode 04; the stored codes left. Raises Unavailable."""
         return self.submit(lambda conn: conn.clear_dtcs(), timeout)
 
     def legacy_answer(self, kind: str, name: str, timeout: float) -> str:
-        """What the original ECCM answered (python-OBD's text of a value) for
-        QUERY_COMMAND>>NAME, QUERY_STATUS>>NAME, GET_DTC and CLEAR_DTC."""
+        """What the original ECCM answered for QUERY_COMMAND>>NAME, QUERY_STATUS>>NAME,
+        GET_DTC and CLEAR_DTC: python-OBD's text of the value (a pint quantity such as
+        '780.0 revolutions_per_minute'), made here so the server only passes it on; "None"
+        for a name python-OBD does not know. Raises Unavailable."""
         if kind == "GET_DTC":
             def read(conn: ElmConnection) -> str:
                 return str(_described(conn.read_dtcs(3)))
@@ -224,6 +252,7 @@ class ObdPoller(Worker):
     def _close(self, conn: ElmConnection) -> None:
         self._conn = None
         self.state.end_engine_run()
+        self.state.report(ObdHealth())
         conn.close()
 
     def _poll_session(self, conn: ElmConnection) -> None:
@@ -241,8 +270,10 @@ class ObdPoller(Worker):
         session = EngineRun(self._sessions, columns,
                              protocol=conn.protocol_name(), port=conn.port_name(), vin=vin)
         self.state.start_engine_run(session)
-        self.state.set_info(obd_protocol=session.protocol, obd_vin=vin, obd_pids=len(commands),
-                            obd_port=session.port, obd_adapter=conn.version)
+        health = ObdHealth(protocol=session.protocol, vin=vin, pids=len(commands))
+        self.state.report(health)
+        meter = RateMeter()
+        next_report = time.monotonic() + HEALTH_EVERY
         # PIDs asked of the car, and the columns they fill (a PID may fill several; the
         # adapter's own voltage is one more): the same count as LIST and the record header.
         self._link(CONNECTED, f"{session.protocol}, {len(commands)} PIDs ({len(columns)} values)"
@@ -288,9 +319,13 @@ class ObdPoller(Worker):
                                      "sleep")
                     self._asleep = True
                     return
-                if conn.anomalies != anomalies:  # published only when they change
+                meter.add(answered, now)
+                if conn.anomalies != anomalies or now >= next_report:
                     anomalies = dict(conn.anomalies)
-                    self.state.set_info(obd_anomalies=anomalies)
+                    next_report = now + HEALTH_EVERY
+                    health = replace(health, samples_per_s=meter.rate(now),
+                                     anomalies=MappingProxyType(anomalies))
+                    self.state.report(health)
                 if answered:
                     self.state.count("obd_samples", answered)
                     self.state.count("obd_cycles")

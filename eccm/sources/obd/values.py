@@ -6,7 +6,7 @@ the first answer and never changes within a file.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import obd
 from obd.protocols import ECU
@@ -34,6 +34,11 @@ UNIT_NAMES = {
     "lph": "L/h",
     "newton_meter": "Nm",
 }
+
+def unknown_mode01(names: Sequence[str]) -> List[str]:
+    """The names that are not python-OBD mode-01 values (config: OBD_FAST_PIDS)."""
+    return [n for n in names if not obd.commands.has_name(n) or obd.commands[n].mode != 1]
+
 
 # Mode-01 PIDs that describe the adapter or which PIDs exist, not the engine.
 NOT_ENGINE_VALUES = {"PIDS_A", "PIDS_B", "PIDS_C", "O2_SENSORS", "O2_SENSORS_ALT"}

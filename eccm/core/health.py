@@ -1,0 +1,185 @@
+"""One health model: each worker reports a typed part of Health into the shared state;
+the socket's STATUS, the systemd status line and the logs all read that same Health.
+
+Pure: no threads, no I/O. A part is replaced whole (SharedState.report), so a reader never
+sees half of an update.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Any, Deque, List, Mapping, Optional, Tuple
+
+from eccm.core.text import plural
+
+# Link states of a source (OBD adapter, GNSS receiver, S3 server...).
+DISABLED = "disabled"
+CONNECTING = "connecting"
+CONNECTED = "connected"
+LOST = "lost"
+
+# Counters STATUS shows under "errors" besides every *error* and restarts_* counter.
+ERROR_COUNTERS = ("socket_refused", "socket_evicted", "login_timeouts", "auth_failures",
+                  "auth_refused")
+
+
+def _frozen(items: Optional[Mapping[str, int]] = None) -> Mapping[str, int]:
+    return MappingProxyType(dict(items or {}))
+
+
+@dataclass(frozen=True)
+class Link:
+    state: str
+    reason: str = ""
+    since: float = 0.0  # monotonic
+
+    def text(self) -> str:
+        return f"{self.state} {self.reason}".strip()
+
+
+@dataclass(frozen=True)
+class ObdHealth:
+    """The OBD source during an engine run (all empty between runs)."""
+    protocol: str = ""
+    vin: Optional[str] = None
+    pids: int = 0                  # PIDs asked of the car
+    samples_per_s: float = 0.0     # answered values per second over the poller's window
+    anomalies: Mapping[str, int] = field(default_factory=_frozen)
+
+
+@dataclass(frozen=True)
+class GnssHealth:
+    """What the NMEA parser counted (sentences, bad checksums, out-of-range fields...)."""
+    input: Mapping[str, int] = field(default_factory=_frozen)
+
+
+@dataclass(frozen=True)
+class RecordHealth:
+    file: Optional[str] = None     # the file being written
+    problem: Optional[str] = None  # why rows are not being recorded now
+
+
+@dataclass(frozen=True)
+class UploadHealth:
+    backlog: Optional[int] = None  # None: not counted yet
+    held: int = 0                  # files held back from upload (see the log)
+    last: Optional[str] = None     # "KEY at TIME" of the last upload
+
+
+@dataclass(frozen=True)
+class DiskHealth:
+    used: int                      # bytes of the record folder
+    limit: int                     # RECORD_DIRECTORY_MAX_MB in bytes
+    full: bool
+
+    def text(self) -> str:
+        return (f"{self.used / 1e6:.1f} of {self.limit / 1e6:.1f} MB"
+                + (" FULL" if self.full else ""))
+
+
+@dataclass(frozen=True)
+class Health:
+    """Every worker's latest report; a part nobody reported yet has its empty value."""
+    obd: ObdHealth = ObdHealth()
+    gnss: GnssHealth = GnssHealth()
+    record: RecordHealth = RecordHealth()
+    upload: UploadHealth = UploadHealth()
+    disk: Optional[DiskHealth] = None
+
+    def with_part(self, part: Any) -> "Health":
+        """This health with one part replaced; the part's type says which."""
+        for f in fields(self):
+            if f.name in _PART_TYPES and isinstance(part, _PART_TYPES[f.name]):
+                return replace(self, **{f.name: part})
+        raise TypeError(f"not a health part: {type(part).__name__}")
+
+
+_PART_TYPES = {"obd": ObdHealth, "gnss": GnssHealth, "record": RecordHealth,
+               "upload": UploadHealth, "disk": DiskHealth}
+
+
+def status_line(health: Health, links: Mapping[str, Link]) -> str:
+    """One line for `systemctl status`."""
+    parts = []
+    for source in ("obd", "gnss", "s3"):
+        link = links.get(source)
+        if link is not None and link.state != DISABLED:
+            parts.append(f"{source} {link.state}")
+    if health.record.problem:
+        parts.append(f"NOT RECORDING: {health.record.problem}")
+    elif health.record.file:
+        parts.append("recording")
+    if health.upload.backlog:
+        parts.append(f"{plural(health.upload.backlog, 'file')} to upload")
+    if health.upload.held:
+        parts.append(f"{plural(health.upload.held, 'file')} held back from upload "
+                     "(see the log)")
+    if health.disk is not None and health.disk.full:
+        parts.append("DISK FULL")
+    return ", ".join(parts) or "starting"
+
+
+def status_items(health: Health, links: Mapping[str, Link], counters: Mapping[str, int],
+                 fix: Any, *, version: str, car: str,
+                 uptime: float) -> List[Tuple[str, Any]]:
+    """The socket's STATUS, one (key, value) per line."""
+    obd, gnss, s3 = links.get("obd"), links.get("gnss"), links.get("s3")
+    items: List[Tuple[str, Any]] = [
+        ("version", version), ("car", car), ("uptime_s", round(uptime)),
+        ("obd", obd.text() if obd else "unknown"),
+        ("obd_protocol", health.obd.protocol),
+        ("vin", health.obd.vin or ""),
+        ("pids_polled", health.obd.pids),
+        ("samples_per_s", round(health.obd.samples_per_s, 1)),
+        ("obd_samples", counters.get("obd_samples", 0)),
+        ("obd_anomalies", " ".join(f"{k}={v}" for k, v in sorted(
+            health.obd.anomalies.items())) or "none"),
+        ("gnss", gnss.text() if gnss else "unknown"),
+        ("gnss_fix", "none" if fix is None or fix.lat is None else
+         f"mode {fix.mode} {fix.lat:.6f},{fix.lon:.6f} at {fix.time}"),
+        ("gnss_input", " ".join(f"{k}={v}" for k, v in health.gnss.input.items())),
+        ("record_file", health.record.file or ""),
+        ("recording", health.record.problem or "ok"),
+        ("rows_lost", counters.get("rows_lost", 0)),
+    ]
+    if s3 is not None and s3.state == DISABLED:
+        items.append(("upload", "off (S3 not configured)"))
+    else:
+        # No s3 link yet: the uploader has not tried to upload anything so far.
+        items += [
+            ("upload", s3.text() if s3 else "on, nothing tried yet"),
+            ("upload_backlog", "not counted yet" if health.upload.backlog is None
+             else health.upload.backlog),
+            ("upload_held", health.upload.held),
+            ("last_upload", health.upload.last or "never"),
+        ]
+    errors = {k: v for k, v in counters.items()
+              if "error" in k or k.startswith("restarts_") or k in ERROR_COUNTERS}
+    items.append(("errors", " ".join(f"{k}={v}" for k, v in sorted(errors.items()))
+                  or "none"))
+    return items
+
+
+class RateMeter:
+    """Events per second over the last `window` seconds. Used by one thread (the worker
+    that counts), which reports the rate: every reader of Health sees the same figure."""
+
+    def __init__(self, window: float = 5.0):
+        self.window = window
+        self._marks: Deque[Tuple[float, int]] = deque()  # (monotonic, events then)
+        self._total = 0
+
+    def add(self, events: int, now: float) -> None:
+        self._total += events
+        self._marks.append((now, self._total))
+        while len(self._marks) > 2 and now - self._marks[1][0] >= self.window:
+            self._marks.popleft()
+
+    def rate(self, now: float) -> float:
+        if not self._marks:
+            return 0.0
+        first_time, first_total = self._marks[0]
+        if now - first_time < 0.5:
+            return 0.0
+        return (self._total - first_total) / (now - first_time)

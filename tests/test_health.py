@@ -1,0 +1,76 @@
+"""One health model: workers report typed parts; STATUS and the systemd line read them."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from eccm.core.health import (DISABLED, LOST, DiskHealth, Health, ObdHealth, RateMeter,
+                              RecordHealth, UploadHealth, status_items, status_line)
+from eccm.core.state import SharedState
+from eccm.server.tcp import SocketServer
+from eccm.sources.obd.poller import ObdPoller
+
+from conftest import wait_for
+
+
+def test_rate_meter_counts_events_over_its_window():
+    meter = RateMeter(window=5.0)
+    assert meter.rate(0.0) == 0.0
+    for second in range(11):  # 100 events a second for 10 s
+        meter.add(100, float(second))
+    assert meter.rate(10.0) == pytest.approx(100.0)
+    meter.add(0, 20.0)  # then nothing for 10 s: the window forgets the old events
+    meter.add(0, 26.0)
+    assert meter.rate(26.0) == 0.0
+
+
+def test_a_part_reported_once_is_what_status_and_the_systemd_line_both_show():
+    state = SharedState()
+    state.set_link("obd", LOST, "unplugged")
+    state.set_link("s3", DISABLED)
+    state.report(RecordHealth(file="/r/CAR.csv.part", problem="disk full: rows not recorded"))
+    state.report(UploadHealth(backlog=2, held=1, last=None))
+    state.report(DiskHealth(used=90_000_000, limit=100_000_000, full=True))
+    state.report(ObdHealth(protocol="ISO 15765-4 (CAN 11/500)", vin="VF1X", pids=12,
+                           samples_per_s=42.04))
+    snap = state.snapshot()
+    line = status_line(snap.health, snap.links)
+    assert line == ("obd lost, NOT RECORDING: disk full: rows not recorded, 2 files to "
+                    "upload, 1 file held back from upload (see the log), DISK FULL")
+    items = dict(status_items(snap.health, snap.links, snap.counters, None,
+                              version="1", car="CAR", uptime=3.4))
+    assert items["recording"] == "disk full: rows not recorded"
+    assert items["record_file"] == "/r/CAR.csv.part"
+    assert items["obd"] == "lost unplugged"
+    assert (items["obd_protocol"], items["vin"], items["pids_polled"],
+            items["samples_per_s"]) == ("ISO 15765-4 (CAN 11/500)", "VF1X", 12, 42.0)
+    assert items["upload"] == "off (S3 not configured)" and "upload_backlog" not in items
+    assert snap.health.disk.text() == "90.0 of 100.0 MB FULL"
+
+
+def test_a_part_of_the_wrong_type_is_refused():
+    with pytest.raises(TypeError):
+        Health().with_part("disk full")
+
+
+def test_two_status_requests_in_a_row_report_the_same_sample_rate(sim_adapter):
+    """The rate was once computed per STATUS call and shared by all clients: a second
+    STATUS within 0.5 s (another client, or a script) reported 0 samples/s."""
+    state = SharedState()
+    stop = threading.Event()
+    poller = ObdPoller(stop, state, port=sim_adapter.port, timeout=1.0, session_timeout=1.5,
+                       max_delay=1.0)
+    server = SocketServer(stop, state, poller, bind="127.0.0.1", port=0, secret=None,
+                          car="CAR")  # not started: STATUS reads the shared state only
+    poller.start()
+    try:
+        wait_for(lambda: state.snapshot().health.obd.samples_per_s > 0, 30,
+                 what="a sample rate")
+        first = dict(server.status())["samples_per_s"]
+        second = dict(server.status())["samples_per_s"]
+        assert first > 0 and second > 0
+    finally:
+        stop.set()
+        assert poller.join(10)
+    assert state.snapshot().health.obd == ObdHealth()  # the run ended: nothing stale

@@ -1,0 +1,43 @@
+"""The package's rooms keep to their rules (README, Development: inside ECCM)."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Set
+
+from conftest import REPO
+
+PACKAGE = REPO / "eccm"
+
+
+def imports_of(path: Path) -> Set[str]:
+    """Every module a file imports, at any depth (lazy imports inside functions too)."""
+    found: Set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def modules() -> Dict[str, Set[str]]:
+    return {str(p.relative_to(PACKAGE)): imports_of(p) for p in PACKAGE.rglob("*.py")}
+
+
+def test_only_the_obd_source_imports_python_obd():
+    users = sorted(name for name, imported in modules().items()
+                   if any(m == "obd" or m.startswith("obd.") for m in imported))
+    assert users and all(name.startswith("sources/obd/") for name in users), users
+
+
+def test_the_running_daemon_loads_no_offline_tool_and_no_simulator():
+    code = ("import sys, eccm.cli, eccm.core.daemon\n"
+            "print(' '.join(m for m in sys.modules if m.startswith('eccm.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=REPO).stdout.split()
+    assert "eccm.core.daemon" in loaded and "eccm.sinks.records" in loaded
+    assert [m for m in loaded if m.startswith(("eccm.tools", "eccm.sim"))] == []
