@@ -283,7 +283,9 @@ def resources(seconds: float, s3: bool, server: bool = False) -> Tuple[float, fl
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]
             env.update(ECCM_ENABLE_SOCKET_SERVER="yes", ECCM_SOCKET_SERVER_PORT=str(port))
-        proc = subprocess.Popen([sys.executable, "-m", "eccm", "run", "--demo"], cwd=tmp,
+        # The demo uploads only when asked (--upload): without it, S3 is never loaded.
+        command = ["run", "--demo"] + (["--upload"] if s3 else [])
+        proc = subprocess.Popen([sys.executable, "-m", "eccm", *command], cwd=tmp,
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(5)  # connected and steady
         ticks = os.sysconf("SC_CLK_TCK")

@@ -109,7 +109,7 @@ class GnssReader(Worker):
         self.on_fix = on_fix
         self.read_timeout = read_timeout  # a pause this long ends an epoch's burst
         self.parser = NmeaParser(dates=live_dates())
-        self._link = LinkLog(state, "gnss", "GNSS receiver")
+        self._link = LinkLog(state, self.name, "GNSS receiver")
         state.declare(self.name, COLUMNS)  # the record has them, with or without a fix
 
     @classmethod
@@ -167,11 +167,11 @@ class GnssReader(Worker):
                         self._publish(fix)
                 if not silent and now - last_byte > SILENCE_LIMIT:
                     silent = True
-                    self.state.set_link("gnss", CONNECTED, "no data from the receiver")
+                    self.state.set_link(self.name, CONNECTED, "no data from the receiver")
                 continue
             if silent:
                 silent = False
-                self.state.set_link("gnss", CONNECTED, self.port)
+                self.state.set_link(self.name, CONNECTED, self.port)
             last_byte = now
             self.backoff.reset()
             # Fixes carry the arrival of their epoch's first sentence, not of the bytes

@@ -118,8 +118,8 @@ class ObdPoller(Worker):
         self._reconnect = threading.Event()
         self._sessions = 0
         self._conn: Optional[ElmConnection] = None
-        self._link = LinkLog(state, "obd", "OBD adapter")
-        state.declare("obd", ())  # its place in the record, first; columns at each run
+        self._link = LinkLog(state, self.name, "OBD adapter")
+        state.declare(self.name, ())  # its place in the record, first; columns at each run
         self._asleep = False  # ended for low voltage: probe the voltage only
         # The configured adapter's port, held open (and so locked) between sessions: a
         # second ECCM cannot take it while the car is off.
@@ -381,7 +381,7 @@ class ObdPoller(Worker):
                 future.set_exception(exc)
 
     def _why_not_connected(self) -> str:
-        link = self.state.snapshot().links.get("obd")
+        link = self.state.snapshot().links.get(self.name)
         return f"car not connected: {link.reason}" if link and link.reason else \
             "car not connected"
 
