@@ -246,7 +246,7 @@ def test_check_config_says_which_scheme_the_s3_endpoint_means(tmp_path, endpoint
     assert secret not in result.stdout + result.stderr
 
 
-# --- the socket server's secret, off loopback -------------------------------------------
+# The socket server's secret, off loopback.
 
 SECRET_RECIPE = "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
 

@@ -53,7 +53,7 @@ def problems_of(path: Path, environ: Optional[Dict[str, str]] = None) -> List[st
     return err.value.problems
 
 
-# --- 1. A UTF-8 BOM (Windows Notepad) ----------------------------------------------------
+# 1. A UTF-8 BOM (Windows Notepad).
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
 @pytest.mark.parametrize("header", [False, True], ids=["plain", "header"])
@@ -108,7 +108,7 @@ def test_a_utf16_file_is_one_clear_error(tmp_path):
     assert "UTF-8" in problem
 
 
-# --- 2. Warnings are shown beside errors -------------------------------------------------
+# 2. Warnings are shown beside errors.
 
 MIXED = "FILE_RECORDNG=yes\nRECORD_INTERVAL=x\n[extra]\nFOO=1\n"
 
@@ -140,7 +140,7 @@ def test_check_config_prints_errors_and_warnings_together(tmp_path):
     assert any("section [extra] ignored" in w for w in warnings), result.stderr
 
 
-# --- 3. The record folder ----------------------------------------------------------------
+# 3. The record folder.
 
 def folder_config(tmp_path: Path, folder: str, extra: str = "") -> Path:
     return write(tmp_path, f"CAR_IDENTIFIER=X\nRECORD_DIRECTORY_LOCATION={folder}\n{extra}")
@@ -252,7 +252,7 @@ def test_record_folder_problem_comes_with_the_others(tmp_path):
     assert any(p.startswith("RECORD_DIRECTORY_LOCATION") for p in problems)
 
 
-# --- 4. CAR_IDENTIFIER -------------------------------------------------------------------
+# 4. CAR_IDENTIFIER.
 
 @pytest.mark.parametrize("car", [".", "..", ".hidden", "-AB", "AB-", "_AB", "AB.", "A/B",
                                  "A B", "x" * 65])
@@ -274,7 +274,7 @@ def test_dot_car_identifier_exits_2(tmp_path, car):
               "CAR_IDENTIFIER")
 
 
-# --- 5. Credentials in the S3 endpoint ---------------------------------------------------
+# 5. Credentials in the S3 endpoint.
 
 USER, PASSWORD = "minioadmin", "Pa55-w0rd-Xy"
 
@@ -312,7 +312,7 @@ def test_describe_masks_credentials_in_an_endpoint(tmp_path):
     assert shown["S3_SERVER_ENDPOINT"] == "http://***@h:9000"
 
 
-# --- 6. Comments after a value -----------------------------------------------------------
+# 6. Comments after a value.
 
 @pytest.mark.parametrize("marker", [";", "#"])
 @pytest.mark.parametrize("key", list(cfgmod.SCHEMA))

@@ -73,4 +73,21 @@ def test_two_status_requests_in_a_row_report_the_same_sample_rate(sim_adapter):
     finally:
         stop.set()
         assert poller.join(10)
-    assert state.snapshot().health.obd == ObdHealth()  # the run ended: nothing stale
+    obd = state.snapshot().health.obd  # the run ended: nothing stale but why it dropped
+    assert (obd.protocol, obd.vin, obd.pids, obd.samples_per_s) == ("", None, 0, 0.0)
+
+
+def test_a_new_sources_link_shows_in_status_and_the_systemd_line_in_creation_order():
+    state = SharedState()
+    state.declare("obd", ())
+    state.declare("can", ())
+    state.set_link("s3", LOST, "refused")  # not a source: after the sources
+    state.set_link("can", LOST, "no such interface can0")
+    state.set_link("obd", LOST, "unplugged")
+    snap = state.snapshot()
+    assert status_line(snap.health, snap.links, tuple(snap.columns)) == \
+        "obd lost, can lost, s3 lost"
+    items = status_items(snap.health, snap.links, snap.counters, None, version="1",
+                         car="CAR", uptime=0, sources=tuple(snap.columns))
+    assert ("can", "lost no such interface can0") in items
+    assert [k for k, _ in items][-2:] == ["can", "errors"]

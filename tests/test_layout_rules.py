@@ -34,6 +34,13 @@ def test_only_the_obd_source_imports_python_obd():
     assert users and all(name.startswith("sources/obd/") for name in users), users
 
 
+def test_no_daemon_room_imports_a_tool_or_the_simulator_even_lazily():
+    rooms = ("core/", "sources/", "sinks/", "server/", "config.py")
+    found = {name: sorted(m for m in imported if m.startswith(("eccm.tools", "eccm.sim")))
+             for name, imported in modules().items() if name.startswith(rooms)}
+    assert {name: mods for name, mods in found.items() if mods} == {}
+
+
 def test_the_running_daemon_loads_no_offline_tool_and_no_simulator():
     code = ("import sys, eccm.cli, eccm.core.daemon\n"
             "print(' '.join(m for m in sys.modules if m.startswith('eccm.')))")

@@ -204,7 +204,7 @@ def test_fuzz_mutated_captures(mutations, chunk):
     parser.finish()
 
 
-# --- emitting an epoch as soon as it is complete -------------------------------------------
+# Emitting an epoch as soon as it is complete.
 
 def epoch(second: int, *bodies: str) -> bytes:
     """Sentences of one epoch at 12:35:<second>; '{t}' in a body is its time of day."""

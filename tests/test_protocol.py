@@ -57,14 +57,14 @@ class Car(Backend):
         self.stored = []
         return self.left_after_clear
 
-    def query_legacy(self, kind, name):
+    def legacy_answer(self, kind, name):
         if not self.connected:
             raise Unavailable("no")
         self.asked.append((kind, name))
         return {"QUERY_COMMAND": "812.5 revolutions_per_minute",
                 "GET_DTC": str(self.stored), "CLEAR_DTC": "None"}.get(kind, "None")
 
-    def reconnect(self):
+    def request_reconnect(self):
         self.reconnects += 1
 
     def status(self):
@@ -169,7 +169,7 @@ def test_json_mode_and_watch():
     assert json.loads(s.handle("WATCH").lines[0])["ok"] is False
 
 
-# --- the command table: HELP, the login gate and dispatch ------------------------------
+# The command table: HELP, the login gate and dispatch.
 # Written out here, not taken from eccm.server.protocol.COMMANDS: a command dropped from,
 # renamed in or added to the table fails these tests.
 
@@ -323,7 +323,7 @@ TestSessionMachine.settings = settings(max_examples=300, stateful_step_count=30,
                                        deadline=None)
 
 
-# --- GNSS values under the record header's names ----------------------------------------
+# GNSS values under the record header's names.
 
 FIX = Fix(time_of_day=clock_time(12, 35, 19), date=date(1994, 3, 23), lat=48.1173,
           lon=11.516667, alt=545.4, speed=11.52, track=84.4, mode=3, quality="GPS", sats=8,
@@ -415,7 +415,7 @@ def test_legacy_query_command_answers_gnss_values_from_the_fix():
     assert s.handle("QUERY_COMMAND>>RPM").lines == ["DATA MANAGER NOT AVAILABLE"]
 
 
-# --- counts in replies ------------------------------------------------------------------
+# Counts in replies.
 
 def test_replies_with_a_count_of_one_are_singular():
     car, s = logged_in()
@@ -433,7 +433,7 @@ def test_replies_with_a_count_of_one_are_singular():
     assert s.handle("CLEAR_DTC").lines == ["OK trouble codes cleared; 2 stored codes left"]
 
 
-# --- the failed-login budget, as the session sees it ------------------------------------
+# The failed-login budget, as the session sees it.
 
 class Budgeted(Car):
     """A backend whose failed-login budget the test sets: `tries` left, and the calls."""

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from eccm.sinks.records import Recorder, recover
+from eccm.sinks.records import Recorder, manifest_orphans, recover_parts
 from eccm.sources.gnss.columns import COLUMNS as GNSS_COLUMNS
 from eccm.core.state import Column, EngineRun, SharedState
 
@@ -26,6 +26,13 @@ class Clock:
     def __call__(self):
         self.now += timedelta(seconds=1)
         return self.now
+
+
+def recover(folder, outbox):
+    """What Recorder.prepare does at start-up: repair and queue the .part files left
+    behind, give a manifest to every record in the outbox without one."""
+    queued, _ = manifest_orphans(folder, outbox, [","], recover_parts(folder, outbox))
+    return queued
 
 
 def make(tmp_path, gnss=False, **kw):
@@ -304,3 +311,16 @@ def test_a_new_source_adds_columns_without_touching_the_recorder(tmp_path):
     assert [c["source"] for c in manifest["columns"]] == (
         ["clock"] + ["obd"] * 3 + ["gnss"] * 9 + ["can"] * 2)
     assert read_records(second)[0][-1] == "STEERING_ANGLE (deg)"  # new columns: new file
+
+
+def test_a_name_is_one_sources_only_and_a_column_takes_only_its_sources_value(tmp_path):
+    state, rec = make(tmp_path)
+    state.start_engine_run(EngineRun(1, COLS))
+    with pytest.raises(ValueError, match="can declares SPEED, already a column of obd"):
+        state.declare("can", (Column("STEERING_ANGLE", "deg"), Column("SPEED", "km/h")))
+    assert "can" not in state.snapshot().columns
+    state.update_values({"SPEED": (12, "km/h")}, origin="can")  # a source's stray value
+    state.update_values({"RPM": (800, "rpm")})
+    rec.tick()
+    rec.close_file("test")
+    assert read_records(outbox_files(rec.folder)[0])[1][1:3] == ["800", ""]

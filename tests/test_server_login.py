@@ -107,7 +107,7 @@ def log_in(server: SocketServer, source: str = "127.0.0.1") -> socket.socket:
     return sock
 
 
-# --- bounded in time and bytes ----------------------------------------------------------
+# Bounded in time and bytes.
 
 def test_no_login_within_the_deadline_closes_the_connection_but_not_a_logged_in_one(
         start_server):
@@ -155,7 +155,7 @@ def test_input_before_login_is_bounded_in_bytes(start_server):
     assert text.count("RPM 780 rpm") == 100
 
 
-# --- quotas: waiting connections and sessions -------------------------------------------
+# Quotas: waiting connections and sessions.
 
 def test_an_address_at_its_quota_makes_room_by_losing_its_oldest(start_server):
     server = start_server(max_pending_per_address=2)
@@ -268,7 +268,7 @@ def test_clients_that_ask_and_never_read_cannot_lock_others_out(start_server):
             sock.close()
 
 
-# --- the failed-login budget ------------------------------------------------------------
+# The failed-login budget.
 
 def test_failed_logins_share_one_budget_per_address_across_connections(start_server, caplog):
     caplog.set_level(logging.INFO, logger="eccm.server.tcp")

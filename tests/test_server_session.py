@@ -65,7 +65,7 @@ def ask(sock: socket.socket, line: str, marker: str = "\nOK") -> str:
     return read_until(sock, marker)
 
 
-# --- the OBD side through CarAccess -----------------------------------------------------
+# The OBD side through CarAccess.
 
 def test_dtc_and_clear_are_asked_of_the_obd_side(start_server, caplog):
     caplog.set_level(logging.WARNING, logger="eccm.server.tcp")
@@ -162,7 +162,7 @@ def test_the_poller_gives_the_server_only_unavailable_with_the_reason(tmp_path):
         assert str(caught.value) == message
 
 
-# --- login, streaming and the delays ----------------------------------------------------
+# Login, streaming and the delays.
 
 def test_hmac_login(start_server):
     server = start_server()

@@ -131,7 +131,7 @@ def test_tls_connections_count_against_the_same_limits(tls_server, pair):
     assert out.decode().endswith("ERR no login within 0.5 s; closing\n")
 
 
-# --- configuration ----------------------------------------------------------------------
+# Configuration.
 
 def tls_config(tmp_path: Path, **keys: str) -> Path:
     return write_config(tmp_path, ENABLE_SOCKET_SERVER="yes", SOCKET_SERVER_SECRET=SECRET,

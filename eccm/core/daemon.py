@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import signal
-from pathlib import Path
 import threading
 import time
 from datetime import datetime, timezone
@@ -16,17 +15,16 @@ from typing import Dict, List, Optional
 
 from eccm.core.clock import RELEASED, RecordClock
 from eccm.config import Config
-from eccm.sinks.disk import check_budget
+from eccm.sinks.disk import DiskBudget
 from eccm.sources.gnss.reader import GnssReader
-from eccm.core.health import DiskHealth, status_line
+from eccm.core.health import status_line
 from eccm.core.notify import Notifier
-from eccm.sources.obd.link import PortInUse, check_free
-from eccm.sources.obd.poller import ObdPoller, quiet_python_obd
+from eccm.sources.obd.link import PortInUse
+from eccm.sources.obd.poller import ObdPoller
 from eccm.sinks.records import Recorder
 from eccm.server.tcp import SocketServer
 from eccm.sinks.upload import Uploader
 from eccm.core.state import DISABLED, SharedState
-from eccm.core.text import plural
 from eccm.core.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -54,7 +52,6 @@ class Daemon:
         self.workers: List[Worker] = []
         self._restart_at: Dict[str, float] = {}
         self._restart_delay: Dict[str, float] = {}
-        quiet_python_obd(cfg.LOG_LEVEL == "DEBUG")
         self.clock = RecordClock()
 
         self.recorder: Optional[Recorder] = None
@@ -83,7 +80,7 @@ class Daemon:
             self.workers.append(self.uploader)
         else:
             self.state.set_link("s3", DISABLED)
-        self._disk_full = False
+        self.disk = DiskBudget.from_config(cfg)
         self._next_disk_check = 0.0
 
     def _clock_source(self) -> str:
@@ -118,12 +115,11 @@ class Daemon:
 
     def run(self) -> int:
         """Start, supervise until stopped, shut down. Runs in the main thread."""
-        if self.cfg.OBD_INTERFACE:
-            try:  # two ECCMs on one adapter would each read the other's replies
-                check_free(self.cfg.OBD_INTERFACE)
-            except PortInUse as exc:
-                log.error("%s: is ECCM already running (systemctl status eccm)?", exc)
-                return 2
+        try:  # two ECCMs on one adapter would each read the other's replies
+            self.poller.check_port_free()
+        except PortInUse as exc:
+            log.error("%s: is ECCM already running (systemctl status eccm)?", exc)
+            return 2
         self.install_signal_handlers()
         self.start()
         every = SUPERVISE_EVERY
@@ -140,24 +136,7 @@ class Daemon:
 
     def check_disk(self) -> None:
         """Main thread, once a minute: the record folder's budget."""
-        limit = int(self.cfg.RECORD_DIRECTORY_MAX_MB * 1024 * 1024)
-        if limit <= 0:
-            return
-        try:
-            report = check_budget(Path(self.cfg.RECORD_DIRECTORY_LOCATION), limit,
-                                  self.cfg.RECORD_DROP_OLDEST_WHEN_FULL)
-        except OSError as exc:
-            log.error("cannot check the record folder: %s", exc)
-            return
-        self.state.report(DiskHealth(report.used, limit, report.full))
-        if report.full and not self._disk_full:
-            log.error("RECORD FOLDER FULL: %.1f MB used of %.1f MB allowed; %s for "
-                      "upload. Recording goes on; nothing is deleted unless "
-                      "RECORD_DROP_OLDEST_WHEN_FULL=yes.", report.used / 1e6, limit / 1e6,
-                      plural(report.waiting, "file waits", "files wait"))
-        elif not report.full and self._disk_full:
-            log.info("record folder back under its budget")
-        self._disk_full = report.full
+        self.disk.check(self.state)
 
     def supervise(self) -> None:
         """Restart a worker whose thread died, with a growing delay if it keeps dying."""
@@ -184,7 +163,7 @@ class Daemon:
     def status_line(self) -> str:
         """One line of health for systemctl status."""
         snap = self.state.snapshot()
-        return status_line(snap.health, snap.links)
+        return status_line(snap.health, snap.links, tuple(snap.columns))
 
     def keepalive(self) -> None:
         """Main thread: WATCHDOG=1 only while the loop and every worker make progress;

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
-from typing import Any, Deque, List, Mapping, Optional, Tuple
+from typing import Any, Deque, List, Mapping, Optional, Sequence, Tuple
 
 from eccm.core.text import plural
 
@@ -69,9 +69,9 @@ class UploadHealth:
 
 @dataclass(frozen=True)
 class DiskHealth:
-    used: int                      # bytes of the record folder
-    limit: int                     # RECORD_DIRECTORY_MAX_MB in bytes
-    full: bool
+    used: int = 0                  # bytes of the record folder
+    limit: int = 0                 # RECORD_DIRECTORY_MAX_MB in bytes (0: not checked)
+    full: bool = False
 
     def text(self) -> str:
         return (f"{self.used / 1e6:.1f} of {self.limit / 1e6:.1f} MB"
@@ -85,27 +85,29 @@ class Health:
     gnss: GnssHealth = GnssHealth()
     record: RecordHealth = RecordHealth()
     upload: UploadHealth = UploadHealth()
-    disk: Optional[DiskHealth] = None
+    disk: DiskHealth = DiskHealth()
 
     def with_part(self, part: Any) -> "Health":
-        """This health with one part replaced; the part's type says which."""
+        """This health with one part replaced; the part's type says which field (a new
+        part is one more field here, nothing else to keep in step)."""
         for f in fields(self):
-            if f.name in _PART_TYPES and isinstance(part, _PART_TYPES[f.name]):
+            if type(getattr(self, f.name)) is type(part):
                 return replace(self, **{f.name: part})
         raise TypeError(f"not a health part: {type(part).__name__}")
 
 
-_PART_TYPES = {"obd": ObdHealth, "gnss": GnssHealth, "record": RecordHealth,
-               "upload": UploadHealth, "disk": DiskHealth}
+def ordered_links(links: Mapping[str, Link], sources: Sequence[str]) -> List[Tuple[str, Link]]:
+    """Every link, the sources' in the order they were created (the record's column
+    order), then the others (s3) as they appeared."""
+    order = [s for s in sources if s in links] + [s for s in links if s not in sources]
+    return [(name, links[name]) for name in order]
 
 
-def status_line(health: Health, links: Mapping[str, Link]) -> str:
-    """One line for `systemctl status`."""
-    parts = []
-    for source in ("obd", "gnss", "s3"):
-        link = links.get(source)
-        if link is not None and link.state != DISABLED:
-            parts.append(f"{source} {link.state}")
+def status_line(health: Health, links: Mapping[str, Link], sources: Sequence[str] = ()
+                ) -> str:
+    """One line for `systemctl status`: every link that is not off, then the problems."""
+    parts = [f"{name} {link.state}" for name, link in ordered_links(links, sources)
+             if link.state != DISABLED]
     if health.record.problem:
         parts.append(f"NOT RECORDING: {health.record.problem}")
     elif health.record.file:
@@ -115,15 +117,16 @@ def status_line(health: Health, links: Mapping[str, Link]) -> str:
     if health.upload.held:
         parts.append(f"{plural(health.upload.held, 'file')} held back from upload "
                      "(see the log)")
-    if health.disk is not None and health.disk.full:
+    if health.disk.full:
         parts.append("DISK FULL")
     return ", ".join(parts) or "starting"
 
 
 def status_items(health: Health, links: Mapping[str, Link], counters: Mapping[str, int],
-                 fix: Any, *, version: str, car: str,
-                 uptime: float) -> List[Tuple[str, Any]]:
-    """The socket's STATUS, one (key, value) per line."""
+                 fix: Any, *, version: str, car: str, uptime: float,
+                 sources: Sequence[str] = ()) -> List[Tuple[str, Any]]:
+    """The socket's STATUS, one (key, value) per line; a link beyond the OBD adapter,
+    the GNSS receiver and S3 (a new source) gets its own line before the errors."""
     obd, gnss, s3 = links.get("obd"), links.get("gnss"), links.get("s3")
     items: List[Tuple[str, Any]] = [
         ("version", version), ("car", car), ("uptime_s", round(uptime)),
@@ -154,6 +157,8 @@ def status_items(health: Health, links: Mapping[str, Link], counters: Mapping[st
             ("upload_held", health.upload.held),
             ("last_upload", health.upload.last or "never"),
         ]
+    items += [(name, link.text()) for name, link in ordered_links(links, sources)
+              if name not in ("obd", "gnss", "s3")]
     errors = {k: v for k, v in counters.items()
               if "error" in k or k.startswith("restarts_") or k in ERROR_COUNTERS}
     items.append(("errors", " ".join(f"{k}={v}" for k, v in sorted(errors.items()))

@@ -129,14 +129,28 @@ class SharedState:
         record's column order."""
         labelled = tuple(replace(c, source=source) for c in columns)
         with self._lock:
-            declared = dict(self._columns)
-            declared[source] = labelled
-            self._columns = MappingProxyType(declared)
+            self._columns = self._declared(source, labelled)
+
+    def _declared(self, source: str, columns: Tuple[Column, ...]
+                  ) -> Mapping[str, Tuple[Column, ...]]:
+        """The declarations with `source`'s replaced (caller holds the lock). A name is one
+        source's only: a second source declaring it is a bug in that source."""
+        taken = {c.name: s for s, cols in self._columns.items() if s != source for c in cols}
+        clash = [c.name for c in columns if c.name in taken]
+        if clash:
+            raise ValueError(f"{source} declares {clash[0]}, already a column of "
+                             f"{taken[clash[0]]}: a source names its values apart "
+                             f"(e.g. {source.upper()}.{clash[0]})")
+        declared = dict(self._columns)
+        declared[source] = columns
+        return MappingProxyType(declared)
 
     def start_engine_run(self, session: EngineRun, source: str = "obd") -> None:
-        """The car is on: record files follow the run; its columns are `source`'s."""
-        self.declare(source, session.columns)
+        """The car is on: record files follow the run; its columns are `source`'s (one
+        update: no snapshot sees the new columns with the old run)."""
+        labelled = tuple(replace(c, source=source) for c in session.columns)
         with self._lock:
+            self._columns = self._declared(source, labelled)
             self._engine_run = session
 
     def end_engine_run(self) -> None:

@@ -61,11 +61,11 @@ class Backend:
         """Mode 04, then the number of stored codes left; raises Unavailable."""
         raise NotImplementedError
 
-    def query_legacy(self, kind: str, name: str) -> str:
+    def legacy_answer(self, kind: str, name: str) -> str:
         """The original ECCM's answer text for QUERY_COMMAND/QUERY_STATUS/GET_DTC/CLEAR_DTC."""
         raise NotImplementedError
 
-    def reconnect(self) -> None:
+    def request_reconnect(self) -> None:
         raise NotImplementedError
 
     def status(self) -> List[Tuple[str, Any]]:
@@ -165,8 +165,6 @@ class Conversation:
     def greeting(self) -> str:
         return f"{self._greeting} challenge={self.challenge}"
 
-    # Formatting.
-
     def _ok(self, text: str = "", **data: Any) -> str:
         if self.json:
             return json.dumps({"ok": True, **({"message": text} if text else {}), **data})
@@ -182,8 +180,6 @@ class Conversation:
                                "age": round(age, 3)})
         unit = f" {reading.unit}" if reading.unit else ""
         return f"{name} {format_cell(reading.value) or '-'}{unit} age={age:.1f}s"
-
-    # Dispatch.
 
     def handle(self, line: str) -> Reply:
         if not line.strip():
@@ -396,7 +392,7 @@ class Conversation:
     # The original ECCM's commands: one line each, no OK/ERR.
 
     def _legacy_restart(self, args: List[str]) -> Reply:
-        self.backend.reconnect()
+        self.backend.request_reconnect()
         return Reply(["RESTART IN PROGRESS"])
 
     def _legacy_command_list(self, args: List[str]) -> Reply:
@@ -428,7 +424,7 @@ class Conversation:
     def _ask_car(self, kind: str, args: List[str]) -> Reply:
         """The OBD side's text for a legacy command, passed on as it is."""
         try:
-            return Reply([self.backend.query_legacy(kind, args[0] if args else "")])
+            return Reply([self.backend.legacy_answer(kind, args[0] if args else "")])
         except Unavailable:
             return Reply([LEGACY_UNAVAILABLE])
 

@@ -306,10 +306,10 @@ class DaemonBackend(Backend):
     def clear_dtcs(self) -> int:
         return self._car().clear_dtcs(self.server.request_timeout)
 
-    def query_legacy(self, kind: str, name: str) -> str:
+    def legacy_answer(self, kind: str, name: str) -> str:
         return self._car().legacy_answer(kind, name, self.server.request_timeout)
 
-    def reconnect(self) -> None:
+    def request_reconnect(self) -> None:
         if self.server.obd is not None:
             self.server.obd.request_reconnect()
 
@@ -385,8 +385,6 @@ class SocketServer(Worker):
                    port=cfg.SOCKET_SERVER_PORT, secret=cfg.SOCKET_SERVER_SECRET,
                    car=cfg.CAR_IDENTIFIER, tls_cert=cfg.SOCKET_SERVER_TLS_CERT,
                    tls_key=cfg.SOCKET_SERVER_TLS_KEY)
-
-    # Lifecycle.
 
     def prepare(self) -> None:
         """Listen now, so a taken port or an unusable certificate fails the start-up with a
@@ -566,14 +564,13 @@ class SocketServer(Worker):
         self.state.count("auth_failures")
         log.warning("failed login from %s", peer)
 
-    # Status.
-
     def status(self) -> List[Tuple[str, Any]]:
         """STATUS: the shared health model, as every other reader sees it."""
         snap = self.state.snapshot()
         return status_items(snap.health, snap.links, snap.counters, snap.gnss,
                             version=__version__, car=self.car,
-                            uptime=time.monotonic() - self.started)
+                            uptime=time.monotonic() - self.started,
+                            sources=tuple(snap.columns))
 
 
 class _Client:

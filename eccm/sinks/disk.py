@@ -4,8 +4,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
+from eccm.core.health import DiskHealth
+from eccm.core.text import plural
 from eccm.sinks.layout import OUTBOX, UPLOADED, is_manifest, manifest_name
 
 log = logging.getLogger(__name__)
@@ -71,3 +73,38 @@ def check_budget(records: Path, limit: int, drop_oldest: bool) -> DiskReport:
                 log.error("record folder full: deleted %s, never uploaded "
                           "(RECORD_DROP_OLDEST_WHEN_FULL=yes)", path.name)
     return DiskReport(used, limit, len(waiting) - len(dropped), freed, dropped)
+
+
+class DiskBudget:
+    """The record folder's budget (RECORD_DIRECTORY_MAX_MB), checked by the daemon's main
+    thread once a minute: reports DiskHealth, logs a full folder once."""
+
+    def __init__(self, records: Path, limit: int, drop_oldest: bool):
+        self.records = records
+        self.limit = limit
+        self.drop_oldest = drop_oldest
+        self._full = False
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "DiskBudget":
+        return cls(Path(cfg.RECORD_DIRECTORY_LOCATION),
+                   int(cfg.RECORD_DIRECTORY_MAX_MB * 1024 * 1024),
+                   cfg.RECORD_DROP_OLDEST_WHEN_FULL)
+
+    def check(self, state: Any) -> None:
+        if self.limit <= 0:
+            return
+        try:
+            report = check_budget(self.records, self.limit, self.drop_oldest)
+        except OSError as exc:
+            log.error("cannot check the record folder: %s", exc)
+            return
+        state.report(DiskHealth(report.used, self.limit, report.full))
+        if report.full and not self._full:
+            log.error("RECORD FOLDER FULL: %.1f MB used of %.1f MB allowed; %s for "
+                      "upload. Recording goes on; nothing is deleted unless "
+                      "RECORD_DROP_OLDEST_WHEN_FULL=yes.", report.used / 1e6,
+                      self.limit / 1e6, plural(report.waiting, "file waits", "files wait"))
+        elif not report.full and self._full:
+            log.info("record folder back under its budget")
+        self._full = report.full

@@ -191,17 +191,6 @@ def manifest_from_file(record: Path, separators: Sequence[str],
                           **scanned)
 
 
-def recover(folder: Path, outbox: Path, separators: Sequence[str] = (",",)) -> List[Path]:
-    """Repair and queue every .part file left behind, give a manifest to every record in
-    the outbox that has none (an unclean stop, or an older ECCM), drop what no longer has
-    a record; return the records queued or manifested."""
-    for tmp in [*folder.glob(TMP_PREFIX + "*"), *outbox.glob(TMP_PREFIX + "*")]:
-        _unlink_quietly(tmp)
-    recovered = recover_parts(folder, outbox)
-    queued, _ = manifest_orphans(folder, outbox, separators, recovered)
-    return queued
-
-
 def recover_parts(folder: Path, outbox: Path) -> List[Path]:
     """Cut every .part file after its last whole line and move it to the outbox."""
     recovered: List[Path] = []

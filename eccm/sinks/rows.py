@@ -82,11 +82,15 @@ def format_cell(value: Any) -> str:
 def row_cells(snap: Snapshot, columns: Sequence[Column], moment: datetime,
               max_age: float) -> List[Any]:
     """One record row from a snapshot: the time, then each column's value if it is no
-    older than max_age seconds, else an empty cell (never a stale value carried over)."""
+    older than max_age seconds and came from the source that declared the column, else an
+    empty cell (never a stale value carried over, never another source's)."""
     cells: List[Any] = [moment]
     for col in columns:
         reading = snap.fresh(col.name, max_age)
-        cells.append(None if reading is None else reading.value)
+        if reading is None or (col.source and reading.origin != col.source):
+            cells.append(None)
+        else:
+            cells.append(reading.value)
     return cells
 
 

@@ -265,7 +265,6 @@ def format_summary(summary: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-
 ENGINE_EXCLUDE = set(GNSS_NAMES)
 
 

@@ -415,8 +415,6 @@ class NmeaParser:
             self.counters.unparsed += 1
         self._after(body.split(",", 1)[0])
 
-    # Epochs.
-
     @property
     def _epoch(self) -> Optional[_Epoch]:
         """The epoch being read: that of the latest timed sentence, unless emitted."""
@@ -571,8 +569,6 @@ class NmeaParser:
             if value is not None:
                 self._epoch.fields[key] = value
 
-    # Checked values.
-
     def _number(self, value: Optional[str], low: float, high: float) -> Optional[float]:
         """A numeric field within [low, high]; None if empty or unreadable, and None but
         counted if out of range (NaN and infinities are)."""
@@ -640,8 +636,6 @@ class NmeaParser:
                 return
         if self._epoch.valid is None:
             self._epoch.valid = False
-
-    # Sentences.
 
     def _on_gga(self, msg: "pynmea2.NMEASentence") -> None:
         if not self._at(msg.data[0]):

@@ -122,8 +122,6 @@ class ElmConnection:
         self._own_hint: Set[str] = set()     # single PIDs that differ from the others
         self._connect(baudrate, protocol, fast_baudrate, link)
 
-    # Connection.
-
     def _command(self, text: str, timeout: Optional[float] = None) -> Answer:
         if self.link is None:
             raise AdapterError("not connected")
@@ -239,9 +237,9 @@ class ElmConnection:
                     log.info("adapter switched to %d baud (%s)", baud, cmd.split()[0])
                     return
             self.link.baudrate = old  # the adapter goes back after its timeout
-            # A device timing, not a loop wait: once per refused switch while opening,
-            # 0.1 s > ATBRT (75 ms), so the next command meets the old speed.
-            time.sleep(0.1)
+            # 0.1 s > ATBRT (75 ms): the adapter is back at the old speed for the next
+            # command; what it sent at the wrong speed meanwhile is dropped.
+            self.link.discard(0.1)
             self.link.synced = False  # the next command waits for a clean prompt
         log.info("adapter stays at %d baud (no speed switch supported)", old)
 
@@ -303,8 +301,6 @@ class ElmConnection:
                 # that its own PIDs are read and nothing else is recorded as the engine's.
                 raise EngineChanged(f"the engine ({standard:X}) answers now, after ECU "
                                     f"{self.engine:X} was taken for it: reconnecting")
-
-    # Mode 01.
 
     def _hint_key(self, request: str) -> str:
         single = len(request) == 4 and request not in self._own_hint
@@ -439,8 +435,6 @@ class ElmConnection:
             return None
         return self.query_group([cmd])[cmd]
 
-    # DTCs, VIN.
-
     def _long_request(self, request: str) -> Reply:
         """A request whose answer may span several messages: never a count digit, and no
         adaptive timing (which may stop listening before a slower ECU's last message)."""
@@ -523,9 +517,6 @@ class ElmConnection:
 
     def port_name(self) -> str:
         return self.port
-
-    def supports(self, cmd: Any) -> bool:
-        return cmd in self.supported_commands
 
     def close(self) -> None:
         """Done with the car; the port is closed unless it was handed in (held)."""

@@ -114,8 +114,6 @@ class ElmLink:
         self.stale_bytes = 0      # bytes that arrived when no reply was awaited
         self.missed_prompts = 0
 
-    # Commands.
-
     def command(self, text: str, timeout: Optional[float] = None) -> Answer:
         """Send text + CR; the reply's non-empty lines (prompt and echo removed)."""
         if not self.synced:
@@ -219,6 +217,17 @@ class ElmLink:
             raise AdapterError(f"adapter disconnected: {exc}") from None
         head, found, self._pending = bytes(out).partition(marker)
         return head + found
+
+    def discard(self, seconds: float) -> None:
+        """Read and drop whatever arrives for `seconds` (a device timing: the adapter
+        falling back to its old speed); a wait that also empties the line."""
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                self.ser.read(self.ser.in_waiting or 1)
+        except (serial.SerialException, OSError) as exc:
+            raise AdapterError(f"adapter disconnected: {exc}") from None
+        self._pending = b""
 
     @property
     def baudrate(self) -> int:

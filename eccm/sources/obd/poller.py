@@ -32,7 +32,7 @@ from eccm.sources.obd import values as obd_values
 from eccm.sources.obd.adapter import (MAX_PACK, PROBE_BAUDS, AdapterError, ElmConnection,
                                       EngineChanged, NoCar, ReadError, parse_volts,
                                       probe_voltage)
-from eccm.sources.obd.link import ElmLink, PortInUse, is_url
+from eccm.sources.obd.link import ElmLink, PortInUse, check_free, is_url
 from eccm.core.health import ObdHealth, RateMeter
 from eccm.core.state import (CONNECTED, CONNECTING, LOST, Column, EngineRun, SharedState,
                              Unavailable)
@@ -128,12 +128,20 @@ class ObdPoller(Worker):
     @classmethod
     def from_config(cls, stop_event: threading.Event, state: SharedState,
                     cfg: "Config") -> "ObdPoller":
-        """The poller the configuration describes."""
+        """The poller the configuration describes (python-OBD's own log quiet unless
+        LOG_LEVEL=DEBUG)."""
+        quiet_python_obd(cfg.LOG_LEVEL == "DEBUG")
         return cls(stop_event, state, port=cfg.OBD_INTERFACE, baudrate=cfg.OBD_BAUDRATE,
                    protocol=cfg.OBD_PROTOCOL, timeout=cfg.OBD_TIMEOUT,
                    session_timeout=cfg.OBD_SESSION_TIMEOUT, max_delay=cfg.RECONNECT_MAX_DELAY,
                    fast_names=cfg.OBD_FAST_PIDS or DEFAULT_FAST, slow_every=cfg.OBD_SLOW_EVERY,
                    fast_baudrate=cfg.OBD_FAST_BAUDRATE, sleep_below=cfg.OBD_SLEEP_BELOW_VOLTAGE)
+
+    def check_port_free(self) -> None:
+        """Main thread, before starting: PortInUse if another process holds the
+        configured adapter (two ECCMs would each read the other's replies)."""
+        if self.port:
+            check_free(self.port)
 
     # Called from other threads.
 
@@ -252,7 +260,10 @@ class ObdPoller(Worker):
     def _close(self, conn: ElmConnection) -> None:
         self._conn = None
         self.state.end_engine_run()
-        self.state.report(ObdHealth())
+        # Between runs nothing is polled; the last run's anomaly counts stay visible (why
+        # did the adapter drop?) until the next run starts.
+        last = self.state.snapshot().health.obd.anomalies
+        self.state.report(ObdHealth(anomalies=last))
         conn.close()
 
     def _poll_session(self, conn: ElmConnection) -> None:

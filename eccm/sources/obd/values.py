@@ -35,6 +35,7 @@ UNIT_NAMES = {
     "newton_meter": "Nm",
 }
 
+
 def unknown_mode01(names: Sequence[str]) -> List[str]:
     """The names that are not python-OBD mode-01 values (config: OBD_FAST_PIDS)."""
     return [n for n in names if not obd.commands.has_name(n) or obd.commands[n].mode != 1]
