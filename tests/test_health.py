@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import fields
 
 import pytest
 
 from eccm.core.health import (DISABLED, LOST, DiskHealth, Health, ObdHealth, RateMeter,
                               RecordHealth, UploadHealth, status_items, status_line)
-from eccm.core.state import SharedState
+from eccm.core.state import Column, SharedState
 from eccm.server.tcp import SocketServer
 from eccm.sources.obd.poller import ObdPoller
 
@@ -91,3 +92,30 @@ def test_a_new_sources_link_shows_in_status_and_the_systemd_line_in_creation_ord
                          car="CAR", uptime=0, sources=tuple(snap.columns))
     assert ("can", "lost no such interface can0") in items
     assert [k for k, _ in items][-2:] == ["can", "errors"]
+
+
+def test_each_health_part_has_its_own_type():
+    """with_part finds the field by the part's type: two fields of one type would collide."""
+    kinds = [type(getattr(Health(), f.name)) for f in fields(Health)]
+    assert len(set(kinds)) == len(kinds)
+
+
+def test_a_value_under_another_sources_name_is_dropped_and_counted():
+    state = SharedState()
+    state.declare("obd", (Column("SPEED", "km/h"),))
+    state.update_values({"SPEED": (50, "km/h")})
+    state.update_values({"SPEED": (999, "km/h"), "CAN.SPEED": (51, "km/h")}, origin="can")
+    snap = state.snapshot()
+    assert snap.values["SPEED"].value == 50 and snap.values["CAN.SPEED"].value == 51
+    assert snap.counters["values_refused"] == 1
+
+
+def test_the_disk_budget_is_in_status_too():
+    state = SharedState()
+    items = dict(status_items(state.snapshot().health, {}, {}, None, version="1", car="C",
+                              uptime=0))
+    assert items["disk"] == "not checked"
+    state.report(DiskHealth(used=600_000_000, limit=500_000_000, full=True))
+    items = dict(status_items(state.snapshot().health, {}, {}, None, version="1", car="C",
+                              uptime=0))
+    assert items["disk"] == "600.0 of 500.0 MB FULL"

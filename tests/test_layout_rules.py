@@ -12,16 +12,31 @@ from conftest import REPO
 PACKAGE = REPO / "eccm"
 
 
-def imports_of(path: Path) -> Set[str]:
-    """Every module a file imports, at any depth (lazy imports inside functions too)."""
+def imports_of(path: Path, root: Path = PACKAGE) -> Set[str]:
+    """Every module a file of the package at `root` imports, at any depth (lazy imports
+    inside functions too); relative imports resolved against the file's package."""
+    package = ["eccm", *path.relative_to(root).parent.parts]
     found: Set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[:len(package) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
     return found
+
+
+def test_relative_imports_are_resolved(tmp_path):
+    module = tmp_path / "eccm" / "core" / "x.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("from ..sim import demo\nfrom .. import tools\n"
+                      "def later():\n    from .state import Column\n")
+    assert imports_of(module, tmp_path / "eccm") == {
+        "eccm.sim", "eccm.sim.demo", "eccm", "eccm.tools", "eccm.core.state",
+        "eccm.core.state.Column"}
 
 
 def modules() -> Dict[str, Set[str]]:

@@ -15,13 +15,14 @@ from conftest import wait_for
 def poller_factory():
     made = []
 
-    def make(port, **kw):
+    def make(port, start=True, **kw):
         state = SharedState()
         stop = threading.Event()
         args = dict(timeout=1.0, session_timeout=1.5, max_delay=1.0)
         args.update(kw)
         poller = ObdPoller(stop, state, port=port, **args)
-        poller.start()
+        if start:
+            poller.start()
         made.append((stop, poller))
         return state, poller
     yield make
@@ -106,3 +107,43 @@ def test_adapter_lost_during_the_vin_read_is_a_lost_link_not_a_dead_thread(
              state.snapshot().links["obd"].reason, 20, what="the loss reported")
     assert state.snapshot().links["obd"].state == LOST
     assert poller.is_alive() and not poller.crashed
+
+
+def test_the_anomalies_of_the_cycle_that_ended_a_run_stay_in_status(sim_adapter,
+                                                                    poller_factory,
+                                                                    monkeypatch):
+    """Fault injection: a torn reply counted, then the adapter drops, in one request."""
+    from eccm.sources.obd.adapter import AdapterError, ElmConnection
+    real = ElmConnection.query_group
+    asked = []
+
+    def query_group(conn, group):
+        asked.append(group)
+        if len(asked) == 50:
+            conn._anomaly("torn_reply", "injected by the test")
+            raise AdapterError("adapter disconnected: injected by the test")
+        return real(conn, group)
+    monkeypatch.setattr(ElmConnection, "query_group", query_group)
+    state, poller = poller_factory(sim_adapter.port, start=False)
+    between_runs = []  # what STATUS shows from the end of a run to the start of the next
+    report = state.report
+    monkeypatch.setattr(state, "report", lambda part: (
+        between_runs.append(part) if getattr(part, "pids", None) == 0 else None,
+        report(part)))
+    poller.start()
+    wait_for(lambda: len(asked) > 50 and between_runs, 20, what="the run to end")
+    assert dict(between_runs[0].anomalies).get("torn_reply") == 1
+
+
+def test_a_source_holding_one_of_the_cars_names_stops_the_run_with_a_reason(
+        sim_adapter, poller_factory):
+    """Two sources cannot share a value name: the second to declare it is refused; the
+    poller says why as its link state and keeps going (no dead thread)."""
+    from eccm.core.state import Column
+    state, poller = poller_factory(sim_adapter.port, start=False)
+    state.declare("can", (Column("SPEED", "km/h"),))
+    poller.start()
+    wait_for(lambda: "already a column of can" in getattr(
+        state.snapshot().links.get("obd"), "reason", ""), 20, what="the refusal")
+    assert state.snapshot().links["obd"].state == LOST
+    assert session_of(state) is None and poller.is_alive() and not poller.crashed

@@ -145,6 +145,7 @@ def status_items(health: Health, links: Mapping[str, Link], counters: Mapping[st
         ("record_file", health.record.file or ""),
         ("recording", health.record.problem or "ok"),
         ("rows_lost", counters.get("rows_lost", 0)),
+        ("disk", health.disk.text() if health.disk.limit else "not checked"),
     ]
     if s3 is not None and s3.state == DISABLED:
         items.append(("upload", "off (S3 not configured)"))

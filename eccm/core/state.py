@@ -96,6 +96,7 @@ class SharedState:
         self._counters: Mapping[str, int] = MappingProxyType({})
         self._health = Health()
         self._columns: Mapping[str, Tuple[Column, ...]] = MappingProxyType({})
+        self._owners: Mapping[str, str] = {}  # value name -> the source that declared it
         self._changed = threading.Condition(self._lock)
 
     def update_values(self, readings: Mapping[str, Tuple[Any, str]],
@@ -107,9 +108,18 @@ class SharedState:
         new = {name: Reading(value, unit, mono, wall, origin)
                for name, (value, unit) in readings.items()}
         with self._lock:
+            # A name another source declared is that source's: never replaced by this one.
+            foreign = [name for name in new
+                       if self._owners.get(name, origin) != origin]
+            for name in foreign:
+                del new[name]
             merged = dict(self._values)
             merged.update(new)
             self._values = MappingProxyType(merged)
+            if foreign:
+                counters = dict(self._counters)
+                counters["values_refused"] = counters.get("values_refused", 0) + len(foreign)
+                self._counters = MappingProxyType(counters)
             self._changed.notify_all()
 
     def set_link(self, source: str, state: str, reason: str = "") -> bool:
@@ -133,16 +143,19 @@ class SharedState:
 
     def _declared(self, source: str, columns: Tuple[Column, ...]
                   ) -> Mapping[str, Tuple[Column, ...]]:
-        """The declarations with `source`'s replaced (caller holds the lock). A name is one
-        source's only: a second source declaring it is a bug in that source."""
+        """The declarations with `source`'s replaced, and the names' owners updated (the
+        caller holds the lock). A name is one source's only: whichever source declares it
+        second is refused."""
         taken = {c.name: s for s, cols in self._columns.items() if s != source for c in cols}
         clash = [c.name for c in columns if c.name in taken]
         if clash:
             raise ValueError(f"{source} declares {clash[0]}, already a column of "
-                             f"{taken[clash[0]]}: a source names its values apart "
-                             f"(e.g. {source.upper()}.{clash[0]})")
+                             f"{taken[clash[0]]}: two sources cannot share a value name "
+                             f"(one of them names its values apart, e.g. "
+                             f"{taken[clash[0]].upper()}.{clash[0]})")
         declared = dict(self._columns)
         declared[source] = columns
+        self._owners = {c.name: s for s, cols in declared.items() for c in cols}
         return MappingProxyType(declared)
 
     def start_engine_run(self, session: EngineRun, source: str = "obd") -> None:

@@ -1,4 +1,4 @@
-"""A simulated serial device: a pseudo-terminal served by one thread (simcar, simgnss)."""
+"""A simulated serial device: a pseudo-terminal served by one thread (sim.car, sim.gnss)."""
 from __future__ import annotations
 
 import os

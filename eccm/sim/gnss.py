@@ -1,7 +1,7 @@
 """A simulated GNSS receiver for the demo: the simulated car's drive as NMEA on a pty.
 
 The track is generated here (no third-party capture): the car drives the speed profile of
-simcar.drive_speed, turning 90 degrees every 37.5 s, from a start point near Lyon. Each
+sim.car.drive_speed, turning 90 degrees every 37.5 s, from a start point near Lyon. Each
 second the receiver sends GGA, RMC, GSA and VTG, like a common GPS module.
 """
 from __future__ import annotations

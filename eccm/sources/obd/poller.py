@@ -260,10 +260,9 @@ class ObdPoller(Worker):
     def _close(self, conn: ElmConnection) -> None:
         self._conn = None
         self.state.end_engine_run()
-        # Between runs nothing is polled; the last run's anomaly counts stay visible (why
-        # did the adapter drop?) until the next run starts.
-        last = self.state.snapshot().health.obd.anomalies
-        self.state.report(ObdHealth(anomalies=last))
+        # Between runs nothing is polled; the last run's anomaly counts, those of the cycle
+        # that ended it included, stay visible (why did the adapter drop?) until the next.
+        self.state.report(ObdHealth(anomalies=MappingProxyType(dict(conn.anomalies))))
         conn.close()
 
     def _poll_session(self, conn: ElmConnection) -> None:
@@ -280,7 +279,12 @@ class ObdPoller(Worker):
         columns = obd_values.session_columns(commands) + (VOLTAGE_COLUMN,)
         session = EngineRun(self._sessions, columns,
                              protocol=conn.protocol_name(), port=conn.port_name(), vin=vin)
-        self.state.start_engine_run(session)
+        try:
+            self.state.start_engine_run(session)
+        except ValueError as exc:  # another source took one of these names first
+            self._link(LOST, f"cannot record this car's values: {exc}")
+            self._release()
+            return
         health = ObdHealth(protocol=session.protocol, vin=vin, pids=len(commands))
         self.state.report(health)
         meter = RateMeter()
