@@ -6,13 +6,15 @@ from dataclasses import fields
 
 import pytest
 
+from eccm.config import load
+from eccm.core.daemon import Daemon
 from eccm.core.health import (DISABLED, LOST, DiskHealth, Health, ObdHealth, RateMeter,
                               RecordHealth, UploadHealth, status_items, status_line)
-from eccm.core.state import Column, SharedState
+from eccm.core.state import Column, EngineRun, SharedState
 from eccm.server.tcp import SocketServer
 from eccm.sources.obd.poller import ObdPoller
 
-from conftest import wait_for
+from conftest import wait_for, write_config
 
 
 def test_rate_meter_counts_events_over_its_window():
@@ -119,3 +121,25 @@ def test_the_disk_budget_is_in_status_too():
     items = dict(status_items(state.snapshot().health, {}, {}, None, version="1", car="C",
                               uptime=0))
     assert items["disk"] == "600.0 of 500.0 MB FULL"
+
+
+def test_recording_off_is_not_reported_as_ok(tmp_path):
+    cfg, _ = load(write_config(tmp_path, FILE_RECORDING="no", OBD_INTERFACE=""), environ={})
+    daemon = Daemon(cfg)
+    snap = daemon.state.snapshot()
+    items = dict(status_items(snap.health, snap.links, snap.counters, None, version="1",
+                              car="C", uptime=0))
+    assert items["recording"] == "off (FILE_RECORDING=no)"
+    assert "recording" not in daemon.status_line()
+
+
+def test_the_recorder_wakes_on_the_cars_values_not_on_a_gnss_fix():
+    """A file starts at the car's first values: a fix arriving first must not make a row
+    of empty engine cells (seen once in ./start.sh --demo)."""
+    state = SharedState()
+    state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),)))
+    threading.Timer(0.05, state.update_values, ({"LATITUDE": (45.0, "deg")},),
+                    {"origin": "gnss"}).start()
+    assert state.wait_for_run_values(0.5) is False
+    threading.Timer(0.05, state.update_values, ({"RPM": (800, "rpm")},)).start()
+    assert state.wait_for_run_values(5) is True

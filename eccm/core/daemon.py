@@ -17,7 +17,7 @@ from eccm.core.clock import RELEASED, RecordClock
 from eccm.config import Config
 from eccm.sinks.disk import DiskBudget
 from eccm.sources.gnss.reader import GnssReader
-from eccm.core.health import status_line
+from eccm.core.health import RecordHealth, status_line
 from eccm.core.notify import Notifier
 from eccm.sources.obd.link import PortInUse
 from eccm.sources.obd.poller import ObdPoller
@@ -60,6 +60,8 @@ class Daemon:
                                                  clock=self.clock.now,
                                                  clock_source=self._clock_source)
             self.workers.append(self.recorder)
+        else:
+            self.state.report(RecordHealth(off=True))
         self.poller = ObdPoller.from_config(self.stop_event, self.state, cfg)
         self.workers.append(self.poller)
         self.gnss: Optional[GnssReader] = None

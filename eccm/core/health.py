@@ -58,6 +58,7 @@ class GnssHealth:
 class RecordHealth:
     file: Optional[str] = None     # the file being written
     problem: Optional[str] = None  # why rows are not being recorded now
+    off: bool = False              # FILE_RECORDING=no
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,8 @@ def status_items(health: Health, links: Mapping[str, Link], counters: Mapping[st
          f"mode {fix.mode} {fix.lat:.6f},{fix.lon:.6f} at {fix.time}"),
         ("gnss_input", " ".join(f"{k}={v}" for k, v in health.gnss.input.items())),
         ("record_file", health.record.file or ""),
-        ("recording", health.record.problem or "ok"),
+        ("recording", "off (FILE_RECORDING=no)" if health.record.off else
+         health.record.problem or "ok"),
         ("rows_lost", counters.get("rows_lost", 0)),
         ("disk", health.disk.text() if health.disk.limit else "not checked"),
     ]

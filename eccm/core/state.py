@@ -97,6 +97,8 @@ class SharedState:
         self._health = Health()
         self._columns: Mapping[str, Tuple[Column, ...]] = MappingProxyType({})
         self._owners: Mapping[str, str] = {}  # value name -> the source that declared it
+        self._run_source: Optional[str] = None  # who started the engine run
+        self._run_updates = 0  # updates published by it
         self._changed = threading.Condition(self._lock)
 
     def update_values(self, readings: Mapping[str, Tuple[Any, str]],
@@ -116,6 +118,8 @@ class SharedState:
             merged = dict(self._values)
             merged.update(new)
             self._values = MappingProxyType(merged)
+            if new and origin == self._run_source:
+                self._run_updates += 1
             if foreign:
                 counters = dict(self._counters)
                 counters["values_refused"] = counters.get("values_refused", 0) + len(foreign)
@@ -165,6 +169,7 @@ class SharedState:
         with self._lock:
             self._columns = self._declared(source, labelled)
             self._engine_run = session
+            self._run_source = source
 
     def end_engine_run(self) -> None:
         with self._lock:
@@ -190,7 +195,10 @@ class SharedState:
             return Snapshot(time.monotonic(), self._values, self._links, self._engine_run,
                             self._gnss, self._counters, self._health, self._columns)
 
-    def wait_for_update(self, timeout: float) -> bool:
-        """Block until update_values() is called or timeout passes (tests, streaming)."""
+    def wait_for_run_values(self, timeout: float) -> bool:
+        """Block until the engine run's source publishes values, or timeout passes; True if
+        it did. (The recorder starts a file at the car's first values, not at a GNSS fix
+        that happens to arrive first.)"""
         with self._lock:
-            return self._changed.wait(timeout)
+            seen = self._run_updates
+            return self._changed.wait_for(lambda: self._run_updates != seen, timeout)

@@ -455,7 +455,7 @@ class Recorder(Worker):
             if self._file is None and self._problem is None:
                 # No file yet: start at the first values of an engine session, not at the
                 # next tick of an idle cadence (start-up to first row as short as possible).
-                self.state.wait_for_update(self.interval)
+                self.state.wait_for_run_values(self.interval)
                 next_tick = time.monotonic()
             self.tick()
             next_tick += self.interval
