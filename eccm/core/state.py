@@ -143,31 +143,29 @@ class SharedState:
         record's column order."""
         labelled = tuple(replace(c, source=source) for c in columns)
         with self._lock:
-            self._columns = self._declared(source, labelled)
+            self._declare_locked(source, labelled)
 
-    def _declared(self, source: str, columns: Tuple[Column, ...]
-                  ) -> Mapping[str, Tuple[Column, ...]]:
-        """The declarations with `source`'s replaced, and the names' owners updated (the
-        caller holds the lock). A name is one source's only: whichever source declares it
-        second is refused."""
-        taken = {c.name: s for s, cols in self._columns.items() if s != source for c in cols}
-        clash = [c.name for c in columns if c.name in taken]
+    def _declare_locked(self, source: str, columns: Tuple[Column, ...]) -> None:
+        """Replace `source`'s declaration and the names' owners (the caller holds the
+        lock). A name is one source's only: whichever source declares it second is
+        refused."""
+        clash = [c.name for c in columns if self._owners.get(c.name, source) != source]
         if clash:
-            raise ValueError(f"{source} declares {clash[0]}, already a column of "
-                             f"{taken[clash[0]]}: two sources cannot share a value name "
-                             f"(one of them names its values apart, e.g. "
-                             f"{taken[clash[0]].upper()}.{clash[0]})")
+            owner = self._owners[clash[0]]
+            raise ValueError(f"{source} declares {clash[0]}, already a column of {owner}: "
+                             f"two sources cannot share a value name (one of them names "
+                             f"its values apart, e.g. {owner.upper()}.{clash[0]})")
         declared = dict(self._columns)
         declared[source] = columns
+        self._columns = MappingProxyType(declared)
         self._owners = {c.name: s for s, cols in declared.items() for c in cols}
-        return MappingProxyType(declared)
 
     def start_engine_run(self, session: EngineRun, source: str = "obd") -> None:
         """The car is on: record files follow the run; its columns are `source`'s (one
         update: no snapshot sees the new columns with the old run)."""
         labelled = tuple(replace(c, source=source) for c in session.columns)
         with self._lock:
-            self._columns = self._declared(source, labelled)
+            self._declare_locked(source, labelled)
             self._engine_run = session
             self._run_source = source
 
