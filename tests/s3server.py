@@ -108,9 +108,15 @@ class SeaweedFS:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     pass
                 self.client().list_buckets()
-                return True
             except Exception:  # not up yet: connection refused, 5xx while starting
                 time.sleep(0.1)
+                continue
+            if "finding alternative" in self._log_tail():
+                # weed moves a taken gRPC port (even one given explicitly) to one of its own
+                # search (+1..+100) instead of exiting: the same race, start again.
+                self.stop()
+                return False
+            return True
         pytest.fail("SeaweedFS did not start in time")
 
     def make_bucket(self, name: str) -> None:

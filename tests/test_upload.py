@@ -5,6 +5,7 @@ import hashlib
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -103,6 +104,32 @@ def test_s3_fixture_listens_only_on_ports_it_chose(tmp_path):
         assert listening <= server.chosen_ports, sorted(listening - server.chosen_ports)
     finally:
         server.stop()
+
+
+def test_s3_fixture_starts_again_when_weed_moves_a_taken_grpc_port(tmp_path, monkeypatch):
+    """A port chosen free can be taken before weed binds it. For a gRPC port weed does not
+    exit but listens on a port of its own search (CI saw one): the fixture starts again."""
+    import s3server
+    real_free_port = s3server.free_port
+    calls = []
+    with socket.socket() as holder:  # held on all interfaces, as another program would
+        holder.bind(("", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+
+        def free_port():
+            calls.append(1)
+            # Call 3 of the first start is -master.port.grpc (the S3 port, -master.port).
+            return taken if len(calls) == 3 else real_free_port()
+
+        monkeypatch.setattr(s3server, "free_port", free_port)
+        server = SeaweedFS(tmp_path / "weed")
+        try:
+            assert taken not in server.chosen_ports
+            listening = server.listening_ports()
+            assert listening <= server.chosen_ports, sorted(listening - server.chosen_ports)
+        finally:
+            server.stop()
 
 
 def test_server_down_then_back_delivers_everything_with_backoff(tmp_path):
