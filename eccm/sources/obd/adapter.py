@@ -19,7 +19,8 @@ differ):
   ECU that woke up after connect); never for DTCs or the VIN;
 - a higher serial speed where the adapter can switch (STN 'STBR', ELM 'ATBRD').
 
-python-OBD decodes the values (eccm.sources.obd.values); this module does all the talking.
+python-OBD decodes the PIDs it knows, ECCM's own j1979 table the rest (0x60-0xC4;
+eccm.sources.obd.values); this module does all the talking.
 Used by the OBD poller thread only.
 """
 from __future__ import annotations
@@ -28,15 +29,18 @@ import logging
 import os
 import time
 from collections import Counter
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import obd
 
 from eccm.sources.obd.link import (RESYNC, SEARCH_TIMEOUT, AdapterError, Answer, ElmLink,
                                    PortInUse, is_url)
-from eccm.sources.obd.frames import (CAN11, CAN29, Message, Reply, decode_dtcs, decode_vin,
-                                     engine_address, parse_reply, split_mode01)
-from eccm.sources.obd.values import decode_payload
+from eccm.sources.obd.frames import (CAN11, CAN29, Message, Reply, decode_dtcs,
+                                     decode_mode09_items, decode_vin, dtc_code,
+                                     engine_address, freeze_frame_data, item_text,
+                                     parse_reply, split_mode01)
+from eccm.sources.obd import j1979
+from eccm.sources.obd.values import decode_data, flatten, is_recordable
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +83,26 @@ def _frame_count(lines: Sequence[str]) -> int:
 
 def _mode01_sizes() -> Dict[int, int]:
     """SAE J1979 data length of each mode-01 PID python-OBD knows (its byte count less
-    the two echo bytes), and of the supported-PID bitmaps past its table (4 bytes)."""
+    the two echo bytes), of those ECCM decodes itself (j1979), and of the supported-PID
+    bitmaps (4 bytes)."""
     sizes = {base: 4 for base in range(0x00, 0x100, 0x20)}
     sizes.update({c.pid: c.bytes - 2 for c in obd.commands[1] if c is not None and c.bytes > 2})
+    sizes.update({pid: spec.size for pid, spec in j1979.PIDS.items()})
     return sizes
+
+
+def mode01_commands(pids: Iterable[int]) -> List[Any]:
+    """The decoders of these mode-01 data PIDs: python-OBD's where it has one, else
+    ECCM's own (j1979); PIDs neither knows are left out (never recorded undecoded)."""
+    found: List[Any] = []
+    for pid in sorted(pids):
+        if pid % 0x20 == 0:
+            continue  # a supported-PID bitmap, not a value
+        if obd.commands.has_pid(1, pid):
+            found.append(obd.commands[1][pid])
+        elif pid in j1979.PIDS:
+            found.append(j1979.PIDS[pid])
+    return found
 
 
 SIZES = _mode01_sizes()
@@ -106,11 +126,12 @@ class ElmConnection:
         self.engine = 0                      # the engine's address (header)
         self.ecus: Set[int] = set()          # every address that has answered
         self.supported: Set[int] = set()     # mode-01 PIDs the engine supports
-        self.supported_commands: Set[Any] = set()
-        self.single_pids: Set[int] = set()   # PIDs the engine leaves out of packed answers
+        self.supported_by: Dict[int, Set[int]] = {}  # ECU -> the mode-01 PIDs it supports
+        self.supported_commands: Set[Any] = set()  # the engine's decodable PIDs
+        self.single_pids: Set[int] = set()   # PIDs an ECU leaves out of packed answers
         self.anomalies: "Counter[str]" = Counter()
         self._seen_anomalies: Set[str] = set()
-        self._partial: "Counter[int]" = Counter()
+        self._partial: "Counter[Tuple[int, int]]" = Counter()  # (ECU, PID) left out
         self._refused = 0                    # packed requests turned down in a row
         self._refused_last = False
         self._torn_last = False
@@ -180,7 +201,7 @@ class ElmConnection:
             # timing from now on.
             self._command("ATST19")
             self._command("ATAT1")
-            self._load_supported(answers[self.engine])
+            self._load_supported(answers)
             log.info("ECUs answering: %s; engine %X", " ".join(f"{e:X}" for e in
                                                                 sorted(self.ecus)),
                      self.engine)
@@ -243,30 +264,40 @@ class ElmConnection:
             self.link.synced = False  # the next command waits for a clean prompt
         log.info("adapter stays at %d baud (no speed switch supported)", old)
 
-    def _load_supported(self, first: bytes) -> None:
-        """The engine's supported-PID bitmaps (0100, 0120, ... each says if the next
-        range exists), mode-01 PIDs up to C0."""
-        bitmap, base = first, 0x00
-        while True:
-            bits = int.from_bytes(bitmap[2:6], "big")
-            for i in range(32):
-                if bits & (1 << (31 - i)):
-                    self.supported.add(base + i + 1)
+    def _load_supported(self, answers: Dict[int, bytes]) -> None:
+        """Every ECU's supported-PID bitmaps (0100, 0120, ... 01C0; each says if the next
+        range exists). The range requests go to all ECUs at once; each answer is its
+        sender's."""
+        self.supported_by = {ecu: set() for ecu in answers}
+        bitmaps = dict(answers)
+        base = 0x00
+        while bitmaps:
+            for ecu, bitmap in bitmaps.items():
+                bits = int.from_bytes(bitmap[2:6], "big")
+                self.supported_by[ecu].update(base + i + 1 for i in range(32)
+                                              if bits & (1 << (31 - i)))
             base += 0x20
-            if base > 0xC0 or base not in self.supported:
+            asking = {ecu for ecu in bitmaps if base in self.supported_by[ecu]}
+            if base > 0xC0 or not asking:
                 break
+            got: Dict[int, bytes] = {}
             for _ in range(3):  # a reply lost on the way is asked again
-                got = self._ask_mode01(f"01{base:02X}", [base], hint=False)
-                if base in got:
+                for ecu, parts in self._ask_mode01(f"01{base:02X}", [base], hint=False
+                                                   ).items():
+                    if ecu in asking and base in parts:
+                        got[ecu] = parts[base]
+                if asking <= set(got):
                     break
-            else:
-                log.warning("the engine announced PIDs above %02X but never answered "
-                            "%02X: those PIDs are not polled this session", base, base)
-                break
-            bitmap = bytes([0x41, base]) + got[base]
-        self.supported_commands = {
-            obd.commands[1][pid] for pid in self.supported
-            if obd.commands.has_pid(1, pid) and pid % 0x20}
+            for ecu in sorted(asking - set(got)):
+                log.warning("ECU %X announced PIDs above %02X but never answered %02X: "
+                            "those PIDs are not polled this session", ecu, base, base)
+            bitmaps = {ecu: bytes([0x41, base]) + data for ecu, data in got.items()}
+        self.supported = self.supported_by.get(self.engine, set())
+        self.supported_commands = set(mode01_commands(self.supported))
+
+    def commands_of(self, ecu: int) -> List[Any]:
+        """The decodable mode-01 PIDs one ECU supports, by PID."""
+        return mode01_commands(self.supported_by.get(ecu, ()))
 
     # What went wrong, counted.
 
@@ -283,7 +314,9 @@ class ElmConnection:
         self._padded |= reply.padded  # from now on their frames must be 8 bytes
         return reply
 
-    def _note(self, answer: Answer, reply: Reply, request: str) -> None:
+    def _note(self, answer: Answer, reply: Reply, request: str, learn: bool = True) -> None:
+        """Count what was wrong with a reply; with `learn`, an ECU answering a functional
+        request for the first time joins the car's ECUs."""
         if not answer.complete:
             self._anomaly("no_prompt", f"request {request} got no prompt in time")
         for problem in reply.problems:
@@ -291,7 +324,7 @@ class ElmConnection:
                 "unreadable_line" if problem.startswith("unreadable") else "adapter_fault"
             self._anomaly(kind, f"request {request}: {problem}")
         new = set(reply.ecus) - self.ecus
-        if new:
+        if new and learn:
             self.ecus |= new
             log.info("ECU %s answers now (request %s)", " ".join(f"{e:X}" for e in
                                                                 sorted(new)), request)
@@ -303,13 +336,18 @@ class ElmConnection:
                                     f"{self.engine:X} was taken for it: reconnecting")
 
     def _hint_key(self, request: str) -> str:
-        single = len(request) == 4 and request not in self._own_hint
-        return "single" if single else request
+        """Single PIDs that the same ECUs support share one learnt response count (as
+        many answers); a packed request, or a PID that differs, has its own."""
+        if len(request) != 4 or request in self._own_hint:
+            return request
+        pid = int(request[2:], 16)
+        return "single:" + ",".join(f"{ecu:X}" for ecu, pids in sorted(
+            self.supported_by.items()) if pid in pids)
 
     def _ask_mode01(self, request: str, pids: Sequence[int], hint: bool = True
-                    ) -> Dict[int, bytes]:
-        """{pid: data} of the engine's whole answer to one mode-01 request; {} when the
-        answer is not usable (each case counted)."""
+                    ) -> Dict[int, Dict[int, bytes]]:
+        """{ECU: {pid: data}} of every whole answer to one mode-01 request; an ECU whose
+        answer is not usable is absent (each case counted)."""
         key = self._hint_key(request)
         now = time.monotonic()
         digit = self._hints.get(key) if hint and self._digit and \
@@ -335,6 +373,21 @@ class ElmConnection:
         if not answer.complete or reply.unknown_command or any(
                 not p.startswith(("ECU", "unreadable")) for p in reply.problems):
             return {}
+        got: Dict[int, Dict[int, bytes]] = {}
+        engine = self._engine_answer(request, pids, reply, answer, digit, key, now)
+        if engine is not None:
+            got[self.engine] = engine
+        for ecu in reply.ecus:
+            if ecu != self.engine:
+                parts = self._one_answer(request, pids, reply, ecu)
+                if parts is not None:
+                    got[ecu] = parts
+        return got
+
+    def _engine_answer(self, request: str, pids: Sequence[int], reply: Reply,
+                       answer: Answer, digit: Optional[int], key: str, now: float
+                       ) -> Optional[Dict[int, bytes]]:
+        """The engine's part of a reply; learns the response count from it."""
         engine = [m for m in reply.from_ecu(self.engine) if m.data[:1] != b"\x7f"]
         frames = _frame_count(answer.lines)
         if digit is None and engine and frames <= 15:  # one hex digit, or none at all
@@ -345,21 +398,30 @@ class ElmConnection:
             self._torn_last = torn or bool(reply.messages)  # the engine's lost on the way?
             if digit is not None and not torn:  # another ECU's frame ended the reply
                 self._hints.pop(key, None)
-                if key == "single":
+                if key.startswith("single:"):
                     self._own_hint.add(request)
                 self._anomaly("count_digit_cut", f"request {request}{digit:X}: the "
                               "engine's answer was not among the replies counted")
-            return {}
-        if len(engine) > 1:
-            self._anomaly("engine_twice", f"request {request}: two answers from the engine")
-            return {}
-        parts = split_mode01(engine[0].data, pids, SIZES)
+            return None
+        parts = self._one_answer(request, pids, reply, self.engine)
         if parts is None:
             self._torn_last = True  # a cut frame can still look like a short message
+        return parts
+
+    def _one_answer(self, request: str, pids: Sequence[int], reply: Reply, ecu: int
+                    ) -> Optional[Dict[int, bytes]]:
+        """{pid: data} of one ECU's single whole answer; None (counted) otherwise."""
+        messages = [m for m in reply.from_ecu(ecu) if m.data[:1] != b"\x7f"]
+        if not messages:
+            return None
+        if len(messages) > 1:
+            self._anomaly("ecu_twice", f"request {request}: two answers from ECU {ecu:X}")
+            return None
+        parts = split_mode01(messages[0].data, pids, SIZES)
+        if parts is None:
             self._anomaly("mismatch", f"request {request} answered "
-                          f"{engine[0].data.hex().upper()}: not those PIDs with their "
-                          "SAE J1979 lengths")
-            return {}
+                          f"{messages[0].data.hex().upper()} by ECU {ecu:X}: not those "
+                          "PIDs with their SAE J1979 lengths")
         return parts
 
     @property
@@ -375,56 +437,77 @@ class ElmConnection:
         alone = [[c] for c in commands if c.pid in self.single_pids]
         return [packable[i:i + MAX_PACK] for i in range(0, len(packable), MAX_PACK)] + alone
 
-    def _ask_single(self, pid: int) -> Dict[int, bytes]:
-        """One PID; asked again, once, at once, if its reply was lost on the way (a noisy
-        link, not the car: a cut frame, a late prompt)."""
+    def _ask_single(self, pid: int) -> Dict[int, Dict[int, bytes]]:
+        """One PID; asked again, once, at once, if the engine's reply was lost on the way
+        (a noisy link, not the car: a cut frame, a late prompt)."""
         got = self._ask_mode01(f"01{pid:02X}", [pid])
-        if not got and self._torn_last:
-            got = self._ask_mode01(f"01{pid:02X}", [pid])
+        if self.engine not in got and self._torn_last:
+            for ecu, parts in self._ask_mode01(f"01{pid:02X}", [pid]).items():
+                got.setdefault(ecu, parts)
         return got
 
     def query_group(self, group: Sequence[Any]) -> Dict[Any, Any]:
-        """Decoded values of one request's commands (None where the car gave nothing)."""
+        """The engine's decoded values of one request's commands (None where it gave
+        nothing)."""
+        engine = self.query_group_all(group).get(self.engine, {})
+        return {cmd: engine.get(cmd) for cmd in group}
+
+    def query_group_all(self, group: Sequence[Any]) -> Dict[int, Dict[Any, Any]]:
+        """{ECU: {command: decoded value or None}} of one request, for every ECU that
+        supports one of its PIDs: each value is the answer of the ECU it is filed under."""
         pids = [c.pid for c in group]
         request = "01" + "".join(f"{p:02X}" for p in pids)
         got = self._ask_single(pids[0]) if len(group) == 1 else \
             self._ask_mode01(request, pids)
         if len(group) > 1:
-            refused, packed = self._refused_last, bool(got)
+            refused, packed = self._refused_last, self.engine in got
             if packed:
                 self._refused = 0
+            again: List[int] = []
             for pid in pids:
-                if pid in got:
-                    self._partial[pid] = 0
-                    continue
-                if packed:
-                    self._partial[pid] += 1
-                    self._anomaly("partial_packed", f"the engine left PID {pid:02X} out "
+                for ecu, parts in got.items():
+                    if pid not in self.supported_by.get(ecu, ()):
+                        continue
+                    if pid in parts:
+                        self._partial[ecu, pid] = 0
+                        continue
+                    self._partial[ecu, pid] += 1
+                    self._anomaly("partial_packed", f"ECU {ecu:X} left PID {pid:02X} out "
                                   f"of its answer to {request}")
-                    if self._partial[pid] >= PARTIAL_LIMIT and pid not in self.single_pids:
+                    if self._partial[ecu, pid] >= PARTIAL_LIMIT and \
+                            pid not in self.single_pids:
                         self.single_pids.add(pid)
-                        log.info("the engine leaves PID %02X out of packed replies: asking "
-                                 "it alone", pid)
-                got.update(self._ask_single(pid))
+                        log.info("ECU %X leaves PID %02X out of packed replies: asking it "
+                                 "alone", ecu, pid)
+                    if pid not in again:
+                        again.append(pid)
+                if pid in self.supported and self.engine not in got and pid not in again:
+                    again.append(pid)  # the engine's answer was lost: each PID alone
+            for pid in again:
+                for ecu, parts in self._ask_single(pid).items():
+                    got.setdefault(ecu, {}).update(parts)
             # Turned down as a whole while the same PIDs, asked alone, were answered: the
             # adapter cannot pack (a silent car, cranking say, is no evidence of that).
-            if refused and got:
+            if refused and any(got.values()):
                 self._refused += 1
                 if self._refused >= REFUSED_LIMIT and self.pack:
                     self.pack = False
                     log.warning("this adapter does not answer multi-PID requests; polling "
                                 "one PID per request")
-        values: Dict[Any, Any] = {}
-        for cmd in group:
-            data = got.get(cmd.pid)
-            values[cmd] = None if data is None else self._decode(cmd, data)
+        values: Dict[int, Dict[Any, Any]] = {}
+        for ecu, supported in self.supported_by.items():
+            mine = [cmd for cmd in group if cmd.pid in supported]
+            if mine:
+                parts = got.get(ecu, {})
+                values[ecu] = {cmd: None if cmd.pid not in parts else
+                               self._decode(cmd, parts[cmd.pid]) for cmd in mine}
         return values
 
     def _decode(self, cmd: Any, data: bytes) -> Any:
-        """python-OBD's decoder on a whole answer; None (counted) where it fails on bytes
-        it does not expect (AIR_STATUS with a reserved bit raises IndexError)."""
+        """The PID's decoder on a whole answer; None (counted) where it fails on bytes
+        it does not expect (python-OBD's AIR_STATUS with a reserved bit: IndexError)."""
         try:
-            return decode_payload(cmd, bytes([0x41, cmd.pid]) + data)
+            return decode_data(cmd, data)
         except (ValueError, IndexError, KeyError, TypeError, ArithmeticError) as exc:
             self._anomaly("undecodable", f"{cmd.name} = {data.hex().upper()}: {exc!r}")
             return None
@@ -503,6 +586,149 @@ class ElmConnection:
         if messages and vin is None:
             self._anomaly("bad_vin", "the VIN reply is not 17 valid characters")
         return vin
+
+    def read_identification(self) -> Dict[int, Dict[str, Any]]:
+        """{ECU: its name, calibration IDs and CVNs} from mode 09 (CAN: one counted
+        message each). What an ECU does not answer whole is left out, never guessed."""
+        found: Dict[int, Dict[str, Any]] = {ecu: {} for ecu in sorted(self.ecus)}
+        if self.protocol_id not in CAN_PROTOCOLS:
+            return found  # legacy buses split these into unnumbered pieces: not read
+        for pid, key in ((0x0A, "name"), (0x04, "calibration_ids"), (0x06, "cvns")):
+            try:
+                reply = self._long_request(f"09{pid:02X}")
+            except ReadError as exc:
+                log.info("no answer to 09%02X: %s", pid, exc)
+                continue
+            for ecu in reply.ecus:
+                items = decode_mode09_items(reply.from_ecu(ecu), pid)
+                if items is None:
+                    if any(m.data[:1] == b"\x49" for m in reply.from_ecu(ecu)):
+                        self._anomaly("bad_identification", f"ECU {ecu:X}: 09{pid:02X} "
+                                      "answer not whole")
+                    continue
+                if pid == 0x06:
+                    value: Any = [item.hex().upper() for item in items]
+                else:
+                    texts = [item_text(item) for item in items]
+                    if None in texts:
+                        self._anomaly("bad_identification", f"ECU {ecu:X}: 09{pid:02X} "
+                                      "is not text")
+                        continue
+                    value = texts[0] if pid == 0x0A else texts
+                found.setdefault(ecu, {})[key] = value
+        return found
+
+    def read_freeze_frame(self) -> Optional[Dict[str, Any]]:
+        """The engine's freeze frame (mode 02, frame 00): the code that stored it and the
+        values it holds, or None when there is none (or no whole answer)."""
+        try:
+            reply = self._long_request("020200")
+        except ReadError:
+            return None
+        data = freeze_frame_data(reply.from_ecu(self.engine), 0x02, 2)
+        if data is None or data == b"\x00\x00":
+            return None
+        frame: Dict[str, Any] = {"dtc": dtc_code(data[0], data[1]), "values": {}}
+        stored: Set[int] = set()
+        base = 0x00
+        while base <= 0xC0 and (base == 0 or base in stored):
+            try:
+                reply = self._long_request(f"02{base:02X}00")
+            except ReadError:
+                break
+            bitmap = freeze_frame_data(reply.from_ecu(self.engine), base, 4)
+            if bitmap is None:
+                break
+            bits = int.from_bytes(bitmap, "big")
+            stored.update(base + i + 1 for i in range(32) if bits & (1 << (31 - i)))
+            base += 0x20
+        for cmd in mode01_commands(stored - {0x02}):
+            if not is_recordable(cmd):
+                continue
+            try:
+                reply = self._long_request(f"02{cmd.pid:02X}00")
+            except ReadError:
+                continue
+            data = freeze_frame_data(reply.from_ecu(self.engine), cmd.pid, SIZES[cmd.pid])
+            value = None if data is None else self._decode(cmd, data)
+            for name, plain_value in flatten(cmd, value).items():
+                frame["values"][name] = plain_value
+        return frame
+
+    def query_profile(self, commands: Sequence[Any]) -> Dict[str, Any]:
+        """{signal id: value} of vehicle-profile requests (mode 21/22 to one ECU's
+        header). Each answer is taken only from the ECU the profile names, whole and
+        echoing this request; the functional OBD header and receive filter are restored
+        afterwards, or AdapterError (the next mode-01 request must not go to that ECU)."""
+        values: Dict[str, Any] = {}
+        if self.protocol_id not in CAN_PROTOCOLS:
+            return values  # profiles address CAN ECUs: refused at the run's start
+        current: Optional[Tuple[int, int]] = None
+        try:
+            for command in sorted(commands, key=lambda c: (c.header, c.receive)):
+                if current != (command.header, command.receive):
+                    self._address(command.header, command.receive)
+                    current = (command.header, command.receive)
+                values.update(self._ask_profile(command))
+        finally:
+            if current is not None:
+                self._restore_functional()
+        return values
+
+    def _can29(self) -> bool:
+        return self.protocol_id in CAN29
+
+    def _setting(self, text: str) -> None:
+        """An AT command that must be taken ('OK'); AdapterError otherwise."""
+        if "OK" not in self._command(text).lines:
+            raise AdapterError(f"the adapter refused {text}")
+
+    def _address(self, header: int, receive: int) -> None:
+        """Requests to `header`, only frames from `receive` shown (ATSH, ATCRA)."""
+        if self._can29():
+            self._setting(f"ATCP{header >> 24:02X}")
+            self._setting(f"ATSH{header & 0xFFFFFF:06X}")
+            self._setting(f"ATCRA{receive:08X}")
+        else:
+            self._setting(f"ATSH{header:03X}")
+            self._setting(f"ATCRA{receive:03X}")
+
+    def _restore_functional(self) -> None:
+        """Back to the OBD functional header (7DF / 18DB33F1) and every sender shown."""
+        if "OK" not in self._command("ATCRA").lines:  # ELM327 before v1.4b: AT AR
+            self._setting("ATAR")
+        if self._can29():
+            self._setting("ATCP18")
+            self._setting("ATSHDB33F1")
+        else:
+            self._setting("ATSH7DF")
+
+    def _ask_profile(self, command: Any) -> Dict[str, Any]:
+        request = command.request
+        answer = self._command(request)
+        reply = self._parse(answer)
+        self._note(answer, reply, request, learn=False)  # one ECU asked, not the car
+        if not answer.complete or reply.unknown_command or any(
+                not p.startswith(("ECU", "unreadable")) for p in reply.problems):
+            return {}
+        sender = command.receive & 0xFF if self._can29() else command.receive
+        mine = [m for m in reply.from_ecu(sender)
+                if not (m.data[:1] == b"\x7f" and m.data[2:3] == b"\x78")]  # pending
+        if len(mine) != 1:
+            if len(mine) > 1:
+                self._anomaly("ecu_twice", f"request {request}: two answers from ECU "
+                              f"{command.receive:X}")
+            return {}
+        if mine[0].data[:1] == b"\x7f":
+            self._anomaly("profile_refused", f"ECU {command.receive:X} refused {request} "
+                          f"({mine[0].data.hex().upper()})")
+            return {}
+        try:
+            return command.decode(mine[0].data)
+        except ValueError as exc:
+            self._anomaly("mismatch", f"request {request} answered "
+                          f"{mine[0].data.hex().upper()} by ECU {command.receive:X}: {exc}")
+            return {}
 
     # Python-OBD compatible surface.
 

@@ -283,3 +283,47 @@ def decode_vin(messages: Sequence[Message], can: bool) -> Optional[str]:
         text = joined[3:]
     vin = text.decode("ascii", "replace")
     return vin if _VIN_CHARS.match(vin) else None
+
+
+# Identification (SAE J1979 mode 09): calibration IDs, CVNs, ECU name.
+
+ITEM_SIZES = {0x04: 16, 0x06: 4, 0x0A: 20}  # CALID text, CVN bytes, ECUNAME text
+
+
+def decode_mode09_items(messages: Sequence[Message], pid: int) -> Optional[List[bytes]]:
+    """One ECU's whole CAN answer to 09 04/06/0A -> its items (49 pid count, then `count`
+    items of the PID's fixed size); None unless the count and the length agree."""
+    size = ITEM_SIZES[pid]
+    if len(messages) != 1:
+        return None
+    data = messages[0].data
+    if len(data) < 3 or data[:2] != bytes([0x49, pid]) or data[2] == 0 or \
+            len(data) != 3 + size * data[2]:
+        return None
+    return [data[3 + i * size:3 + (i + 1) * size] for i in range(data[2])]
+
+
+def item_text(item: bytes) -> Optional[str]:
+    """A CALID or ECU name: printable ASCII padded with NUL; None if anything else."""
+    text = item.rstrip(b"\x00")
+    if not text or any(b < 0x20 or b > 0x7E for b in text):
+        return None
+    return text.decode("ascii")
+
+
+def ecu_acronym(name: str) -> Optional[str]:
+    """'TCM-TransmissionCtl' -> 'TCM': the acronym J1979 puts before the dash of an ECU
+    name (mode 09 PID 0A), if it is one (2-4 letters or digits)."""
+    head = name.split("-", 1)[0].strip().rstrip("\x00")
+    return head.upper() if "-" in name and re.fullmatch(r"[A-Za-z0-9]{2,4}", head) else None
+
+
+# Freeze frame (SAE J1979 mode 02, frame 00).
+
+def freeze_frame_data(messages: Sequence[Message], pid: int, size: int) -> Optional[bytes]:
+    """One ECU's answer to 02 <pid> 00 -> the PID's data, only if whole (42 pid 00 +
+    exactly `size` bytes)."""
+    found = [m.data for m in messages if m.data[:3] == bytes([0x42, pid, 0x00])]
+    if len(found) != 1 or len(found[0]) != 3 + size:
+        return None
+    return found[0][3:]

@@ -1,18 +1,22 @@
-"""python-OBD commands and responses -> record columns with fixed units and plain values.
+"""Mode-01 commands and responses -> record columns with fixed units and plain values.
 
-Pure functions (no adapter I/O). A column's unit is fixed per command, learnt from
-python-OBD's own decoder applied to an all-zero payload, so the header is known before
-the first answer and never changes within a file.
+Pure functions (no adapter I/O). A command is python-OBD's (PIDs up to 0x5F) or ECCM's own
+j1979.PidSpec (the PIDs past python-OBD's table). A column's unit is fixed per command --
+for python-OBD's learnt from its own decoder applied to an all-zero payload -- so the
+header is known before the first answer and never changes within a file.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections import Counter
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import obd
 from obd.protocols import ECU
 from obd.protocols.protocol import Frame, Message
 
 from eccm.core.state import Column
+from eccm.sources.obd.frames import ecu_acronym
+from eccm.sources.obd.j1979 import PidSpec
 
 # pint unit names python-OBD uses -> the short unit written in headers.
 UNIT_NAMES = {
@@ -47,6 +51,14 @@ NOT_ENGINE_VALUES = {"PIDS_A", "PIDS_B", "PIDS_C", "O2_SENSORS", "O2_SENSORS_ALT
 STATUS_PIDS = {"STATUS", "STATUS_DRIVE_CYCLE"}
 
 
+def decode_data(cmd: Any, data: bytes) -> Any:
+    """A mode-01 PID's data bytes (after the '41 pid' echo) -> its value: python-OBD's
+    decoder, or for ECCM's own PIDs {column name: value}. ValueError on a wrong length."""
+    if isinstance(cmd, PidSpec):
+        return cmd.decode(data)
+    return decode_payload(cmd, bytes([0x41, cmd.pid]) + data)
+
+
 def decode_payload(cmd: "obd.OBDCommand", data: bytes) -> Any:
     """Decode a whole answer (e.g. b'\\x41\\x0c\\x1a\\xf8') with python-OBD's decoder.
 
@@ -75,20 +87,26 @@ def unit_of(cmd: "obd.OBDCommand") -> Optional[str]:
     return UNIT_NAMES.get(name, name.replace("_", " "))
 
 
-def is_recordable(cmd: "obd.OBDCommand") -> bool:
+def is_recordable(cmd: Any) -> bool:
+    if isinstance(cmd, PidSpec):
+        return True
     return cmd.mode == 1 and cmd.name not in NOT_ENGINE_VALUES
 
 
-def columns_for(cmd: "obd.OBDCommand") -> List[Column]:
+def columns_for(cmd: Any) -> List[Column]:
+    if isinstance(cmd, PidSpec):
+        return list(cmd.columns)  # a PID with several quantities: a column each
     if cmd.name in STATUS_PIDS:
         return [Column(f"{cmd.name}_MIL"), Column(f"{cmd.name}_DTC_COUNT", "count")]
     return [Column(cmd.name, unit_of(cmd) or "")]
 
 
-def flatten(cmd: "obd.OBDCommand", value: Any) -> Dict[str, Any]:
+def flatten(cmd: Any, value: Any) -> Dict[str, Any]:
     """A decoded value -> {column name: plain number or text}; {} for no value."""
     if value is None:
         return {}
+    if isinstance(cmd, PidSpec):
+        return dict(value)
     if cmd.name in STATUS_PIDS:
         return {f"{cmd.name}_MIL": int(bool(value.MIL)),
                 f"{cmd.name}_DTC_COUNT": int(value.DTC_count)}
@@ -112,8 +130,22 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def session_columns(commands: List["obd.OBDCommand"]) -> Tuple[Column, ...]:
+def session_columns(commands: List[Any]) -> Tuple[Column, ...]:
     cols: List[Column] = []
     for cmd in commands:
         cols.extend(columns_for(cmd))
     return tuple(cols)
+
+
+def ecu_prefixes(engine: int, names: Mapping[int, Optional[str]]) -> Dict[int, str]:
+    """{ECU address: the prefix of its column names}: none for the engine (today's
+    names), else the acronym of the ECU's own name (J1979 mode 09 PID 0A, 'TCM-...'
+    -> 'TCM.') or, without one or when two ECUs share it, its address ('ECU7E9.')."""
+    acronyms = {ecu: ecu_acronym(name) if name else None for ecu, name in names.items()
+                if ecu != engine}
+    counts = Counter(a for a in acronyms.values() if a)
+    prefixes = {engine: ""}
+    for ecu, acronym in sorted(acronyms.items()):
+        usable = acronym and counts[acronym] == 1 and not acronym.startswith("ECU")
+        prefixes[ecu] = f"{acronym}." if usable else f"ECU{ecu:X}."
+    return prefixes
