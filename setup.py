@@ -18,7 +18,7 @@ setup(
     license="GPL-2.0-or-later",
     license_files=["LICENSE"],
     packages=find_packages(include=["eccm", "eccm.*"]),
-    package_data={"eccm": ["config.ini.template"]},
+    package_data={"eccm": ["config.ini.template", "profiles/*.json"]},
     python_requires=">=3.9",
     install_requires=[
         "obd>=0.7.2,<0.8",

@@ -324,6 +324,42 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_profile_check(args: argparse.Namespace) -> int:
+    """Load vehicle profiles (OBDb signal sets) as the daemon would: a summary of each, or
+    the first problem as one line naming the file and the field."""
+    from eccm.sources.obd.profile import ProfileError, load
+    try:
+        profiles = load(*args.files)  # together: a signal id is one column across files
+    except ProfileError as exc:
+        print(f"eccm: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    def can_id(value: int) -> str:
+        return f"{value:03X}" if value <= 0x7FF else f"{value:08X}"
+
+    for profile in profiles:
+        ecus: dict = {}
+        for command in profile.commands:
+            ecus.setdefault((command.header, command.receive), []).append(command)
+        print(f"{profile.path}: {plural(len(profile.commands), 'command')}, "
+              f"{plural(len(profile.signals), 'signal')}, {plural(len(ecus), 'ECU')}")
+        for (header, receive), commands in ecus.items():
+            periods = sorted({c.period for c in commands})
+            every = f"{periods[0]:g} s" if len(periods) == 1 else \
+                f"{periods[0]:g}..{periods[-1]:g} s"
+            print(f"  {can_id(header)} -> {can_id(receive)}: "
+                  f"{plural(len(commands), 'request')} every {every}, "
+                  f"{plural(sum(len(c.signals) for c in commands), 'signal')}")
+            if args.verbose:
+                for command in commands:
+                    shown = ", ".join(f"{s.id} ({s.unit})" if s.unit else s.id
+                                      for s in command.signals)
+                    print(f"    {command.request} every {command.period:g} s: {shown}")
+        for line in profile.skipped:
+            print(f"  {line}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eccm", description="ECCM: Electronic Centralized Car Monitoring daemon")
@@ -382,6 +418,17 @@ def build_parser() -> argparse.ArgumentParser:
     gnss = sub.add_parser("gnss-parse", help="print the fixes in a raw GNSS capture as JSON")
     gnss.add_argument("file", metavar="FILE", help="raw NMEA capture (any bytes)")
     gnss.set_defaults(func=cmd_gnss_parse)
+
+    profile = sub.add_parser("profile", help="vehicle profiles (OBDb signal sets)")
+    profile_sub = profile.add_subparsers(dest="action", metavar="ACTION")
+    profile_sub.required = True
+    profile_check = profile_sub.add_parser(
+        "check", help="load profile files or folders and summarize them")
+    profile_check.add_argument("files", metavar="FILE", nargs="+",
+                               help="a signal-set .json file, or a folder of them")
+    profile_check.add_argument("-v", "--verbose", action="store_true",
+                               help="list every request with its signals")
+    profile_check.set_defaults(func=cmd_profile_check)
     return parser
 
 

@@ -207,6 +207,7 @@ SCHEMA: Dict[str, _Key] = {
     "OBD_FAST_BAUDRATE": _Key(_number(0, 4_000_000, integer=True)),
     "OBD_FAST_PIDS": _Key(_names),
     "OBD_SLOW_EVERY": _Key(_number(1, 1000, integer=True)),
+    "OBD_PROFILE": _Key(_text()),
     "OBD_SLEEP_BELOW_VOLTAGE": _Key(_number(0, 30)),
     "OBD_SESSION_TIMEOUT": _Key(_number(1, 600)),
     "RECONNECT_MAX_DELAY": _Key(_number(1, 30)),
@@ -540,6 +541,11 @@ def load(path: Optional[Path], environ: Optional[Mapping[str, str]] = None,
     if values.get("ENABLE_SOCKET_SERVER"):
         problems.extend(_tls_problems(
             values, lambda key: f"{key}{SCHEMA[key].shown(texts[key])} (from {where(key)})"))
+    if values.get("OBD_PROFILE"):
+        problem = _profile_problem(values["OBD_PROFILE"])
+        if problem:
+            problems.append(f"OBD_PROFILE{SCHEMA['OBD_PROFILE'].shown(texts['OBD_PROFILE'])} "
+                            f"(from {where('OBD_PROFILE')}): {problem}")
     key = "RECORD_DIRECTORY_LOCATION"
     if key in values and (values.get("FILE_RECORDING") is not False
                           or values.get("S3_SERVER_ENDPOINT")):
@@ -575,6 +581,20 @@ def _check_together(values: Dict[str, Any], problems: List[str]) -> None:
                             f"one with: {SECRET_RECIPE}")
 
 
+def _profile_problem(path: str) -> Optional[str]:
+    """Why the vehicle profile file or folder cannot be used; None if it loads."""
+    from eccm.sources.obd.profile import ProfileError, load  # only when one is set
+    if not os.path.exists(path):
+        return "no such file or folder"
+    try:
+        load(path)
+    except ProfileError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or exc})"
+    return None
+
+
 def default_separator(extension: str) -> str:
     """The original ECCM's rule: ',' for .csv, tab for .tsv, '|' otherwise."""
     return {".csv": ",", ".tsv": "\t"}.get(extension.lower(), "|")
@@ -587,7 +607,7 @@ def _derive(values: Dict[str, Any], base: Path) -> None:
         values["MONITORING_FILE_SEPARATION_CHARACTER"] = default_separator(
             values["MONITORING_FILE_EXTENSION"])
     for key in ("RECORD_DIRECTORY_LOCATION", "SOCKET_SERVER_TLS_CERT",
-                "SOCKET_SERVER_TLS_KEY"):
+                "SOCKET_SERVER_TLS_KEY", "OBD_PROFILE"):
         if values.get(key):
             path = Path(os.path.expanduser(values[key]))
             values[key] = str(path if path.is_absolute() else base / path)

@@ -18,6 +18,11 @@ Quick use::
         ...            # read up to the '>' prompt
         fake.true_values("engine", 0x0C)   # [(monotonic_time, rpm), ...]
 
+    # EV battery ECU, manufacturer DIDs (physical request to 7E4 only):
+    with FakeElm(protocol=6, ecus=[Ecu.engine(), Ecu.battery()]) as fake:
+        ...  # "ATSH7E4", "220101" -> 62 01 01 + 8 bytes (multi-frame)
+        fake.true_values("battery", 0x0101, mode=0x22)   # [(t, raw bytes)]
+
 Transports
 ----------
 * A pseudo-terminal (``pty.openpty()``, raw mode).  ``fake.port`` is the
@@ -131,6 +136,56 @@ a deterministic value generator per PID.  Per SAE J1979:
 * PID 01 byte A: bit 7 = MIL, bits 0-6 = number of stored (confirmed) DTCs;
   bytes B-D the monitor bytes of the datasheet example ``41 01 81 07 65 04``.
 * Unsupported services on a *physical* CAN request get ``7F sid 11``.
+* Mode 01 PIDs above 0x5F (J1979 / ISO 15031-5 PID table, reference decoders
+  in :func:`decode_pid`): 61 / 62 driver's demand / actual engine percent
+  torque (A-125 %), 63 engine reference torque (256A+B Nm), 67 engine coolant
+  temperature sensors (A bit 0 = sensor 1 supported -> B-40 degC, bit 1 =
+  sensor 2 -> C-40 degC), 8D throttle position G (A*100/255 %), A4
+  transmission actual gear (A bit 0 = gear number supported, bit 1 = ratio
+  supported; B bits 4-7 = gear; (256C+D)/1000 = ratio -- the public PID
+  table gives "[A1] supported", B4-B7 gear and the ratio; the bit-0 meaning
+  is the reading of the open-source SAE J1699 tester; the fake sends A = 03),
+  A6 odometer (u32/10 km).  The default engine keeps :data:`ENGINE_PIDS` (ECCM's
+  conformance tests require ECCM to fill every PID the default engine
+  supports); ``Ecu.engine(full=True)`` supports :data:`ENGINE_PIDS_FULL` =
+  those plus 61, 62, 63, 67, 8D, A4, and has CALIDs/CVNs (below).
+* Mode 02 (J1979 "request powertrain freeze frame data"), for an ECU with
+  ``freeze_frame=(dtc, {pid: data})``: request ``02 PID 00`` (frame 00 only,
+  one PID/frame pair per request), answer ``42 PID 00 data``; ``02 02 00``
+  answers the DTC that stored the frame (``0000`` when none is stored);
+  ``02 00/20/40.. 00`` the supported-PID bitmaps of the stored PIDs (+ PID 02),
+  with the same chaining rule as mode 01.  Other PIDs or frames: no answer.
+  Mode 04 clears the frame (J1979 service 04 clears freeze frame data): the
+  DTC becomes ``0000`` and only PID 02 stays supported.  An ECU with
+  ``freeze_frame=None`` does not implement service 02 (physical CAN request:
+  ``7F 02 11``).  Works on every protocol (the answer fits one frame).
+* Mode 09 on CAN (J1979 / ISO 15031-5 service 09, ISO 15765-4 format with
+  the "number of data items" byte): 09 04 calibration IDs
+  ``49 04 <n> <16 bytes per CALID, ASCII, NUL padded>``; 09 06 CVNs
+  ``49 06 <n> <4 bytes per CVN>``; both multi-frame when long and announced in
+  the 09 00 bitmap only when the ECU has ``calids`` / ``cvns`` (the legacy
+  protocols' 09 03 / 09 05 message counts are not modelled).
+* Manufacturer services 21 / 22 on CAN (``Ecu.dids`` / ``Ecu.lids``):
+  ISO 14229-1 ReadDataByIdentifier, request ``22 DIDhi DIDlo`` (up to 3 DIDs
+  in one 7-byte request), positive response ``62 DIDhi DIDlo data``
+  (several DIDs: each DID followed by its data, unsupported ones left out);
+  KWP2000 (ISO 14230-3) ReadDataByLocalIdentifier, request ``21 LID``,
+  response ``61 LID data``.  Only a *physically* addressed request (AT SH
+  7E0..7E7 / DA xx F1) is answered: a functional 7DF / 18 DB 33 F1 request
+  for 21/22 gets no answer from anybody (so NO DATA) -- the common behaviour
+  of real cars, whose ECUs serve enhanced diagnostics on their physical
+  request ID only (ISO 15765-4 reserves the functional ID for the
+  legislated OBD services; ISO 14229-1 "response behaviour to functionally
+  addressed request" suppresses NRC 31 on functional requests anyway).
+  Physically asked: unknown DID/LID -> ``7F 22 31`` / ``7F 21 31``
+  (requestOutOfRange); wrong request length -> ``7F sid 13``
+  (incorrectMessageLengthOrInvalidFormat); an ECU with no DIDs (LIDs) at all
+  -> ``7F sid 11`` (serviceNotSupported).  Long answers go out as ISO-TP
+  multi-frame exactly like 09 02.  On the legacy protocols 21/22 are not
+  answered.
+* :meth:`Ecu.battery` -- an EV battery management ECU (7E4 -> 7EC, 29-bit
+  ``18 DA F1 44``) with DIDs 0101/0102/0103 and LID 01; the byte layouts are
+  in its docstring and decoded by :func:`decode_battery_did`.
 
 Request addressing: on CAN 11-bit the default header 7DF is functional (all
 ECUs answer); AT SH 7E0..7E7 addresses only the ECU answering at 7E8..7EF.  On
@@ -148,6 +203,13 @@ the wire and ``data`` the ECU's data bytes for that PID.  ``delivered`` is
 reached the client).  :func:`decode_pid` is an independent decoder written
 from the J1979 formulas.  See :meth:`FakeElm.true_values`,
 :meth:`FakeElm.values_between`, :meth:`FakeElm.true_dtcs`.
+Modes 02, 09, 21 and 22 are recorded too: mode 02 with ``pid`` = the PID
+(decoded like mode 01; PID 02 -> the DTC string, None for 0000), 09 04 ->
+list of CALID strings, 09 06 -> list of CVN hex strings, 21 / 22 with
+``pid`` = the LID / DID and the raw data bytes (``decode_value`` returns them
+raw; :func:`decode_battery_did` decodes the battery's), e.g.
+``fake.true_values("battery", 0x0101, mode=0x22)``.  Negative responses are
+not recorded (no value was sent).
 
 Values are generated per ECU "slot" (0, 1, 2 = position in the ECU list unless
 ``Ecu(slot=...)``) from disjoint raw ranges, so the same PID never has the
@@ -178,7 +240,8 @@ from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequenc
 __all__ = [
     "FakeElm", "Ecu", "Quirks", "Reply", "decode_pid", "decode_value",
     "encode_dtc", "decode_dtc", "decode_dtc_bytes", "j1850_crc", "default_car",
-    "PROTOCOL_NAMES",
+    "PROTOCOL_NAMES", "ENGINE_PIDS", "ENGINE_PIDS_FULL", "BATTERY_PIDS",
+    "decode_battery_did", "battery_raw",
 ]
 
 # --------------------------------------------------------------------------
@@ -268,8 +331,9 @@ def decode_dtc_bytes(data: Sequence[int]) -> List[str]:
 PID_LENGTHS = {
     0x00: 4, 0x01: 4, 0x04: 1, 0x05: 1, 0x0B: 1, 0x0C: 2, 0x0D: 1, 0x0E: 1,
     0x0F: 1, 0x10: 2, 0x11: 1, 0x1F: 2, 0x20: 4, 0x2F: 1, 0x33: 1, 0x40: 4,
-    0x42: 2, 0x46: 1, 0x5B: 1, 0x5C: 1, 0x5E: 2, 0x60: 4, 0x80: 4, 0xA0: 4,
-    0xA6: 4, 0xC0: 4, 0xE0: 4,
+    0x42: 2, 0x46: 1, 0x5B: 1, 0x5C: 1, 0x5E: 2, 0x60: 4, 0x61: 1, 0x62: 1,
+    0x63: 2, 0x67: 3, 0x80: 4, 0x8D: 1, 0xA0: 4, 0xA4: 4, 0xA6: 4, 0xC0: 4,
+    0xE0: 4,
 }
 BITMAP_PIDS = (0x00, 0x20, 0x40, 0x60, 0x80, 0xA0, 0xC0, 0xE0)
 
@@ -279,7 +343,10 @@ def decode_pid(pid: int, data: Sequence[int]):
 
     Raises ValueError when the length is not the one J1979 defines.
     Returns: float/int physical value; for 01 a dict(mil, dtc_count);
-    for the bitmap PIDs the sorted list of PIDs flagged as supported.
+    for the bitmap PIDs the sorted list of PIDs flagged as supported;
+    for 67 a dict {"sensor1": degC, "sensor2": degC} holding only the sensors
+    byte A flags as supported; for A4 a dict {"gear": int or None,
+    "ratio": float or None} (None when byte A says not supported).
     """
     data = bytes(data)
     n = PID_LENGTHS.get(pid)
@@ -294,7 +361,7 @@ def decode_pid(pid: int, data: Sequence[int]):
         return [pid + i for i in range(1, 33) if bits & (1 << (32 - i))]
     if pid == 0x01:
         return {"mil": bool(a & 0x80), "dtc_count": a & 0x7F}
-    if pid in (0x04, 0x11, 0x2F, 0x5B):       # percent, A*100/255
+    if pid in (0x04, 0x11, 0x2F, 0x5B, 0x8D):  # percent, A*100/255
         return a * 100.0 / 255.0
     if pid in (0x05, 0x0F, 0x46, 0x5C):       # temperature, A-40 degC
         return a - 40
@@ -312,18 +379,48 @@ def decode_pid(pid: int, data: Sequence[int]):
         return ab / 1000.0
     if pid == 0x5E:                           # fuel rate L/h, (256A+B)/20
         return ab / 20.0
+    if pid in (0x61, 0x62):                   # percent torque, A-125
+        return a - 125
+    if pid == 0x63:                           # reference torque Nm, 256A+B
+        return ab
+    if pid == 0x67:                           # coolant temperature sensors
+        out = {}
+        if a & 0x01:
+            out["sensor1"] = data[1] - 40
+        if a & 0x02:
+            out["sensor2"] = data[2] - 40
+        return out
+    if pid == 0xA4:                           # transmission actual gear
+        return {"gear": (data[1] >> 4) if a & 0x01 else None,
+                "ratio": ((data[2] << 8) | data[3]) / 1000.0 if a & 0x02 else None}
     if pid == 0xA6:                           # odometer km, u32/10
         return int.from_bytes(data, "big") / 10.0
     raise ValueError("no reference formula for PID %02X" % pid)
 
 
 def decode_value(mode: int, pid: Optional[int], data: Sequence[int]):
-    """Decode a recorded reply: mode 1 via :func:`decode_pid`, mode 9 PID 2
-    -> VIN string, modes 3/7/0A -> list of DTC strings, else raw bytes."""
+    """Decode a recorded reply: mode 1 via :func:`decode_pid`; mode 2 the
+    same, PID 02 -> the freeze frame's DTC string (None for 0000); mode 9
+    PID 2 -> VIN string, PID 4 -> list of CALID strings (NULs stripped),
+    PID 6 -> list of CVN hex strings ("1791BC82"); modes 3/7/0A -> list of
+    DTC strings; else (21, 22, 09 0A, ...) the raw bytes."""
     if mode == 0x01:
+        return decode_pid(pid, data)
+    if mode == 0x02:
+        if pid == 0x02:
+            if len(data) != 2:
+                raise ValueError("freeze frame DTC needs 2 bytes")
+            return None if bytes(data) == b"\x00\x00" else decode_dtc(data)
         return decode_pid(pid, data)
     if mode == 0x09 and pid == 0x02:
         return bytes(data).decode("ascii")
+    if mode == 0x09 and pid == 0x04:
+        data = bytes(data)
+        return [data[i:i + 16].rstrip(b"\x00").decode("ascii")
+                for i in range(0, len(data), 16)]
+    if mode == 0x09 and pid == 0x06:
+        data = bytes(data)
+        return [data[i:i + 4].hex().upper() for i in range(0, len(data), 4)]
     if mode in (0x03, 0x07, 0x0A):
         return decode_dtc_bytes(data)
     return bytes(data)
@@ -351,6 +448,10 @@ _BANDS = {
     0x5B: ([(0x40, 0x70), (0x80, 0xB0), (0xC0, 0xF0)], "tri", 11.0),
     0x5C: ([(130, 150), (100, 125), (70, 95)], "tri", 19.0),
     0x5E: ([(10, 300), (320, 600), (620, 900)], "tri", 5.9),
+    0x61: ([(130, 180), (185, 215), (220, 245)], "tri", 4.1),
+    0x62: ([(128, 175), (178, 210), (213, 240)], "tri", 3.7),
+    0x63: ([(350, 350), (420, 420), (510, 510)], "tri", 1.0),   # constant
+    0x8D: ([(0x20, 0x50), (0x60, 0x88), (0x90, 0xD0)], "tri", 3.1),
     0xA6: ([(1234567, 1300000), (2345678, 2400000), (3456789, 3500000)], "ramp", 2.0),
 }
 _BAD_LAST_BYTE = frozenset((0x00, 0xFF, 0xAA, 0x55, 0xCC))
@@ -365,8 +466,50 @@ def _value_ok(pid: int, raw: int, length: int) -> bool:
     return True
 
 
+def _tri(t: float, period: float, phase: float = 0.0) -> float:
+    """Triangle wave 0..1..0 with the given period (seconds)."""
+    pos = (t / period + phase) % 1.0
+    return 1.0 - abs(2.0 * pos - 1.0)
+
+
+def _span(lo: int, hi: int, f: float) -> int:
+    return lo + int(round(f * (hi - lo)))
+
+
+def _bump_last(raw: int, length: int, step: int = 1) -> int:
+    """Move ``raw`` until its last byte is none of 00 FF AA 55 CC."""
+    while raw.to_bytes(length, "big")[-1] in _BAD_LAST_BYTE:
+        raw += step
+    return raw
+
+
+# Gear ratios (x1000) of a 6-speed automatic, for PID A4.
+_GEAR_RATIOS = (4171, 2340, 1521, 1143, 867, 691)
+
+
+def _structured_value(pid: int, slot: int, t: float) -> Optional[bytes]:
+    """Generators of the PIDs whose bytes are separate fields."""
+    if pid == 0x67:
+        # A = 03 (both sensors), B = sensor 1 + 40, C = sensor 2 + 40, in the
+        # coolant (PID 05) bands of the slot; C a few degrees below B.
+        lo, hi = _BANDS[0x05][0][slot % 3]
+        b = _span(lo, hi, _tri(t, 21.0, 0.13 * slot))
+        c = _bump_last(b - 2 - int(3 * _tri(t, 2.3)), 1, -1)
+        return bytes([0x03, b, c])
+    if pid == 0xA4:
+        # A = 03 (gear number and ratio supported), B = gear << 4, C D =
+        # ratio x 1000 (+ 3 per slot, so slots never send the same value).
+        gear = 1 + min(5, int(6 * _tri(t, 7.0, 0.13 * slot)))
+        ratio = _bump_last(_GEAR_RATIOS[gear - 1] + 3 * (slot % 3), 2)
+        return bytes([0x03, gear << 4]) + ratio.to_bytes(2, "big")
+    return None
+
+
 def band_value(pid: int, slot: int, t: float) -> bytes:
     """Raw data bytes of ``pid`` for an ECU in ``slot`` at ``t`` seconds."""
+    structured = _structured_value(pid, slot, t)
+    if structured is not None:
+        return structured
     length = PID_LENGTHS.get(pid, 1)
     spec = _BANDS.get(pid)
     if spec is None:
@@ -391,13 +534,146 @@ def band_value(pid: int, slot: int, t: float) -> bytes:
 
 
 # --------------------------------------------------------------------------
+# The EV battery ECU's manufacturer data (layouts: Ecu.battery docstring)
+# --------------------------------------------------------------------------
+BATTERY_PHASE_S = 1.5      # the charging state changes every 1.5 s (0, 1, 2, 0...)
+
+
+def battery_raw(t: float) -> Dict[str, int]:
+    """Raw field values of the simulated battery at ``t`` s since start.
+
+    One function for every DID so that the DIDs agree with each other at
+    the same instant (charging state vs. current sign, balancing vs. SoC).
+    Raw ranges (disjoint from each other where the fields are neighbours):
+    soc2 100..190 (50.0..95.0 %), volt10 3500..4000 (350.0..400.0 V),
+    amp10 +200..+2500 driving / -320..-50 AC / -1500..-600 DC,
+    tmax40 72..84 (32..44 degC), tmin40 58..70 (18..30 degC),
+    cell_mv_max 3900..4150, cell_mv_min 8..40 mV below it, soh 90..97 %,
+    ah_total 12000.. (+3 Ah per s).
+    """
+    state = int(t // BATTERY_PHASE_S) % 3
+    f = _tri(t, 2.9, 0.4)
+    soc2 = _span(100, 190, _tri(t, 7.3))
+    amp10 = {0: _span(200, 2500, f), 1: -_span(50, 320, f), 2: -_span(600, 1500, f)}[state]
+    flags = 0x02                                 # contactor closed
+    if state:
+        flags |= 0x01                            # plug connected
+        if soc2 >= 170:
+            flags |= 0x80                        # balancing near full charge
+    vmax = _span(3900, 4150, _tri(t, 6.7, 0.3))
+    return {
+        "soc2": soc2,
+        "volt10": _span(3500, 4000, _tri(t, 5.1, 0.2)),
+        "amp10": amp10,
+        "tmax40": _span(72, 84, _tri(t, 11.0)),
+        "tmin40": _span(58, 70, _tri(t, 13.0, 0.5)),
+        "state": state,
+        "flags": flags,
+        "cell_mv_max": vmax,
+        "cell_mv_min": _bump_last(vmax - _span(8, 40, _tri(t, 3.3)), 2, -1),
+        "soh": _span(90, 97, _tri(t, 60.0)),
+        "ah_total": 12000 + int(t * 3),
+    }
+
+
+def _battery_did_0101(t: float) -> bytes:
+    r = battery_raw(t)
+    return (r["soc2"].to_bytes(2, "big") + r["volt10"].to_bytes(2, "big")
+            + r["amp10"].to_bytes(2, "big", signed=True)
+            + bytes([r["tmax40"], r["tmin40"]]))
+
+
+def _battery_did_0102(t: float) -> bytes:
+    r = battery_raw(t)
+    return bytes([r["state"], r["flags"]])
+
+
+def _battery_did_0103(t: float) -> bytes:
+    r = battery_raw(t)
+    return r["cell_mv_max"].to_bytes(2, "big") + r["cell_mv_min"].to_bytes(2, "big")
+
+
+def _battery_lid_01(t: float) -> bytes:
+    r = battery_raw(t)
+    return (r["ah_total"] & 0xFFFF).to_bytes(2, "big") + bytes([r["soh"]])
+
+
+BATTERY_DID_LENGTHS = {0x0101: 8, 0x0102: 2, 0x0103: 4}
+
+
+def decode_battery_did(did: int, data: Sequence[int]) -> dict:
+    """Reference decoder of the battery ECU's DIDs (layout: Ecu.battery).
+
+    0101 -> {soc %, voltage V, current A (negative = charging), temp_max
+    degC, temp_min degC}; 0102 -> {charging 0/1/2, plug, contactor,
+    balancing}; 0103 -> {cell_v_max V, cell_v_min V}.  Strict on length.
+    """
+    data = bytes(data)
+    n = BATTERY_DID_LENGTHS.get(did)
+    if n is None:
+        raise ValueError("unknown battery DID %04X" % did)
+    if len(data) != n:
+        raise ValueError("DID %04X needs %d bytes, got %d" % (did, n, len(data)))
+    if did == 0x0101:
+        return {"soc": int.from_bytes(data[0:2], "big") / 2.0,
+                "voltage": int.from_bytes(data[2:4], "big") / 10.0,
+                "current": int.from_bytes(data[4:6], "big", signed=True) / 10.0,
+                "temp_max": data[6] - 40, "temp_min": data[7] - 40}
+    if did == 0x0102:
+        return {"charging": data[0], "plug": bool(data[1] & 0x01),
+                "contactor": bool(data[1] & 0x02), "balancing": bool(data[1] & 0x80)}
+    return {"cell_v_max": int.from_bytes(data[0:2], "big") / 1000.0,
+            "cell_v_min": int.from_bytes(data[2:4], "big") / 1000.0}
+
+
+# --------------------------------------------------------------------------
 # ECUs and quirks
 # --------------------------------------------------------------------------
 ENGINE_PIDS = (0x01, 0x04, 0x05, 0x0B, 0x0C, 0x0D, 0x0F, 0x10, 0x11, 0x1F,
                0x2F, 0x33, 0x42, 0x46, 0x5C, 0x5E, 0xA6)
+# Ecu.engine(full=True): the default engine plus the PIDs above 0x5F that
+# have a reference decoder (61, 62, 63, 67, 8D, A4; A6 is in both).  Kept out
+# of the default engine on purpose: ECCM's conformance tests assert that ECCM
+# fills every PID the default engine supports.
+ENGINE_PIDS_FULL = tuple(sorted(set(ENGINE_PIDS) | {0x61, 0x62, 0x63, 0x67, 0x8D, 0xA4}))
 TRANSMISSION_PIDS = (0x01, 0x05, 0x0C, 0x0D, 0x42)
 HYBRID_PIDS = (0x01, 0x0C, 0x0D, 0x42, 0x5B)
+BATTERY_PIDS = (0x5B,)
 DEFAULT_VIN = "WF0FAKE0ELM327001"
+FULL_ENGINE_CALIDS = ["FAKECAL-ECM-0001", "FAKECAL-ECM-EMS2"]
+FULL_ENGINE_CVNS = ["1791BC82", "16E062BE"]
+
+
+def _with_bitmaps(data_pids) -> set:
+    """Data PIDs plus the bitmap PIDs J1979 requires to reach them (and 00)."""
+    s = set(p for p in data_pids if p not in BITMAP_PIDS)
+    for base in BITMAP_PIDS[1:]:
+        if any(p > base for p in s):
+            s.add(base)
+    s.add(0x00)
+    return s
+
+
+def _bitmap_bytes(eff: set, base: int) -> bytes:
+    bits = 0
+    for i in range(1, 33):
+        if base + i in eff:
+            bits |= 1 << (32 - i)
+    return bits.to_bytes(4, "big")
+
+
+def _as_cvn(c) -> bytes:
+    b = bytes.fromhex(c) if isinstance(c, str) else bytes(c)
+    if len(b) != 4:
+        raise ValueError("a CVN is 4 bytes, got %r" % (c,))
+    return b
+
+
+def _as_calid(c: str) -> bytes:
+    b = c.encode("ascii")
+    if len(b) > 16:
+        raise ValueError("a CALID is at most 16 characters: %r" % c)
+    return b + bytes(16 - len(b))
 
 
 @dataclass
@@ -427,6 +703,16 @@ class Ecu:
     generators: {pid: callable(t_seconds_since_start) -> bytes} overriding
         the built-in generator for that PID (the PID is added to ``pids``).
     mil: force the MIL bit (None: on iff stored DTCs exist).
+    calids: calibration IDs for 09 04 (CAN; up to 16 ASCII chars each,
+        NUL padded on the wire); empty = 09 04 unsupported.
+    cvns: calibration verification numbers for 09 06 (CAN; 4 bytes each,
+        given as bytes or 8 hex digits); empty = 09 06 unsupported.
+    freeze_frame: (dtc, {pid: data bytes or hex}) answered to mode 02 frame
+        00; dtc "" = no frame stored (02 02 00 -> 0000); None = service 02
+        not implemented.
+    dids: {DID: callable(t_seconds_since_start) -> data bytes} for service
+        22 (physical CAN requests only; see the module doc).
+    lids: {LID: callable(t) -> data bytes} for service 21 (same rules).
     """
     name: str = "engine"
     can_id: int = 0x7E8
@@ -446,12 +732,24 @@ class Ecu:
     slot: Optional[int] = None
     generators: Dict[int, Callable[[float], bytes]] = field(default_factory=dict)
     mil: Optional[bool] = None
+    calids: List[str] = field(default_factory=list)
+    cvns: List[Union[bytes, str]] = field(default_factory=list)
+    freeze_frame: Optional[Tuple[str, Dict[int, Union[bytes, str]]]] = None
+    dids: Dict[int, Callable[[float], bytes]] = field(default_factory=dict)
+    lids: Dict[int, Callable[[float], bytes]] = field(default_factory=dict)
 
     @classmethod
-    def engine(cls, **kw) -> "Ecu":
+    def engine(cls, full: bool = False, **kw) -> "Ecu":
+        """Engine ECM: 7E0 -> 7E8, address 0x10.  ``full=True``: PIDs
+        :data:`ENGINE_PIDS_FULL` (adds 61 62 63 67 8D A4) and the CALIDs
+        :data:`FULL_ENGINE_CALIDS` / CVNs :data:`FULL_ENGINE_CVNS` for
+        09 04 / 09 06.  Keyword arguments override any of these."""
         d = dict(name="engine", can_id=0x7E8, address=0x10, latency=0.004,
                  pids=ENGINE_PIDS, vin=DEFAULT_VIN, ecu_name="ECM-EngineControl",
                  padding=0x00)
+        if full:
+            d.update(pids=ENGINE_PIDS_FULL, calids=list(FULL_ENGINE_CALIDS),
+                     cvns=list(FULL_ENGINE_CVNS))
         d.update(kw)
         return cls(**d)
 
@@ -471,6 +769,67 @@ class Ecu:
         d.update(kw)
         return cls(**d)
 
+    @classmethod
+    def battery(cls, **kw) -> "Ecu":
+        """EV battery management ECU (BMS / BECM).
+
+        Addressing: requests to 7E4 (physical), answers from 7EC (ISO 15765-4
+        11-bit pair #5); 29-bit: ECU address 0x44 (requests ``18 DA 44 F1``,
+        i.e. ``AT SH DA44F1``; answers ``18 DA F1 44``) -- 0x44 is this
+        fake's choice, no standard assigns it.  ISO-TP padding byte CC.
+
+        Mode 01: only PID 5B (hybrid/EV battery pack remaining life,
+        A*100/255 %, from the slot bands like every mode-01 PID) plus the
+        bitmaps J1979 needs to announce it: 0100 (-> 0120 flagged), 0120
+        (-> 0140), 0140 (-> 5B).  Mode 09: 09 00 and 09 0A (ECU name).
+
+        Service 22 (ReadDataByIdentifier, physical requests only), data bytes
+        after ``62 DIDhi DIDlo``, all integers big-endian:
+
+        DID 0101 (8 data bytes; the 11-byte answer ``62 01 01 + 8`` goes out
+        as ISO-TP first frame + one consecutive frame)::
+
+            bytes 0-1  SoC x 2, unsigned        (0.5 % resolution; 50.0..95.0 %)
+            bytes 2-3  pack voltage x 10, unsigned      (V; 350.0..400.0)
+            bytes 4-5  pack current x 10, signed two's complement
+                       (A; negative = charging; +20..+250 driving,
+                       -5..-32 AC charging, -60..-150 DC charging)
+            byte  6    max cell temperature + 40      (degC; 32..44)
+            byte  7    min cell temperature + 40      (degC; 18..30)
+
+        DID 0102 (2 data bytes)::
+
+            byte 0  charging state: 0 not charging, 1 AC, 2 DC
+            byte 1  flags: bit 0 plug connected, bit 1 contactor closed,
+                    bit 7 cell balancing (other bits 0)
+
+        DID 0103 (4 data bytes)::
+
+            bytes 0-1  max cell voltage, mV   (3900..4150)
+            bytes 2-3  min cell voltage, mV   (8..40 mV below the max)
+
+        Service 21 (ReadDataByLocalIdentifier), ``61 01`` + 3 data bytes:
+        LID 01: bytes 0-1 cumulative charge throughput Ah (mod 65536),
+        byte 2 state of health % (90..97).
+
+        Time behaviour (:func:`battery_raw`): the charging state cycles
+        0 -> 1 -> 2 every ``BATTERY_PHASE_S`` = 1.5 s, the current's sign and
+        range follow it (flags 02 driving; 03 charging; 83 charging with SoC
+        >= 85 %); the other fields are triangle waves.  The DIDs agree with
+        each other at the same instant.  The last byte of every DID/LID is
+        never 00 FF AA 55 CC, so a cut or padded reply decodes to a value
+        that was never sent (and :func:`decode_battery_did` is strict on
+        length).  The generators do not depend on the slot.
+        """
+        d = dict(name="battery", can_id=0x7EC, address=0x44, latency=0.006,
+                 pids=BATTERY_PIDS, ecu_name="BECM-BatteryEnergy",
+                 padding=0xCC,
+                 dids={0x0101: _battery_did_0101, 0x0102: _battery_did_0102,
+                       0x0103: _battery_did_0103},
+                 lids={0x01: _battery_lid_01})
+        d.update(kw)
+        return cls(**d)
+
     # -- J1979 supported-PID logic --------------------------------------
     def data_pids(self) -> set:
         s = set(int(p) for p in self.pids) | set(self.generators)
@@ -478,20 +837,16 @@ class Ecu:
 
     def effective_pids(self) -> set:
         """Data PIDs plus the bitmap PIDs J1979 requires to reach them."""
-        s = self.data_pids()
-        for base in BITMAP_PIDS[1:]:
-            if any(p > base for p in s):
-                s.add(base)
-        s.add(0x00)
-        return s
+        return _with_bitmaps(self.data_pids())
 
     def bitmap(self, base: int) -> bytes:
-        eff = self.effective_pids()
-        bits = 0
-        for i in range(1, 33):
-            if base + i in eff:
-                bits |= 1 << (32 - i)
-        return bits.to_bytes(4, "big")
+        return _bitmap_bytes(self.effective_pids(), base)
+
+    def freeze_pids(self) -> set:
+        """Mode-02 PIDs of frame 00: stored PIDs + 02 + their bitmaps."""
+        if self.freeze_frame is None:
+            return set()
+        return _with_bitmaps(set(self.freeze_frame[1]) | {0x02})
 
 
 def default_car() -> List[Ecu]:
@@ -674,7 +1029,12 @@ class FakeElm(object):
                 e, pids=tuple(e.pids), stored_dtcs=list(e.stored_dtcs),
                 pending_dtcs=list(e.pending_dtcs), permanent_dtcs=list(e.permanent_dtcs),
                 dtc_timeline=sorted(e.dtc_timeline, key=lambda x: x[0]),
-                generators=dict(e.generators))
+                generators=dict(e.generators), dids=dict(e.dids),
+                lids=dict(e.lids), calids=list(e.calids),
+                cvns=[_as_cvn(x) for x in e.cvns],
+                freeze_frame=self._norm_freeze(e.freeze_frame))
+            for cal in c.calids:
+                _as_calid(cal)
             if c.slot is None:
                 c.slot = i
             self.ecus.append(c)
@@ -852,6 +1212,28 @@ class FakeElm(object):
         return [(r.t, decode_dtc_bytes(r.data)) for r in self.replies_for(ecu, mode, None)]
 
     # ------------------------------------------------------------ state
+    @staticmethod
+    def _norm_freeze(ff):
+        """Copy a freeze frame, hex strings -> bytes, lengths checked
+        against J1979 where the fake has a reference formula."""
+        if ff is None:
+            return None
+        dtc, stored = ff
+        out = {}
+        for pid, data in dict(stored).items():
+            pid = int(pid)
+            b = bytes.fromhex(data) if isinstance(data, str) else bytes(data)
+            if pid in BITMAP_PIDS or pid == 0x02:
+                raise ValueError("PID %02X cannot be stored in a freeze frame" % pid)
+            n = PID_LENGTHS.get(pid)
+            if n is not None and len(b) != n:
+                raise ValueError("freeze frame PID %02X needs %d bytes" % (pid, n))
+            out[pid] = b
+        dtc = dtc or ""
+        if dtc:
+            encode_dtc(dtc)
+        return (dtc, out)
+
     @staticmethod
     def _parse_sp(arg: str):
         arg = arg.upper()
@@ -1481,13 +1863,16 @@ class FakeElm(object):
         alive.sort(key=lambda e: e.latency)
         if payload == b"\x04":
             # J1979 mode 04: every ECU that receives the request clears its
-            # stored and pending DTCs (not the permanent ones) and the MIL,
-            # whether or not the adapter waits for the 44 answers.
+            # stored and pending DTCs (not the permanent ones), the MIL and
+            # the freeze frame, whether or not the adapter waits for the 44
+            # answers.
             with self._lock:
                 for e in alive:
                     e.stored_dtcs = []
                     e.pending_dtcs = []
                     e.mil = None
+                    if e.freeze_frame is not None:
+                        e.freeze_frame = ("", {})
         events = []        # (offset, ecu, kind)
         pend = q.response_pending if q.response_pending and payload else None
         for idx, e in enumerate(alive):
@@ -1752,6 +2137,49 @@ class FakeElm(object):
                 return msgs
             if mode == 0x04 and len(req) == 1:
                 return [_Msg([0x44], [(4, None, b"")])]
+            if mode == 0x02 and e.freeze_frame is not None:
+                # J1979 service 02: "02 PID FRAME" -> "42 PID FRAME data";
+                # frame 00 only, one PID/frame pair per request.
+                if len(req) != 3 or req[2] != 0x00:
+                    return []
+                pid = req[1]
+                if pid not in e.freeze_pids():
+                    return []
+                dtc, stored = e.freeze_frame
+                if pid == 0x02:
+                    d = encode_dtc(dtc) if dtc else b"\x00\x00"
+                elif pid in BITMAP_PIDS:
+                    d = _bitmap_bytes(e.freeze_pids(), pid)
+                else:
+                    d = stored[pid]
+                return [_Msg(bytes([0x42, pid, 0x00]) + d, [(2, pid, d)])]
+            if mode in (0x21, 0x22) and is_can and (e.dids if mode == 0x22 else e.lids):
+                # ISO 14229-1 ReadDataByIdentifier (22) / KWP2000
+                # ReadDataByLocalIdentifier (21): physical requests only.
+                if functional:
+                    return []
+                table = e.dids if mode == 0x22 else e.lids
+                body = req[1:]
+                if mode == 0x22:
+                    if not body or len(body) % 2:
+                        return [_Msg([0x7F, mode, 0x13])]
+                    ids = [(body[i] << 8) | body[i + 1] for i in range(0, len(body), 2)]
+                    width = 2
+                else:
+                    if len(body) != 1:
+                        return [_Msg([0x7F, mode, 0x13])]
+                    ids = [body[0]]
+                    width = 1
+                known = [i for i in ids if i in table]
+                if not known:
+                    return [_Msg([0x7F, mode, 0x31])]
+                out = bytearray([mode + 0x40])
+                items = []
+                for i in known:
+                    d = bytes(table[i](t_rel))
+                    out += i.to_bytes(width, "big") + d
+                    items.append((mode, i, d))
+                return [_Msg(out, items)]
             if mode == 0x09 and len(req) == 2:
                 pid = req[1]
                 sup = set()
@@ -1761,6 +2189,10 @@ class FakeElm(object):
                         sup.add(0x01)
                 if e.ecu_name and is_can:
                     sup.add(0x0A)
+                if e.calids and is_can:
+                    sup.add(0x04)
+                if e.cvns and is_can:
+                    sup.add(0x06)
                 if pid == 0x00:
                     bits = 0
                     for p in sup:
@@ -1780,6 +2212,14 @@ class FakeElm(object):
                             for i in range(5)]
                     msgs[-1].items = [(9, 2, vin)]
                     return msgs
+                if pid == 0x04:
+                    raw = b"".join(_as_calid(c) for c in e.calids)
+                    return [_Msg(bytes([0x49, 0x04, len(e.calids) & 0xFF]) + raw,
+                                 [(9, 4, raw)])]
+                if pid == 0x06:
+                    raw = b"".join(_as_cvn(c) for c in e.cvns)
+                    return [_Msg(bytes([0x49, 0x06, len(e.cvns) & 0xFF]) + raw,
+                                 [(9, 6, raw)])]
                 if pid == 0x0A:
                     name = e.ecu_name.encode("ascii")[:20]
                     name = name + bytes(20 - len(name))

@@ -13,6 +13,8 @@ import pytest
 from eccm import config as cfgmod
 from eccm.config import ConfigError, load
 
+from conftest import REPO
+
 SEED_KEYS = {
     "CAR_IDENTIFIER", "FILE_RECORDING", "GPS_POSITION_MONITORING", "OBD_INTERFACE",
     "MONITORING_FILE_EXTENSION", "MONITORING_FILE_SEPARATION_CHARACTER",
@@ -173,6 +175,29 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, text, key):
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("config error:")]
     assert len(errors) == 1, result.stderr
     assert key in errors[0]
+
+
+@pytest.mark.parametrize("profile,why", [
+    (None, "no such file or folder"),
+    ('{"commands": [{"hdr": "7E4", "cmd": {"22": "01"}, "signals": []}]}', "commands[0]"),
+    ("not json", "line 1"),
+])
+def test_a_vehicle_profile_that_cannot_be_used_exits_2_naming_key_and_file(tmp_path, profile,
+                                                                         why):
+    if profile is not None:
+        (tmp_path / "car.json").write_text(profile)
+    result = run_check(write(tmp_path, "CAR_IDENTIFIER=X\nOBD_PROFILE=car.json\n"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("config error:")]
+    assert len(errors) == 1 and "OBD_PROFILE" in errors[0] and why in errors[0], errors
+
+
+def test_a_vehicle_profile_beside_the_config_is_found(tmp_path):
+    import shutil
+    shutil.copy(REPO / "eccm" / "profiles" / "demo-ev.json", tmp_path / "car.json")
+    result = run_check(write(tmp_path, "CAR_IDENTIFIER=X\nOBD_PROFILE=car.json\n"))
+    assert result.returncode == 0, result.stderr
 
 
 def test_bad_value_from_environment_names_key_and_source(tmp_path):

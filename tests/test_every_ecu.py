@@ -106,3 +106,88 @@ def test_a_pid_only_the_gearbox_has_is_read_from_the_gearbox():
             assert float(got[0x7E9][speed].magnitude) in sent_by(fake, "transmission", 0x0D)
         finally:
             conn.close()
+
+
+def test_poller_fills_every_ecus_columns_and_the_profile_with_true_values(tmp_path):
+    """Engine (PIDs past 0x5F too), gearbox and an EV battery ECU answering only
+    mode 22 to its own header: every column is filled, each value is one its ECU sent
+    (the fake's own decoders say what was sent), and the manifest facts are the car's."""
+    import threading
+
+    from eccm.core.state import SharedState
+    from eccm.sources.obd.poller import ObdPoller
+    from eccm.sources.obd.profile import load
+
+    from conftest import REPO, wait_for
+    from fake_elm import decode_battery_did
+
+    engine = Ecu.engine(full=True, stored_dtcs=["P0133"],
+                        freeze_frame=("P0133", {0x0C: bytes([0x1A, 0xF8]), 0x05: b"\x7b"}))
+    ecus = [engine, Ecu.transmission(), Ecu.battery()]
+    profiles = load(REPO / "eccm" / "profiles" / "demo-ev.json")
+    with FakeElm(protocol=6, ecus=ecus) as fake:
+        state, stop = SharedState(), threading.Event()
+        poller = ObdPoller(stop, state, port=fake.port, timeout=0.5, session_timeout=2,
+                           max_delay=1.0, profiles=profiles)
+        poller.start()
+        try:
+            run = wait_for(lambda: state.snapshot().engine_run, 20, what="a run")
+            names = [c.name for c in run.columns]
+            wait_for(lambda: set(names) <= set(state.snapshot().values), 20,
+                     what="every column filled: "
+                     f"{sorted(set(names) - set(state.snapshot().values))}")
+        finally:
+            stop.set()
+            assert poller.join(10)
+        values = state.snapshot().values
+        assert "ODOMETER" in names and "ENGINE_REF_TORQUE" in names
+        assert "TCM.SPEED" in names and "TCM.RPM" in names and "BECM.PIDS_A" not in names
+        assert {"DEMO_HVBAT_SOC", "DEMO_HVBAT_I", "DEMO_CHRG_STATE"} <= set(names)
+        # Mode 01: each value is one its own ECU sent.
+        checks = {"RPM": ("engine", 0x0C), "ODOMETER": ("engine", 0xA6),
+                  "ENGINE_REF_TORQUE": ("engine", 0x63), "TCM.RPM": ("transmission", 0x0C),
+                  "TCM.SPEED": ("transmission", 0x0D)}
+        for name, (ecu, pid) in checks.items():
+            assert values[name].value in [pytest.approx(float(v)) for _, v in
+                                          fake.true_values(ecu, pid)], name
+        # Mode 22: decoded by the fake's own reference decoder.
+        sent = [decode_battery_did(0x0101, data) for _, data in
+                fake.true_values("battery", 0x0101, mode=0x22)]
+        got = (values["DEMO_HVBAT_SOC"].value, values["DEMO_HVBAT_V"].value,
+               values["DEMO_HVBAT_I"].value, values["DEMO_HVBAT_T_MAX"].value)
+        assert got in [(s["soc"], s["voltage"], s["current"], s["temp_max"]) for s in sent]
+        states = {0: "NOT_CHARGING", 1: "CHARGING_AC", 2: "CHARGING_DC"}
+        charging = [decode_battery_did(0x0102, data) for _, data in
+                    fake.true_values("battery", 0x0102, mode=0x22)]
+        assert (values["DEMO_CHRG_STATE"].value, values["DEMO_CHRG_PLUG"].value) in \
+            [(states[c["charging"]], int(c["plug"])) for c in charging]
+        # What the car said of itself at the start of the run.
+        facts = run.facts
+        assert facts["ecus"]["7E8"]["role"] == "engine"
+        assert facts["ecus"]["7E8"]["calibration_ids"] == ["FAKECAL-ECM-0001",
+                                                           "FAKECAL-ECM-EMS2"]
+        assert facts["ecus"]["7E8"]["cvns"] == ["1791BC82", "16E062BE"]
+        assert facts["ecus"]["7E9"]["name"] == "TCM-TransmissionCtl"
+        assert facts["ecus"]["7E9"]["columns_prefix"] == "TCM."
+        assert facts["dtcs"]["stored"] == ["P0133"] and facts["dtcs"]["pending"] == []
+        # 1A F8 -> (256 * 26 + 248) / 4 = 1726 rpm; 7B -> 123 - 40 = 83 degC.
+        assert facts["freeze_frame"] == {"dtc": "P0133", "values": {
+            "RPM": 1726.0, "COOLANT_TEMP": 83}}
+        assert "BECM.HYBRID_BATTERY_REMAINING" in names  # its mode 01, named by 09 0A
+        # Header switching: every mode-01 request went out functional and unfiltered.
+        sent_text = b"".join(d for _, way, _, d in list(fake.wire) if way == "in").decode()
+        header, receive_filter, polled_22 = "7DF", "", 0
+        for command in sent_text.replace("\n", "").upper().replace(" ", "").split("\r"):
+            if command.startswith("ATSH"):
+                header = command[4:]
+            elif command.startswith("ATCRA"):
+                receive_filter = command[5:]
+            elif command.startswith("ATAR"):
+                receive_filter = ""
+            elif command.startswith("01"):
+                assert (header, receive_filter) == ("7DF", ""), command
+            elif command.startswith("22"):
+                polled_22 += 1
+                assert (header, receive_filter) == ("7E4", "7EC"), command
+        assert polled_22 >= 2
+        assert not fake.errors

@@ -15,7 +15,8 @@ import serial
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fake_elm import (  # noqa: E402
-    Ecu, FakeElm, Quirks, decode_dtc, decode_pid, encode_dtc, j1850_crc,
+    ENGINE_PIDS, ENGINE_PIDS_FULL, Ecu, FakeElm, Quirks, battery_raw,
+    decode_battery_did, decode_dtc, decode_pid, encode_dtc, j1850_crc,
 )
 
 # The ELM327 datasheet's VIN example (p.42, "Multiline Responses").
@@ -648,3 +649,311 @@ def test_tcp_transport_one_client_and_reconnect():
         # the ELM state survives the reconnect (echo still off)
         assert lines(_tcp_cmd(c, "010D"))[0].startswith("41 0D")
         c.close()
+
+
+# ---------------------------------------------------------------- services 21/22, battery ECU
+BAD_LAST = (0x00, 0xFF, 0xAA, 0x55, 0xCC)
+
+
+def three_ecus_and_battery():
+    return [Ecu.engine(), Ecu.transmission(), Ecu.battery()]
+
+
+def did_0101_by_hand(d):
+    """The layout of Ecu.battery's docstring, decoded without fake_elm."""
+    assert len(d) == 8
+    cur = (d[4] << 8) | d[5]
+    if cur >= 0x8000:
+        cur -= 0x10000
+    return {"soc": ((d[0] << 8) | d[1]) * 0.5, "voltage": ((d[2] << 8) | d[3]) / 10.0,
+            "current": cur / 10.0, "temp_max": d[6] - 40, "temp_min": d[7] - 40}
+
+
+def test_battery_did_physical_multiframe_headers_on(elm):
+    fake, ser = elm(ecus=three_ecus_and_battery())
+    cmd(ser, "ATSP6")
+    cmd(ser, "ATH1")
+    cmd(ser, "ATSH7E4")                    # physical: the battery ECU only
+    t0 = time.monotonic()
+    r = lines(cmd(ser, "220101"))
+    t1 = time.monotonic()
+    # 62 01 01 + 8 data bytes = 11 bytes: first frame (10 0B + 6) + CF (21 + 5 + 2 pad)
+    assert len(r) == 2
+    ff, cf = hexbytes(r[0]), hexbytes(r[1])
+    assert ff[:6] == [0x7EC, 0x10, 0x0B, 0x62, 0x01, 0x01] and len(ff) == 9
+    assert cf[:2] == [0x7EC, 0x21] and cf[7:] == [0xCC, 0xCC] and len(cf) == 9
+    data = bytes(ff[6:] + cf[2:7])
+    v = did_0101_by_hand(data)
+    assert 50.0 <= v["soc"] <= 95.0 and (v["soc"] * 2) == int(v["soc"] * 2)
+    assert 350.0 <= v["voltage"] <= 400.0
+    assert -150.0 <= v["current"] <= 250.0 and v["current"] != 0
+    assert 32 <= v["temp_max"] <= 44 and 18 <= v["temp_min"] <= 30
+    assert data[-1] not in BAD_LAST
+    assert decode_battery_did(0x0101, data) == v
+    # the oracle: exactly these bytes were sent in [t0, t1]
+    assert fake.values_between("battery", 0x0101, t0, t1, mode=0x22) == [data]
+    assert fake.true_values("battery", 0x0101, mode=0x22)[-1][1] == data
+    assert fake.replies_for("engine", 0x22) == [] and fake.replies_for("transmission", 0x22) == []
+    # without headers (CAF1): byte count line, then 0:/1: lines, padding shown
+    cmd(ser, "ATH0")
+    r = lines(cmd(ser, "220101"))
+    assert r[0] == "00B" and r[1].startswith("0: 62 01 01 ") and r[2].startswith("1: ")
+    assert r[2].split()[-2:] == ["CC", "CC"] and len(r[2].split()) == 8
+    data = bytes(hexbytes(r[1][3:])[3:] + hexbytes(r[2][3:])[:5])
+    assert fake.true_values("battery", 0x0101, mode=0x22)[-1][1] == data
+
+
+def test_battery_single_frame_dids_lid_and_negative_responses(elm):
+    fake, ser = elm(ecus=three_ecus_and_battery())
+    cmd(ser, "ATSP6")
+    cmd(ser, "ATH1")
+    cmd(ser, "ATSH7E4")
+    r = lines(cmd(ser, "220102"))
+    b = hexbytes(r[0])
+    assert len(r) == 1 and b[:5] == [0x7EC, 0x05, 0x62, 0x01, 0x02] and b[7:] == [0xCC] * 2
+    state, flags = b[5], b[6]
+    assert state in (0, 1, 2) and flags & 0x02 and not flags & 0x7C
+    assert bool(flags & 0x01) == (state != 0)          # plugged in iff charging
+    assert fake.true_values("battery", 0x0102, mode=0x22)[-1][1] == bytes([state, flags])
+    # two DIDs in one request: each DID followed by its data (ISO 14229-1), multi-frame
+    r = lines(cmd(ser, "2201020103"))
+    ff, cf = hexbytes(r[0]), hexbytes(r[1])
+    assert ff[1:6] == [0x10, 0x0B, 0x62, 0x01, 0x02] and cf[1] == 0x21
+    assert ff[8] == 0x01 and cf[2] == 0x03                # DID 0103 follows 0102's 2 bytes
+    cells = decode_battery_did(0x0103, bytes(cf[3:7]))
+    assert 3.9 <= cells["cell_v_min"] < cells["cell_v_max"] <= 4.15
+    # an unknown DID among known ones is left out
+    assert hexbytes(lines(cmd(ser, "2201029999"))[0])[1:5] == [0x05, 0x62, 0x01, 0x02]
+    # service 21 (KWP2000 ReadDataByLocalIdentifier): 61 01 + 3 bytes
+    b = hexbytes(lines(cmd(ser, "2101"))[0])
+    assert b[:4] == [0x7EC, 0x05, 0x61, 0x01] and 90 <= b[6] <= 97 and b[7:] == [0xCC, 0xCC]
+    assert fake.true_values("battery", 0x01, mode=0x21)[-1][1] == bytes(b[4:7])
+    n_before = len(fake.replies)
+    # unknown DID / LID: requestOutOfRange; bad length: incorrectMessageLength
+    assert lines(cmd(ser, "229999")) == ["7EC 03 7F 22 31 CC CC CC CC"]
+    assert lines(cmd(ser, "2102")) == ["7EC 03 7F 21 31 CC CC CC CC"]
+    assert lines(cmd(ser, "2201")) == ["7EC 03 7F 22 13 CC CC CC CC"]
+    assert len(fake.replies) == n_before            # negative responses carry no value
+    # the engine has no DIDs at all: serviceNotSupported
+    cmd(ser, "ATSH7E0")
+    assert lines(cmd(ser, "220101")) == ["7E8 03 7F 22 11 00 00 00 00"]
+
+
+def test_battery_functional_22_unanswered_and_sh_7df_restores(elm):
+    fake, ser = elm(ecus=three_ecus_and_battery())
+    cmd(ser, "ATSP6")
+    cmd(ser, "ATH1")
+    # functional (default 7DF): nobody answers 21/22, not even with 7F
+    assert lines(cmd(ser, "220101")) == ["NO DATA"]
+    assert lines(cmd(ser, "2101")) == ["NO DATA"]
+    assert lines(cmd(ser, "229999")) == ["NO DATA"]
+    assert fake.replies_for(mode=0x22, include_undelivered=True) == []
+    cmd(ser, "ATSH7E4")
+    assert hexbytes(lines(cmd(ser, "220101"))[0])[:3] == [0x7EC, 0x10, 0x0B]
+    assert lines(cmd(ser, "0100")) == ["7EC 06 41 00 00 00 00 01 CC"]
+    cmd(ser, "ATSH7DF")                    # back to functional
+    r = lines(cmd(ser, "0100"))
+    assert sorted(x.split()[0] for x in r) == ["7E8", "7E9", "7EC"]
+    assert lines(cmd(ser, "220101")) == ["NO DATA"]
+    # battery mode 01: bitmaps chain 00 -> 20 -> 40 -> 5B
+    cmd(ser, "ATH0")
+    cmd(ser, "ATSH7E4")
+    assert lines(cmd(ser, "0120")) == ["41 20 00 00 00 01"]
+    assert lines(cmd(ser, "0140")) == ["41 40 00 00 00 20"]
+    assert lines(cmd(ser, "010C")) == ["NO DATA"]
+    cmd(ser, "ATSH7DF")
+    r = lines(cmd(ser, "015B"))
+    assert len(r) == 1                     # only the battery has 5B in this car
+    assert decode_pid(0x5B, hexbytes(r[0])[2:]) == fake.true_values("battery", 0x5B)[-1][1]
+
+
+def test_battery_cra_filtering(elm):
+    fake, ser = elm(ecus=three_ecus_and_battery())
+    cmd(ser, "ATSP6")
+    cmd(ser, "ATH1")
+    cmd(ser, "ATCRA7EC")
+    assert lines(cmd(ser, "0100")) == ["7EC 06 41 00 00 00 00 01 CC"]
+    cmd(ser, "ATCRA7EX")                   # X = any digit
+    assert len(lines(cmd(ser, "0100"))) == 3
+    cmd(ser, "ATCRA7E8")
+    cmd(ser, "ATSH7E4")
+    assert lines(cmd(ser, "220101")) == ["NO DATA"]     # its answer is filtered out
+    cmd(ser, "ATCRA")                      # no argument: filter off
+    assert hexbytes(lines(cmd(ser, "220101"))[0])[0] == 0x7EC
+    cmd(ser, "ATSH7DF")
+    assert len(lines(cmd(ser, "0100"))) == 3
+
+
+def test_battery_can29(elm):
+    fake, ser = elm(protocol=7, ecus=three_ecus_and_battery())
+    cmd(ser, "ATSP7")
+    cmd(ser, "ATH1")
+    assert lines(cmd(ser, "220101")) == ["NO DATA"]       # functional 18 DB 33 F1
+    cmd(ser, "ATSHDA44F1")
+    r = lines(cmd(ser, "220101"))
+    assert len(r) == 2
+    assert r[0].split()[:9] == ["18", "DA", "F1", "44", "10", "0B", "62", "01", "01"]
+    assert r[1].split()[:5] == ["18", "DA", "F1", "44", "21"]
+    cmd(ser, "ATCRA18DAF110")
+    assert lines(cmd(ser, "220101")) == ["NO DATA"]
+    cmd(ser, "ATCRA")
+    cmd(ser, "ATSHDB33F1")
+    assert len(lines(cmd(ser, "0100"))) == 3
+
+
+def test_battery_generators_are_consistent():
+    e = Ecu.battery()
+    assert (e.can_id, e.address, e.padding) == (0x7EC, 0x44, 0xCC)
+    states = set()
+    for i in range(0, 240):
+        t = i * 0.05
+        d1, d2, d3 = e.dids[0x0101](t), e.dids[0x0102](t), e.dids[0x0103](t)
+        v, s = decode_battery_did(0x0101, d1), decode_battery_did(0x0102, d2)
+        assert v == did_0101_by_hand(d1)
+        states.add(s["charging"])
+        if s["charging"] == 0:
+            assert v["current"] > 0 and not s["plug"]
+        else:
+            assert v["current"] < 0 and s["plug"]
+        assert s["contactor"]
+        assert s["balancing"] == (s["charging"] != 0 and v["soc"] >= 85.0)
+        for d in (d1, d2, d3, e.lids[0x01](t)):
+            assert d[-1] not in BAD_LAST
+        assert battery_raw(t)["soc2"] == (d1[0] << 8) | d1[1]
+    assert states == {0, 1, 2}
+    with pytest.raises(ValueError):
+        decode_battery_did(0x0101, e.dids[0x0101](0.0)[:-1])
+
+
+# ---------------------------------------------------------------- mode 01 above 0x5F
+def test_pid_formulas_above_5f():
+    assert decode_pid(0x61, b"\x7D") == 0 and decode_pid(0x62, b"\xE1") == 100
+    assert decode_pid(0x63, bytes.fromhex("015E")) == 350
+    assert decode_pid(0x67, bytes.fromhex("037B78")) == {"sensor1": 83, "sensor2": 80}
+    assert decode_pid(0x67, bytes.fromhex("017B00")) == {"sensor1": 83}
+    assert decode_pid(0x8D, b"\xFF") == 100.0
+    assert decode_pid(0xA4, bytes.fromhex("033005F1")) == {"gear": 3, "ratio": 1.521}
+    assert decode_pid(0xA4, bytes.fromhex("020005F1")) == {"gear": None, "ratio": 1.521}
+    with pytest.raises(ValueError):
+        decode_pid(0x67, b"\x03\x7B")
+
+
+def test_full_engine_pids_above_5f(elm):
+    assert set(Ecu.engine().pids) == set(ENGINE_PIDS)      # default unchanged
+    assert set(ENGINE_PIDS) < set(ENGINE_PIDS_FULL)
+    fake, ser = elm(ecus=[Ecu.engine(full=True), Ecu.transmission()])
+    cmd(ser, "ATSP6")
+    cmd(ser, "ATSH7E0")
+    assert lines(cmd(ser, "0160")) == ["41 60 E2 00 00 01"]     # 61 62 63 67 + 80
+    assert lines(cmd(ser, "0180")) == ["41 80 00 08 00 01"]     # 8D + A0
+    assert lines(cmd(ser, "01A0")) == ["41 A0 14 00 00 00"]     # A4 A6
+    cmd(ser, "ATSH7DF")
+    for pid in (0x61, 0x62, 0x63, 0x67, 0x8D, 0xA4, 0xA6):
+        t0 = time.monotonic()
+        r = lines(cmd(ser, "01%02X" % pid))
+        t1 = time.monotonic()
+        assert len(r) == 1                     # the gearbox does not have them
+        b = hexbytes(r[0])
+        assert b[:2] == [0x41, pid] and b[-1] not in BAD_LAST
+        assert fake.values_between("engine", pid, t0, t1) == [decode_pid(pid, b[2:])]
+    # a packed request of six of them, answered multi-frame (19 bytes)
+    r = lines(cmd(ser, "01616263678DA4"))
+    assert r[0] == "013"
+    data = []
+    for ln in r[1:]:
+        data += hexbytes(ln.split(":", 1)[1])
+    data = data[:19]
+    assert data[0] == 0x41 and [data[i] for i in (1, 3, 5, 8, 12, 14)] == [
+        0x61, 0x62, 0x63, 0x67, 0x8D, 0xA4]
+    assert decode_pid(0x63, data[6:8]) == fake.true_values("engine", 0x63)[-1][1]
+    assert decode_pid(0xA4, data[15:19]) == fake.true_values("engine", 0xA4)[-1][1]
+    v = decode_pid(0x67, data[9:12])
+    assert set(v) == {"sensor1", "sensor2"} and 80 <= v["sensor1"] <= 100
+
+
+# ---------------------------------------------------------------- mode 09 04 / 06
+def test_mode09_calid_cvn(elm):
+    fake, ser = elm(ecus=[Ecu.engine(full=True), Ecu.transmission()])
+    cmd(ser, "ATSP6")
+    cmd(ser, "ATH1")
+    r = sorted(lines(cmd(ser, "0900")))
+    assert r == ["7E8 06 49 00 54 40 00 00 00",      # 02 04 06 0A
+                 "7E9 06 49 00 00 40 00 00 AA"]      # 0A only
+    cmd(ser, "ATH0")
+    # 2 CALIDs: 49 04 02 + 32 bytes = 35 = 0x23 bytes, FF + 5 CFs
+    r = lines(cmd(ser, "0904"))
+    assert r[0] == "023" and [x[:2] for x in r[1:]] == ["0:", "1:", "2:", "3:", "4:", "5:"]
+    raw = []
+    for ln in r[1:]:
+        raw += hexbytes(ln.split(":", 1)[1])
+    assert raw[35:] == [0] * 6                        # the engine's padding
+    assert bytes(raw[:35]) == (b"\x49\x04\x02" + b"FAKECAL-ECM-0001" + b"FAKECAL-ECM-EMS2")
+    assert fake.true_values("engine", 4, mode=9)[-1][1] == ["FAKECAL-ECM-0001", "FAKECAL-ECM-EMS2"]
+    # 2 CVNs: 49 06 02 + 8 bytes = 11
+    assert lines(cmd(ser, "0906")) == ["00B", "0: 49 06 02 17 91 BC", "1: 82 16 E0 62 BE 00 00"]
+    assert fake.true_values("engine", 6, mode=9)[-1][1] == ["1791BC82", "16E062BE"]
+    assert fake.replies_for("transmission", 9, 4) == []
+
+
+def test_mode09_calid_cvn_single_and_legacy(elm):
+    eng = Ecu.engine(calids=["JMB*36761500"], cvns=[b"\x17\x91\xBC\x82"])
+    fake, ser = elm(ecus=[eng])
+    cmd(ser, "ATSP6")
+    r = lines(cmd(ser, "0904"))                     # 19 bytes, NUL padded CALID
+    assert r == ["013", "0: 49 04 01 4A 4D 42", "1: 2A 33 36 37 36 31 35",
+                 "2: 30 30 00 00 00 00 00"]
+    assert fake.true_values("engine", 4, mode=9)[-1][1] == ["JMB*36761500"]
+    assert lines(cmd(ser, "0906")) == ["49 06 01 17 91 BC 82"]
+    with pytest.raises(ValueError):
+        FakeElm(ecus=[Ecu.engine(cvns=["1791BC"])])
+    # legacy protocols: only CAN answers 09 04 / 09 06 in this fake
+    fake2, ser2 = elm(protocol=2, ecus=[Ecu.engine(full=True)])
+    cmd(ser2, "ATSP2")
+    assert lines(cmd(ser2, "0900")) == ["49 00 C0 00 00 00"]   # 01 02 only
+    assert lines(cmd(ser2, "0904")) == ["NO DATA"]
+
+
+# ---------------------------------------------------------------- mode 02 freeze frame
+def test_mode02_freeze_frame(elm):
+    eng = Ecu.engine(stored_dtcs=["P0301"],
+                     freeze_frame=("P0301", {0x04: b"\x80", 0x05: "7B", 0x0C: "1AF8",
+                                             0x0D: "32"}))
+    fake, ser = elm(ecus=[eng, Ecu.transmission()])
+    cmd(ser, "ATSP6")
+    # only the engine implements service 02 (the gearbox ignores the functional request)
+    assert lines(cmd(ser, "020200")) == ["42 02 00 03 01"]
+    assert lines(cmd(ser, "020000")) == ["42 00 00 58 18 00 00"]   # 02 04 05 0C 0D
+    assert lines(cmd(ser, "020C00")) == ["42 0C 00 1A F8"]
+    assert lines(cmd(ser, "020500")) == ["42 05 00 7B"]
+    assert lines(cmd(ser, "021100")) == ["NO DATA"]          # not in the frame
+    assert lines(cmd(ser, "020C01")) == ["NO DATA"]          # frame 01
+    assert lines(cmd(ser, "022000")) == ["NO DATA"]          # 20 not announced
+    assert fake.true_values("engine", 0x0C, mode=2) == [
+        (fake.replies_for("engine", 2, 0x0C)[0].t, 1726.0)]   # datasheet's 1A F8
+    assert fake.true_values("engine", 0x05, mode=2)[-1][1] == 83
+    assert fake.true_values("engine", 2, mode=2)[-1][1] == "P0301"
+    assert fake.true_values("engine", 0, mode=2)[-1][1] == [0x02, 0x04, 0x05, 0x0C, 0x0D]
+    cmd(ser, "ATH1")
+    cmd(ser, "ATSH7E1")
+    assert lines(cmd(ser, "020200")) == ["7E9 03 7F 02 11 AA AA AA AA"]
+    cmd(ser, "ATSH7DF")
+    cmd(ser, "ATH0")
+    # mode 04 clears the freeze frame (J1979): DTC 0000, only PID 02 left
+    assert len(lines(cmd(ser, "04"))) == 2
+    assert lines(cmd(ser, "020200")) == ["42 02 00 00 00"]
+    assert fake.true_values("engine", 2, mode=2)[-1][1] is None
+    assert lines(cmd(ser, "020000")) == ["42 00 00 40 00 00 00"]
+    assert lines(cmd(ser, "020C00")) == ["NO DATA"]
+    with pytest.raises(ValueError):
+        FakeElm(ecus=[Ecu.engine(freeze_frame=("P0301", {0x0C: "1A"}))])
+
+
+def test_mode02_freeze_frame_legacy_with_headers(elm):
+    eng = Ecu.engine(freeze_frame=("P0420", {0x0D: "32"}))
+    fake, ser = elm(protocol=2, ecus=[eng])
+    cmd(ser, "ATSP2")
+    cmd(ser, "ATH1")
+    b = hexbytes(lines(cmd(ser, "020200"))[0])
+    assert b[:3] == [0x48, 0x6B, 0x10] and b[3:8] == [0x42, 0x02, 0x00, 0x04, 0x20]
+    assert b[-1] == j1850_crc(b[:-1])
+    assert hexbytes(lines(cmd(ser, "020D00"))[0])[3:7] == [0x42, 0x0D, 0x00, 0x32]

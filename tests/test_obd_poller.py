@@ -114,16 +114,16 @@ def test_the_anomalies_of_the_cycle_that_ended_a_run_stay_in_status(sim_adapter,
                                                                     monkeypatch):
     """Fault injection: a torn reply counted, then the adapter drops, in one request."""
     from eccm.sources.obd.adapter import AdapterError, ElmConnection
-    real = ElmConnection.query_group
+    real = ElmConnection.query_group_all
     asked = []
 
-    def query_group(conn, group):
+    def query_group_all(conn, group):
         asked.append(group)
         if len(asked) == 50:
             conn._anomaly("torn_reply", "injected by the test")
             raise AdapterError("adapter disconnected: injected by the test")
         return real(conn, group)
-    monkeypatch.setattr(ElmConnection, "query_group", query_group)
+    monkeypatch.setattr(ElmConnection, "query_group_all", query_group_all)
     state, poller = poller_factory(sim_adapter.port, start=False)
     between_runs = []  # what STATUS shows from the end of a run to the start of the next
     report = state.report

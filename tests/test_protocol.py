@@ -103,6 +103,20 @@ def test_nothing_but_auth_help_quit_before_login():
     assert reply.lines[0].startswith("RPM 812.5 rpm age=") and reply.lines[-1] == "OK"
 
 
+def test_names_of_other_ecus_and_profiles_are_found_in_any_case():
+    """A profile's signal keeps its own spelling (OBDb ids may have lower case); another
+    ECU's values carry its prefix. The client types them in any case."""
+    car, s = session()
+    car.state.declare("can", (Column("Kona_SoC", "%"), Column("TCM.SPEED", "km/h")))
+    car.state.update_values({"Kona_SoC": (76.5, "%"), "TCM.SPEED": (41, "km/h")},
+                            origin="can")
+    s.handle(f"AUTH {SECRET}")
+    reply = s.handle("GET kona_soc tcm.speed")
+    assert reply.lines[0].startswith("Kona_SoC 76.5 % age=")
+    assert reply.lines[1].startswith("TCM.SPEED 41 km/h age=") and reply.lines[-1] == "OK"
+    assert s.handle("WATCH KONA_SOC 2").lines[-1].startswith("OK watching 1 value")
+
+
 def test_get_unknown_names_it():
     _, s = session()
     s.handle(f"AUTH {SECRET}")

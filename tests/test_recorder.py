@@ -210,6 +210,38 @@ def test_closed_file_has_a_true_manifest(tmp_path):
     assert manifest["clock"] == ["system"] and not manifest["recovered"]
 
 
+FACTS = {"ecus": {"7E8": {"role": "engine", "calibration_ids": ["JMB*36761500"],
+                          "cvns": ["1791BC82"]},
+                  "7E9": {"role": "", "name": "TCM-TransmissionCtl",
+                          "columns_prefix": "TCM."}},
+         "dtcs": {"stored": ["P0133"], "pending": [], "permanent": None,
+                  "permanent_unread": "the car did not answer"},
+         "freeze_frame": {"dtc": "P0133", "values": {"RPM": 1726.0}}, "profiles": []}
+
+
+def test_what_the_car_said_at_the_start_is_in_the_manifest(tmp_path):
+    state, rec = make(tmp_path)
+    state.start_engine_run(EngineRun(1, COLS, facts=FACTS))
+    state.update_values({"RPM": (812.5, "rpm")})
+    rec.tick()
+    rec.close_file("test")
+    (done,) = outbox_files(rec.folder)
+    manifest = json.loads(done.with_name(done.name + ".manifest.json").read_text())
+    assert manifest["obd"] == FACTS
+
+
+def test_what_the_car_said_survives_a_power_cut(tmp_path):
+    state, rec = make(tmp_path)
+    state.start_engine_run(EngineRun(1, COLS, facts=FACTS))
+    state.update_values({"RPM": (812.5, "rpm")})
+    rec.tick()
+    # The Pi loses power: the .part file and its descriptor stay; the next start recovers.
+    state2, rec2 = make(tmp_path)
+    (done,) = outbox_files(rec2.folder)
+    manifest = json.loads(done.with_name(done.name + ".manifest.json").read_text())
+    assert manifest["recovered"] and manifest["obd"] == FACTS
+
+
 def test_two_files_with_the_same_clock_name_differ(tmp_path):
     """A Pi without a clock may boot at the same saved time twice: the names still differ,
     also when the record folder's counter was lost."""

@@ -57,6 +57,9 @@ class EngineRun:
     port: str = ""
     vin: Optional[str] = None
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    # What the car said of itself when the run began (JSON-ready: ECUs with their names,
+    # calibration IDs and CVNs; trouble codes; freeze frame): kept in the record's manifest.
+    facts: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,14 @@ def source_of(snap: Snapshot, name: str) -> Optional[str]:
     return None
 
 
+def value_names(snap: Snapshot, words: List[str]) -> List[str]:
+    """Value names as a client typed them -> as the sources spelt them: case does not
+    matter (a profile's signal may be 'BoltSoc', the client types BOLTSOC)."""
+    spelt = {col.name.upper(): col.name for cols in snap.columns.values() for col in cols}
+    spelt.update({name.upper(): name for name in snap.values})
+    return [spelt.get(word.upper(), word.upper()) for word in words]
+
+
 class Backend:
     """What a session may ask of the daemon; the server implements it."""
 
@@ -277,7 +285,7 @@ class Conversation:
             return Reply([self._err("GET needs a value name, e.g. GET RPM; LIST shows them")])
         snap = self.backend.snapshot()
         readings = self._readings(snap)
-        names = [a.upper() for a in args]
+        names = value_names(snap, args)
         lines = [self._value_line(snap, n, readings[n]) for n in names if n in readings]
         missing = [n for n in names if n not in readings]
         unknown = [n for n in missing if source_of(snap, n) is None]
@@ -343,7 +351,7 @@ class Conversation:
         if not args:
             return Reply([self._err("WATCH needs value names, e.g. WATCH RPM SPEED 5")])
         hz = DEFAULT_WATCH_HZ
-        names = [a.upper() for a in args]
+        names = list(args)
         try:
             hz = float(names[-1])
             names = names[:-1]
@@ -353,6 +361,7 @@ class Conversation:
             return Reply([self._err("WATCH needs value names and a rate above 0")])
         hz = min(hz, MAX_WATCH_HZ)
         snap = self.backend.snapshot()
+        names = value_names(snap, names)
         unknown = [n for n in names if n not in snap.values and source_of(snap, n) is None]
         if unknown:
             return Reply([self._err("unknown value " + " ".join(u[:40] for u in unknown[:5]))])

@@ -77,8 +77,11 @@ def build_manifest(*, name: str, car: str, columns: Sequence[Column], separator:
                    rows: int, size: int, sha256: str, start: Optional[datetime],
                    end: Optional[datetime], clock: Sequence[str], sequence: Optional[int] = None,
                    vin: Optional[str] = None, protocol: str = "",
-                   recovered: bool = False) -> Dict[str, Any]:
-    """The manifest of one finished record file, as a JSON-ready dict."""
+                   recovered: bool = False, car_facts: Optional[Mapping[str, Any]] = None
+                   ) -> Dict[str, Any]:
+    """The manifest of one finished record file, as a JSON-ready dict. `car_facts`: what
+    the car said of itself when the run began (ECUs, identification, trouble codes,
+    freeze frame), written as "obd"."""
     unknown = [c for c in clock if c not in CLOCK_SOURCES]
     if unknown:
         raise ValueError(f"unknown clock source {unknown[0]!r}")
@@ -101,6 +104,7 @@ def build_manifest(*, name: str, car: str, columns: Sequence[Column], separator:
         "clock": list(clock),
         "obd_protocol": protocol or None,
         "recovered": recovered,
+        "obd": dict(car_facts) if car_facts else None,
     }
 
 

@@ -188,7 +188,8 @@ def manifest_from_file(record: Path, separators: Sequence[str],
                           sequence=file_sequence(record.name), clock=clock,
                           vin=facts.get("vin") if isinstance(facts.get("vin"), str) else None,
                           protocol=str(facts.get("protocol") or ""), recovered=True,
-                          **scanned)
+                          car_facts=facts.get("obd") if isinstance(facts.get("obd"), dict)
+                          else None, **scanned)
 
 
 def recover_parts(folder: Path, outbox: Path) -> List[Path]:
@@ -562,7 +563,8 @@ class Recorder(Worker):
                             self.fsync_interval)
         facts = {"car": self.car, "vin": session.vin, "protocol": session.protocol,
                  "sequence": sequence, "clock": [],
-                 "sources": [c.source for c in header_cols]}
+                 "sources": [c.source for c in header_cols],
+                 "obd": dict(getattr(session, "facts", None) or {})}
         try:
             write_atomic(descriptor_path(self.folder, name), json.dumps(facts).encode())
         except OSError:
@@ -595,7 +597,8 @@ class Recorder(Worker):
             protocol=facts.get("protocol", ""), columns=facts["columns"],
             separator=self.format.separator, rows=current.rows, size=current.size,
             sha256=current.sha256, start=current.first, end=current.last,
-            clock=current.clocks, sequence=facts.get("sequence"))
+            clock=current.clocks, sequence=facts.get("sequence"),
+            car_facts=facts.get("obd"))
         self._unmanifested.append((target, manifest))
         self._manifest_retry_at = 0.0
         self._write_manifests()

@@ -24,18 +24,21 @@ from concurrent.futures import Future
 from dataclasses import replace
 from types import MappingProxyType
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple, TypeVar
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple,
+                    TypeVar)
 
 import obd
 
 from eccm.sources.obd import values as obd_values
-from eccm.sources.obd.adapter import (MAX_PACK, PROBE_BAUDS, AdapterError, ElmConnection,
-                                      EngineChanged, NoCar, ReadError, parse_volts,
-                                      probe_voltage)
+from eccm.sources.obd.adapter import (CAN_PROTOCOLS, MAX_PACK, PROBE_BAUDS, AdapterError,
+                                      ElmConnection, EngineChanged, NoCar, ReadError,
+                                      parse_volts, probe_voltage)
+from eccm.sources.obd.profile import Profile, load as load_profiles
 from eccm.sources.obd.link import ElmLink, PortInUse, check_free, is_url
 from eccm.core.health import ObdHealth, RateMeter
 from eccm.core.state import (CONNECTED, CONNECTING, LOST, Column, EngineRun, SharedState,
                              Unavailable)
+from eccm.core.text import plural
 from eccm.core.worker import Backoff, LinkLog, Worker
 
 if TYPE_CHECKING:
@@ -101,8 +104,12 @@ class ObdPoller(Worker):
                  protocol: Optional[str] = None, timeout: float = 1.0,
                  session_timeout: float = 5.0, max_delay: float = 30.0,
                  fast_names: Sequence[str] = DEFAULT_FAST, slow_every: int = 20,
-                 fast_baudrate: int = 0, sleep_below: float = 0.0):
+                 fast_baudrate: int = 0, sleep_below: float = 0.0,
+                 profiles: Sequence[Profile] = ()):
+        """`profiles`: vehicle profiles whose requests are polled on their own periods
+        alongside mode 01."""
         super().__init__(stop_event)
+        self.profiles = tuple(profiles)
         self.state = state
         self.port = port
         self.baudrate = baudrate
@@ -135,7 +142,8 @@ class ObdPoller(Worker):
                    protocol=cfg.OBD_PROTOCOL, timeout=cfg.OBD_TIMEOUT,
                    session_timeout=cfg.OBD_SESSION_TIMEOUT, max_delay=cfg.RECONNECT_MAX_DELAY,
                    fast_names=cfg.OBD_FAST_PIDS or DEFAULT_FAST, slow_every=cfg.OBD_SLOW_EVERY,
-                   fast_baudrate=cfg.OBD_FAST_BAUDRATE, sleep_below=cfg.OBD_SLEEP_BELOW_VOLTAGE)
+                   fast_baudrate=cfg.OBD_FAST_BAUDRATE, sleep_below=cfg.OBD_SLEEP_BELOW_VOLTAGE,
+                   profiles=load_profiles(cfg.OBD_PROFILE) if cfg.OBD_PROFILE else ())
 
     def check_port_free(self) -> None:
         """Main thread, before starting: PortInUse if another process holds the
@@ -267,31 +275,50 @@ class ObdPoller(Worker):
 
     def _poll_session(self, conn: ElmConnection) -> None:
         self._conn = conn
-        commands = all_recordable(conn)
-        units = {cmd: {c.name: c.unit for c in obd_values.columns_for(cmd)} for cmd in commands}
         try:
             vin = conn.read_vin()
+            facts = self._car_facts(conn)
         except AdapterError as exc:  # unplugged while asking: reopened like any loss
             self._link(LOST, f"the adapter stopped answering ({exc})")
             self._release()
             return
+        names = {int(ecu, 16): about.get("name") for ecu, about in facts["ecus"].items()}
+        prefixes = obd_values.ecu_prefixes(conn.engine, names)
+        for ecu, about in facts["ecus"].items():
+            about["columns_prefix"] = prefixes.get(int(ecu, 16), "")
+        # Every ECU's PIDs: the engine's under today's names, another's with its prefix.
+        by_ecu = {ecu: [c for c in conn.commands_of(ecu) if obd_values.is_recordable(c)]
+                  for ecu in sorted(conn.supported_by, key=lambda e: (e != conn.engine, e))}
+        commands = sorted({c for cmds in by_ecu.values() for c in cmds}, key=lambda c: c.pid)
+        columns: Tuple[Column, ...] = ()
+        units: Dict[str, str] = {}
+        for ecu, cmds in by_ecu.items():
+            for column in obd_values.session_columns(cmds):
+                columns += (replace(column, name=prefixes[ecu] + column.name),)
+        columns += (VOLTAGE_COLUMN,)
+        profile_commands = self._profile_commands(conn)
+        columns += tuple(Column(s.id, s.unit) for c in profile_commands for s in c.signals)
+        units = {c.name: c.unit for c in columns}
         self._sessions += 1
-        columns = obd_values.session_columns(commands) + (VOLTAGE_COLUMN,)
-        session = EngineRun(self._sessions, columns,
-                             protocol=conn.protocol_name(), port=conn.port_name(), vin=vin)
+        session = EngineRun(self._sessions, columns, protocol=conn.protocol_name(),
+                             port=conn.port_name(), vin=vin, facts=facts)
         try:
             self.state.start_engine_run(session)
         except ValueError as exc:  # another source took one of these names first
             self._link(LOST, f"cannot record this car's values: {exc}")
             self._release()
             return
-        health = ObdHealth(protocol=session.protocol, vin=vin, pids=len(commands))
+        pids = sum(len(cmds) for cmds in by_ecu.values())
+        health = ObdHealth(protocol=session.protocol, vin=vin, pids=pids)
         self.state.report(health)
         meter = RateMeter()
         next_report = time.monotonic() + HEALTH_EVERY
         # PIDs asked of the car, and the columns they fill (a PID may fill several; the
         # adapter's own voltage is one more): the same count as LIST and the record header.
-        self._link(CONNECTED, f"{session.protocol}, {len(commands)} PIDs ({len(columns)} values)"
+        self._link(CONNECTED, f"{session.protocol}, {plural(len(by_ecu), 'ECU')}, {pids} PIDs"
+                              + (f" and {plural(len(profile_commands), 'profile request')}"
+                                 if profile_commands else "")
+                              + f" ({len(columns)} values)"
                               + (f", VIN {vin}" if vin else "") + f", {conn.version}")
         last_answer = time.monotonic()
         next_voltage = 0.0
@@ -300,6 +327,7 @@ class ObdPoller(Worker):
         number = 0
         packing: Optional[bool] = None
         anomalies: dict = {}
+        due = {command: 0.0 for command in profile_commands}
         try:
             while not self.stop_event.is_set() and not self._reconnect.is_set():
                 if packing != conn.can_pack:  # (again) after a fallback to single PIDs
@@ -312,14 +340,29 @@ class ObdPoller(Worker):
                     if self.stop_event.is_set() or self._reconnect.is_set():
                         return
                     readings = {}
-                    for cmd, value in conn.query_group(group).items():
-                        for name, plain in obd_values.flatten(cmd, value).items():
-                            readings[name] = (plain, units[cmd].get(name, ""))
-                        answered += value is not None
+                    for ecu, values in conn.query_group_all(group).items():
+                        for cmd, value in values.items():
+                            for name, plain in obd_values.flatten(cmd, value).items():
+                                name = prefixes.get(ecu, "") + name
+                                if name in units:
+                                    readings[name] = (plain, units[name])
+                            answered += value is not None
                     if readings:
                         self.state.update_values(readings)  # each request its own time
                 number += 1
                 now = time.monotonic()
+                asked = [c for c in profile_commands if due[c] <= now]
+                if asked:
+                    self._serve_requests(conn)
+                    for command in asked:
+                        due[command] = now + command.period
+                    found = conn.query_profile(asked)
+                    if found:
+                        self.state.update_values({name: (value, units[name])
+                                                  for name, value in found.items()
+                                                  if name in units})
+                        answered += len(found)
+                    now = time.monotonic()
                 if now >= next_voltage:  # the adapter's own reading: no bus traffic
                     next_voltage = now + VOLTAGE_EVERY
                     reading = conn.voltage()
@@ -357,6 +400,37 @@ class ObdPoller(Worker):
         except AdapterError as exc:
             self._link(LOST, f"the adapter stopped answering ({exc})")
             self._release()
+
+    def _car_facts(self, conn: ElmConnection) -> Dict[str, Any]:
+        """What the car says of itself as the run begins, for the record's manifest: each
+        ECU's name, calibration IDs and CVNs (mode 09), the trouble codes present (03,
+        07, 0A) and the engine's freeze frame (02). A list that cannot be read whole is
+        written as unread, with why, never as empty."""
+        ecus = {f"{ecu:X}": {"role": "engine" if ecu == conn.engine else "",
+                             "pids": sorted(f"{p:02X}" for p in conn.supported_by.get(ecu, ())
+                                            if p % 0x20)}
+                for ecu in sorted(conn.ecus)}
+        for ecu, about in conn.read_identification().items():
+            ecus.setdefault(f"{ecu:X}", {}).update(about)
+        dtcs: Dict[str, Any] = {}
+        for mode, kind in ((3, "stored"), (7, "pending"), (0x0A, "permanent")):
+            try:
+                dtcs[kind] = conn.read_dtcs(mode)
+            except ReadError as exc:
+                dtcs[kind] = None
+                dtcs[f"{kind}_unread"] = str(exc)
+        return {"ecus": ecus, "dtcs": dtcs, "freeze_frame": conn.read_freeze_frame(),
+                "profiles": [p.path for p in self.profiles]}
+
+    def _profile_commands(self, conn: ElmConnection) -> List[Any]:
+        """The profiles' requests this car can be sent: CAN only (their headers are CAN
+        IDs); on another bus none, said once in the log."""
+        commands = [c for profile in self.profiles for c in profile.commands]
+        if commands and conn.protocol_id not in CAN_PROTOCOLS:
+            log.warning("vehicle profiles address CAN ECUs; this car speaks %s: their "
+                        "values are not polled", conn.protocol_name())
+            return []
+        return commands
 
     def _wait_for_engine(self) -> None:
         """After a low-voltage stop: ask only the adapter for the voltage (the car's bus
