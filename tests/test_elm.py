@@ -17,7 +17,8 @@ def adapter_factory():
     made = []
 
     def make(profile=None, pids=None):
-        car = SimulatedCar(clock=lambda: 42.0, pids=list(pids or RICH_PIDS))
+        car = SimulatedCar(clock=lambda: 42.0, pids=list(pids or RICH_PIDS), tcm=False,
+                           battery_ecu=False)  # a lone engine
         adapter = SimulatedAdapter(car, latency=0.0, profile=profile).start()
         made.append(adapter)
         return adapter
@@ -69,7 +70,7 @@ def test_response_count_learnt_and_refused_digit_dropped(adapter_factory):
     conn = ElmConnection(adapter.port)
     try:
         conn.query(obd.commands.RPM)
-        assert conn._hints.get("single") == 1
+        assert conn._hints.get("single:7E8") == 1
         original = adapter.responder._obd
 
         def reject_digit(cmd):  # an adapter answering '?' to '010D1'

@@ -17,6 +17,8 @@ from eccm.sinks.layout import DEMO_CAR, OUTBOX, UPLOADED
 from eccm.sinks.rows import PART_SUFFIX, parse_file_name
 
 DEMO_FOLDER = "demo-records"
+# The simulated car's battery ECU answers mode 22 as this profile describes.
+DEMO_PROFILE = Path(__file__).resolve().parent.parent / "profiles" / "demo-ev.json"
 
 
 def other_cars(folder: Path) -> List[str]:
@@ -36,6 +38,9 @@ def _describe(cfg: Config, car_from_environment: str) -> Iterable[str]:
            f"{folder / OUTBOX})"
            + (f"; ECCM_CAR_IDENTIFIER={car_from_environment} is not used by the demo"
               if car_from_environment not in ("", DEMO_CAR) else ""))
+    if cfg.OBD_PROFILE:
+        yield (f"The car's engine, gearbox and battery ECU are polled; the battery's mode-22 "
+               f"values as the profile {cfg.OBD_PROFILE} describes")
     if cfg.s3_enabled:
         prefix = cfg.S3_KEY_PREFIX.strip("/") if cfg.S3_KEY_PREFIX else ""
         yield (f"Finished files are uploaded to s3://{cfg.S3_SERVER_BUCKET}/"
@@ -53,6 +58,7 @@ def run_demo(setup_logging: Callable[[str], None], upload: bool = False) -> int:
     environ["ECCM_CAR_IDENTIFIER"] = DEMO_CAR
     environ.setdefault("ECCM_RECORD_DIRECTORY_LOCATION", str(Path.cwd() / DEMO_FOLDER))
     environ["ECCM_GPS_POSITION_MONITORING"] = "yes"
+    environ.setdefault("ECCM_OBD_PROFILE", str(DEMO_PROFILE))
     try:
         cfg, warnings = load(None, environ=environ, demo=True)
     except ConfigError as exc:

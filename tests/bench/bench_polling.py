@@ -93,11 +93,11 @@ class CountingState(SharedState):
         self.tally.add(names)
 
 
-def run_eccm(port: str, seconds: float) -> Tally:
+def run_eccm(port: str, seconds: float, profiles=()) -> Tally:
     tally = Tally()
     state = CountingState(tally)
     stop = threading.Event()
-    poller = ObdPoller(stop, state, port=port, fast_baudrate=SWITCH_TO)
+    poller = ObdPoller(stop, state, port=port, fast_baudrate=SWITCH_TO, profiles=profiles)
     poller.start()
     while state.snapshot().engine_run is None:
         time.sleep(0.01)
@@ -175,7 +175,8 @@ def measure(profile_name: str, seconds: float) -> Dict[str, Tally]:
     profile = PROFILES[profile_name]
     for kind in ("python-obd Async (default)", "python-obd query loop (fast=True)",
                  "ECCM poller", "raw ideal client"):
-        adapter = SimulatedAdapter(SimulatedCar(pids=list(PIDS30)), profile=profile).start()
+        adapter = SimulatedAdapter(SimulatedCar(pids=list(PIDS30), tcm=False, battery_ecu=False),
+                                   profile=profile).start()
         try:
             if kind.startswith("python-obd Async"):
                 results[kind] = run_python_obd_async(adapter.port, seconds)
@@ -212,6 +213,30 @@ def report(title: str, results: Dict[str, Tally], seconds: float, bound: float =
         print(f"  {'model bound (ECU-latency-limited)':36s} {bound:7.1f} values/s")
 
 
+def every_ecu_run(seconds: float) -> None:
+    """The engine's fast tier (its RPM refreshes) with the engine alone, and with a gearbox
+    answering the same requests and a battery ECU polled through the demo profile (mode 22
+    every 1 s and 5 s, header switched and restored each time)."""
+    from eccm.sources.obd.profile import load
+    profiles = load(REPO / "eccm" / "profiles" / "demo-ev.json")
+    profile = PROFILES["obdlink"]
+    results = {}
+    for label, full in (("engine alone", False),
+                        ("engine + gearbox + battery ECU profile", True)):
+        car = SimulatedCar(pids=list(PIDS30), tcm=full, battery_ecu=full)
+        adapter = SimulatedAdapter(car, profile=profile).start()
+        try:
+            results[label] = run_eccm(adapter.port, seconds, profiles if full else ())
+        finally:
+            adapter.stop()
+    print("\nevery ECU (obdlink profile, ECCM poller; RPM = the engine's own)")
+    base = results["engine alone"]
+    for label, tally in results.items():
+        print(f"  {label:40s} {tally.values / seconds:7.1f} values/s  "
+              f"RPM {tally.rpm / seconds:5.2f}/s  RPM {tally.rpm / max(1, base.rpm):.2f}x "
+              "engine alone")
+
+
 def emulator_run(seconds: float) -> None:
     exe = str(Path(sys.executable).parent / "elm")
     if not os.path.isfile(exe):
@@ -241,7 +266,7 @@ def emulator_run(seconds: float) -> None:
 
 
 def start_to_first_row() -> float:
-    adapter = SimulatedAdapter(SimulatedCar(pids=list(PIDS30)),
+    adapter = SimulatedAdapter(SimulatedCar(pids=list(PIDS30), tcm=False, battery_ecu=False),
                                profile=PROFILES["obdlink"]).start()
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "config.ini"
@@ -311,9 +336,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--resources", action="store_true",
                         help="only the demo's memory and CPU figures")
+    parser.add_argument("--every-ecu", action="store_true",
+                        help="only the fast tier with a gearbox and a battery ECU profile")
     args = parser.parse_args()
     if args.resources:
         return report_resources()
+    if args.every_ecu:
+        quiet_python_obd(False)
+        return every_ecu_run(args.seconds)
     quiet_python_obd(False)
     print(f"30 supported PIDs; each client measured for {args.seconds:g} s in this run")
     for name in ("obdlink", "clone"):
@@ -323,6 +353,7 @@ def main() -> None:
                f"{'yes' if profile.packing else 'no'}, speed switch up to "
                f"{profile.max_baudrate or '-'}", measure(name, args.seconds), args.seconds,
                physical_bound(profile))
+    every_ecu_run(args.seconds)
     emulator_run(args.seconds)
     print(f"\nprocess start -> first recorded row (obdlink profile): "
           f"{start_to_first_row():.2f} s")

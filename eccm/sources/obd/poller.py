@@ -351,7 +351,10 @@ class ObdPoller(Worker):
                         self.state.update_values(readings)  # each request its own time
                 number += 1
                 now = time.monotonic()
-                asked = [c for c in profile_commands if due[c] <= now]
+                # Profiles from the second rotation of the schedule on: every mode-01 value
+                # has been read once before the first header switch.
+                asked = [c for c in profile_commands if due[c] <= now] \
+                    if number >= len(cycles) else []
                 if asked:
                     self._serve_requests(conn)
                     for command in asked:
