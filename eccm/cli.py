@@ -327,9 +327,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_profile_check(args: argparse.Namespace) -> int:
     """Load vehicle profiles (OBDb signal sets) as the daemon would: a summary of each, or
     the first problem as one line naming the file and the field."""
-    from eccm.sources.obd.profile import ProfileError, load
+    from eccm.sources.obd.profile import ProfileError, check_names, load
     try:
         profiles = load(*args.files)  # together: a signal id is one column across files
+        try:
+            from eccm.config import reserved_value_names
+            reserved = reserved_value_names()
+        except ImportError:  # a laptop without python-OBD: the daemon checks at start
+            reserved = []
+        check_names(profiles, reserved)
     except ProfileError as exc:
         print(f"eccm: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -357,6 +363,9 @@ def cmd_profile_check(args: argparse.Namespace) -> int:
                     print(f"    {command.request} every {command.period:g} s: {shown}")
         for line in profile.skipped:
             print(f"  {line}")
+        if not profile.commands:
+            print(f"eccm: warning: {profile.path} has no request ECCM can send: nothing of "
+                  "it would be recorded", file=sys.stderr)
     return EXIT_OK
 
 

@@ -581,13 +581,22 @@ def _check_together(values: Dict[str, Any], problems: List[str]) -> None:
                             f"one with: {SECRET_RECIPE}")
 
 
+def reserved_value_names() -> List[str]:
+    """The names ECCM's own values take (every OBD value, the adapter's voltage, the GNSS
+    fields, the time): a vehicle profile's signal must be named apart."""
+    from eccm.sinks.rows import TIME_COLUMN
+    from eccm.sources.gnss.columns import NAMES
+    from eccm.sources.obd.values import standard_names
+    return [*standard_names(), "BATTERY_VOLTAGE", *NAMES, TIME_COLUMN.name]
+
+
 def _profile_problem(path: str) -> Optional[str]:
     """Why the vehicle profile file or folder cannot be used; None if it loads."""
-    from eccm.sources.obd.profile import ProfileError, load  # only when one is set
+    from eccm.sources.obd.profile import ProfileError, check_names, load  # only when set
     if not os.path.exists(path):
         return "no such file or folder"
     try:
-        load(path)
+        check_names(load(path), reserved_value_names())
     except ProfileError as exc:
         return str(exc)
     except OSError as exc:

@@ -181,6 +181,9 @@ def test_bad_config_exits_2_naming_the_key(tmp_path, text, key):
     (None, "no such file or folder"),
     ('{"commands": [{"hdr": "7E4", "cmd": {"22": "01"}, "signals": []}]}', "commands[0]"),
     ("not json", "line 1"),
+    ('{"commands": [{"hdr": "7E4", "cmd": {"22": "0101"}, "freq": 1, "signals": [{"id": '
+     '"SPEED", "name": "s", "fmt": {"len": 8, "max": 250, "unit": "kilometersPerHour"}}]}]}',
+     "signal SPEED: its id is the name of a standard value"),
 ])
 def test_a_vehicle_profile_that_cannot_be_used_exits_2_naming_key_and_file(tmp_path, profile,
                                                                          why):

@@ -191,3 +191,143 @@ def test_poller_fills_every_ecus_columns_and_the_profile_with_true_values(tmp_pa
                 assert (header, receive_filter) == ("7E4", "7EC"), command
         assert polled_22 >= 2
         assert not fake.errors
+
+
+def demo_profile():
+    from eccm.sources.obd.profile import load
+
+    from conftest import REPO
+    return load(REPO / "eccm" / "profiles" / "demo-ev.json")
+
+
+def sent_commands(fake: FakeElm) -> List[str]:
+    text = b"".join(d for _, way, _, d in list(fake.wire) if way == "in").decode()
+    return [c for c in text.replace("\n", "").upper().replace(" ", "").split("\r") if c]
+
+
+def refusing(conn: ElmConnection, prefix: str) -> List[str]:
+    """The adapter answers '?' to AT commands starting with `prefix` (an older ELM327);
+    the list fills with the commands refused."""
+    from eccm.sources.obd.link import Answer
+    real = conn.link.command
+    refused: List[str] = []
+
+    def command(text, timeout=None):
+        if text.upper().startswith(prefix):
+            refused.append(text)
+            return Answer(["?"], True)
+        return real(text, timeout)
+    conn.link.command = command
+    return refused
+
+
+def test_an_adapter_without_a_receive_filter_still_reads_the_profile_by_sender():
+    """An ELM327 before v1.4b has no ATCRA: the answers are told apart by their sender,
+    the connection stays (no reconnect loop), and ATCRA is not asked again."""
+    with FakeElm(protocol=6, ecus=[Ecu.engine(), Ecu.transmission(), Ecu.battery()]) as fake:
+        conn = connect(fake)
+        try:
+            refused = refusing(conn, "ATCRA")
+            (cells, charging) = demo_profile()[0].commands
+            for _ in range(2):
+                got = conn.query_profile([cells, charging])
+                assert {"DEMO_HVBAT_SOC", "DEMO_CHRG_STATE"} <= set(got)
+                sent = [decode_battery(data) for _, data in
+                        fake.true_values("battery", 0x0101, mode=0x22)]
+                assert got["DEMO_HVBAT_SOC"] in [s["soc"] for s in sent]
+            assert not conn.profiles_off
+            rpm = conn.query_group_all([obd.commands.RPM])
+            assert rpm[0x7E8][obd.commands.RPM] is not None  # the OBD header is back
+            assert rpm[0x7E9][obd.commands.RPM] is not None
+            assert refused == ["ATCRA7EC"]  # asked once, never again
+        finally:
+            conn.close()
+
+
+def decode_battery(data: bytes) -> dict:
+    from fake_elm import decode_battery_did
+    return decode_battery_did(0x0101, data)
+
+
+def test_an_adapter_that_refuses_the_header_turns_profiles_off_not_the_car():
+    with FakeElm(protocol=6, ecus=[Ecu.engine(), Ecu.battery()]) as fake:
+        conn = connect(fake)
+        try:
+            refusing(conn, "ATSH")
+            assert conn.query_profile(list(demo_profile()[0].commands)) == {}
+            assert "refused the header 7E4" in conn.profiles_off
+            assert conn.query_profile(list(demo_profile()[0].commands)) == {}
+            assert conn.query_group([obd.commands.RPM])[obd.commands.RPM] is not None
+        finally:
+            conn.close()
+        assert not any(c.startswith("22") for c in sent_commands(fake))
+
+
+def test_a_request_nobody_answers_is_counted():
+    from eccm.sources.obd.profile import ProfileCommand
+    (cells, _) = demo_profile()[0].commands
+    nobody = ProfileCommand(header=0x7E5, receive=0x7ED, service=cells.service, pid=cells.pid,
+                            period=1.0, signals=cells.signals)
+    with FakeElm(protocol=6, ecus=[Ecu.engine(), Ecu.battery()]) as fake:
+        conn = connect(fake)
+        try:
+            assert conn.query_profile([nobody]) == {}
+            assert conn.anomalies["profile_no_answer"] == 1
+        finally:
+            conn.close()
+
+
+def run_poller(fake: FakeElm, profiles, until, what: str):
+    import threading
+
+    from eccm.core.state import SharedState
+    from eccm.sources.obd.poller import ObdPoller
+
+    from conftest import wait_for
+    state, stop = SharedState(), threading.Event()
+    poller = ObdPoller(stop, state, port=fake.port, timeout=0.5, session_timeout=2,
+                       max_delay=1.0, profiles=profiles)
+    poller.start()
+    try:
+        wait_for(lambda: until(state), 20, what=what)
+    finally:
+        stop.set()
+        assert poller.join(10)
+    return state
+
+
+def test_a_profile_of_many_requests_never_holds_the_fast_tier_up():
+    """OBDb files ask ~100 DIDs of one ECU every 10 s: between two mode-01 requests at
+    most PROFILE_BATCH profile requests go out, so the engine's values keep coming."""
+    from dataclasses import replace
+
+    from eccm.sources.obd.poller import PROFILE_BATCH
+    from eccm.sources.obd.profile import Profile
+    (cells, _) = demo_profile()[0].commands
+    many = tuple(replace(cells, signals=tuple(replace(s, id=f"{s.id}_{n}")
+                                              for s in cells.signals))
+                 for n in range(40))
+    profile = Profile("many.json", many)
+    with FakeElm(protocol=6, ecus=[Ecu.engine(), Ecu.battery()]) as fake:
+        run_poller(fake, [profile], lambda state: "DEMO_HVBAT_SOC_39" in state.snapshot().values,
+                   "all 40 requests answered")
+    run = 0
+    longest = 0
+    for command in sent_commands(fake):
+        if command.startswith("22"):
+            run += 1
+            longest = max(longest, run)
+        elif command.startswith("01"):
+            run = 0
+    assert 1 <= longest <= PROFILE_BATCH
+
+
+def test_an_11_bit_profile_is_not_sent_on_a_29_bit_car(caplog):
+    import logging
+    caplog.set_level(logging.WARNING)
+    with FakeElm(protocol=7, ecus=[Ecu.engine(), Ecu.battery()]) as fake:
+        state = run_poller(fake, demo_profile(), lambda state: "RPM" in state.snapshot().values,
+                           "the engine's values")
+    assert not any(c.startswith(("ATSH", "ATCP", "22")) for c in sent_commands(fake))
+    assert "2 requests of the vehicle profiles use 11-bit headers" in caplog.text
+    assert "DEMO_HVBAT_SOC" not in [c.name for c in state.snapshot().declared()]

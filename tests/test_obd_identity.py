@@ -31,6 +31,14 @@ def test_cvns_are_four_bytes_each():
         bytes([0x17, 0x91, 0xBC, 0x82]), bytes([0x16, 0xE0, 0x62, 0xBE])]
 
 
+def test_an_ecu_name_with_its_acronym_padded_by_nul_is_read():
+    """J1979 gives the acronym 4 bytes: a 3-letter one is NUL padded before the dash."""
+    data = bytes([0x49, 0x0A, 0x01]) + b"TCM\x00-TransmisCtrl" + bytes(3)  # 4 + 1 + 15
+    (item,) = decode_mode09_items([Message(0x7E9, data)], 0x0A)
+    assert item_text(item) == "TCM-TransmisCtrl"
+    assert ecu_acronym(item_text(item)) == "TCM"
+
+
 def test_item_text_refuses_bytes_that_are_not_printable():
     assert item_text(b"ECM-EngineControl" + bytes(3)) == "ECM-EngineControl"
     assert item_text(b"ECM\x01EngineControl" + bytes(3)) is None

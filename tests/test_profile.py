@@ -380,6 +380,23 @@ MALFORMED = [
      "whole bytes"),
     ("bad-unit", changed(unit="km/h"), "commands[0].signals[0].fmt.unit",
      "not an OBDb unit"),
+    # Numbers that would overflow a float or take a Fraction forever at run time.
+    ("mul-overflow", '{"commands": [{"hdr": "7E4", "cmd": {"22": "0101"}, "freq": 1, '
+     '"signals": [{"id": "SOC", "name": "c", "fmt": {"len": 8, "mul": 1e400, "div": 3, '
+     '"max": 1e500, "unit": "percent"}}]}]}', "commands[0].signals[0].fmt", "between"),
+    ("div-exponent", '{"commands": [{"hdr": "7E4", "cmd": {"22": "0101"}, "freq": 1, '
+     '"signals": [{"id": "SOC", "name": "c", "fmt": {"len": 8, "div": 2e999999999, '
+     '"max": 100, "unit": "percent"}}]}]}', "commands[0].signals[0].fmt.div", "between"),
+    ("huge-integer", '{"commands": [{"hdr": "7E4", "cmd": {"22": "0101"}, "freq": 1, '
+     '"signals": [{"id": "SOC", "name": "c", "fmt": {"len": 8, "max": 1' + "0" * 5000 +
+     ', "unit": "percent"}}]}]}', "", ""),
+    ("newline-id", {"commands": [{"hdr": "7E4", "cmd": {"22": "0101"}, "freq": 1, "signals": [
+        {"id": "SOC\n", "name": "charge", "fmt": {"len": 8, "max": 100, "unit": "percent"}}
+    ]}]}, "commands[0].signals[0].id", "names the record column"),
+    ("newline-header", changed({"hdr": "7E4\n"}), "commands[0].hdr", "hex digits"),
+    ("dotted-id", {"commands": [{"hdr": "7E4", "cmd": {"22": "0101"}, "freq": 1, "signals": [
+        {"id": "TCM.SPEED", "name": "s", "fmt": {"len": 8, "max": 100, "unit": "percent"}}
+    ]}]}, "commands[0].signals[0].id", "names the record column"),
 ]
 
 
@@ -393,8 +410,27 @@ def test_check_gives_one_line_naming_file_and_field_and_exit_2(tmp_path, name, d
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert lines[0].startswith(f"eccm: {path}: {field}: "), lines[0]
+    assert lines[0].startswith(f"eccm: {path}: {field}"), lines[0]
     assert message in lines[0]
+
+
+@pytest.mark.parametrize("signal_id, owner", [
+    ("RPM", "a standard value"), ("rpm", "a standard value"),
+    ("BATTERY_VOLTAGE", "a standard value"), ("latitude", "a standard value"),
+    ("ODOMETER", "a standard value"), ("Soc", "signal SOC"),
+])
+def test_a_signal_named_like_another_value_is_refused(tmp_path, signal_id, owner):
+    """One column never holds two values: OBDb's own SAEJ1979 file names signals RPM and
+    MAF; GET finds names in any case, so case does not make a name new."""
+    document = good()
+    document["commands"][0]["signals"].append(
+        {"id": signal_id, "name": "x", "fmt": {"bix": 8, "len": 8, "max": 100,
+                                                "unit": "percent"}})
+    path = write(tmp_path, "clash.json", document)
+    result = eccm("profile", "check", path, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith(f"eccm: {path}: signal {signal_id}: its id is the name "
+                                    f"of {owner}"), result.stderr
 
 
 def test_check_names_the_second_file_of_a_clashing_pair(tmp_path):

@@ -71,6 +71,10 @@ class EngineChanged(AdapterError):
     """The standard engine address answered after connect: discovery must start again."""
 
 
+class ProfileUnsupported(Exception):
+    """The adapter cannot address one ECU (ATSH refused): no profile requests."""
+
+
 class ReadError(Exception):
     """A DTC/VIN/clear request got no whole answer; never read as an empty list."""
 
@@ -141,6 +145,8 @@ class ElmConnection:
         self._hints: Dict[str, int] = {}     # request key -> frames of a whole reply
         self._learnt_at: Dict[str, float] = {}
         self._own_hint: Set[str] = set()     # single PIDs that differ from the others
+        self._cra = True                     # the adapter takes ATCRA (receive filter)
+        self.profiles_off = ""               # why profile requests stopped, if they did
         self._connect(baudrate, protocol, fast_baudrate, link)
 
     def _command(self, text: str, timeout: Optional[float] = None) -> Answer:
@@ -658,50 +664,67 @@ class ElmConnection:
     def query_profile(self, commands: Sequence[Any]) -> Dict[str, Any]:
         """{signal id: value} of vehicle-profile requests (mode 21/22 to one ECU's
         header). Each answer is taken only from the ECU the profile names, whole and
-        echoing this request; the functional OBD header and receive filter are restored
-        afterwards, or AdapterError (the next mode-01 request must not go to that ECU)."""
+        echoing this request; the functional OBD header is restored afterwards, or
+        AdapterError (the next mode-01 request must not go to that ECU). An adapter that
+        cannot address an ECU turns profiles off for the connection (`profiles_off`)."""
         values: Dict[str, Any] = {}
-        if self.protocol_id not in CAN_PROTOCOLS:
+        if self.protocol_id not in CAN_PROTOCOLS or self.profiles_off:
             return values  # profiles address CAN ECUs: refused at the run's start
         current: Optional[Tuple[int, int]] = None
+        switched = False
         try:
             for command in sorted(commands, key=lambda c: (c.header, c.receive)):
                 if current != (command.header, command.receive):
-                    self._address(command.header, command.receive)
                     current = (command.header, command.receive)
+                    self._address(command.header, command.receive)
+                    switched = True
                 values.update(self._ask_profile(command))
+        except ProfileUnsupported as exc:
+            self.profiles_off = str(exc)
+            log.warning("vehicle profile requests stop for this connection: %s", exc)
         finally:
-            if current is not None:
+            if switched:
                 self._restore_functional()
         return values
 
     def _can29(self) -> bool:
         return self.protocol_id in CAN29
 
-    def _setting(self, text: str) -> None:
-        """An AT command that must be taken ('OK'); AdapterError otherwise."""
-        if "OK" not in self._command(text).lines:
-            raise AdapterError(f"the adapter refused {text}")
+    def _setting(self, text: str) -> bool:
+        """An AT command; True if the adapter took it ('OK')."""
+        return "OK" in self._command(text).lines
 
     def _address(self, header: int, receive: int) -> None:
-        """Requests to `header`, only frames from `receive` shown (ATSH, ATCRA)."""
+        """Requests to `header` (ATSH), only frames from `receive` shown (ATCRA) where the
+        adapter can filter: the sender of each answer is checked anyway."""
         if self._can29():
-            self._setting(f"ATCP{header >> 24:02X}")
-            self._setting(f"ATSH{header & 0xFFFFFF:06X}")
-            self._setting(f"ATCRA{receive:08X}")
+            taken = self._setting(f"ATCP{header >> 24:02X}")
+            if taken and not self._setting(f"ATSH{header & 0xFFFFFF:06X}"):
+                self._setting("ATCP18")  # the header is still the OBD one
+                taken = False
         else:
-            self._setting(f"ATSH{header:03X}")
-            self._setting(f"ATCRA{receive:03X}")
+            taken = self._setting(f"ATSH{header:03X}")
+        if not taken:  # the OBD header is still set: nothing to restore
+            raise ProfileUnsupported(f"the adapter refused the header {header:X}")
+        if self._cra and not self._setting(f"ATCRA{receive:08X}" if self._can29()
+                                           else f"ATCRA{receive:03X}"):
+            self._cra = False  # an ELM327 before v1.4 (no ATCRA): the sender check alone
+            log.info("the adapter has no receive filter (ATCRA): answers are told apart by "
+                     "their sender alone")
 
     def _restore_functional(self) -> None:
-        """Back to the OBD functional header (7DF / 18DB33F1) and every sender shown."""
-        if "OK" not in self._command("ATCRA").lines:  # ELM327 before v1.4b: AT AR
-            self._setting("ATAR")
+        """Back to the OBD functional header (7DF / 18DB33F1), every sender shown; an
+        adapter that refuses is reset by reconnecting (AdapterError)."""
+        restored = True
+        if self._cra:
+            # ATCRA without an address resets the filter (v1.4b); older chips: AT AR.
+            restored = self._setting("ATCRA") or self._setting("ATAR")
         if self._can29():
-            self._setting("ATCP18")
-            self._setting("ATSHDB33F1")
+            restored = self._setting("ATCP18") and self._setting("ATSHDB33F1") and restored
         else:
-            self._setting("ATSH7DF")
+            restored = self._setting("ATSH7DF") and restored
+        if not restored:
+            raise AdapterError("the adapter did not take back the OBD header: reconnecting")
 
     def _ask_profile(self, command: Any) -> Dict[str, Any]:
         request = command.request
@@ -710,6 +733,10 @@ class ElmConnection:
         self._note(answer, reply, request, learn=False)  # one ECU asked, not the car
         if not answer.complete or reply.unknown_command or any(
                 not p.startswith(("ECU", "unreadable")) for p in reply.problems):
+            return {}
+        if reply.no_data and not reply.messages:
+            self._anomaly("profile_no_answer", f"ECU {command.receive:X} did not answer "
+                          f"{request}")
             return {}
         sender = command.receive & 0xFF if self._can29() else command.receive
         mine = [m for m in reply.from_ecu(sender)
@@ -725,7 +752,7 @@ class ElmConnection:
             return {}
         try:
             return command.decode(mine[0].data)
-        except ValueError as exc:
+        except (ValueError, ArithmeticError) as exc:
             self._anomaly("mismatch", f"request {request} answered "
                           f"{mine[0].data.hex().upper()} by ECU {command.receive:X}: {exc}")
             return {}

@@ -304,8 +304,10 @@ def decode_mode09_items(messages: Sequence[Message], pid: int) -> Optional[List[
 
 
 def item_text(item: bytes) -> Optional[str]:
-    """A CALID or ECU name: printable ASCII padded with NUL; None if anything else."""
-    text = item.rstrip(b"\x00")
+    """A CALID or ECU name: printable ASCII padded with NUL -- at the end, and in an ECU
+    name also after its acronym ('TCM\\0-TransmisCtrl': J1979 gives the acronym 4 bytes);
+    None if anything else."""
+    text = item.replace(b"\x00", b"")
     if not text or any(b < 0x20 or b > 0x7E for b in text):
         return None
     return text.decode("ascii")

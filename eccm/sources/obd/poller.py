@@ -30,6 +30,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 import obd
 
 from eccm.sources.obd import values as obd_values
+from eccm.sources.obd.frames import CAN29
 from eccm.sources.obd.adapter import (CAN_PROTOCOLS, MAX_PACK, PROBE_BAUDS, AdapterError,
                                       ElmConnection, EngineChanged, NoCar, ReadError,
                                       parse_volts, probe_voltage)
@@ -75,6 +76,7 @@ VOLTAGE_EVERY = 2.0      # s between two ATRV readings while polling
 VOLTAGE_PROBE = 10.0     # s between two ATRV readings while the engine is off
 VOLTAGE_HYSTERESIS = 0.3
 HEALTH_EVERY = 1.0       # s between two health reports (samples per second) while polling
+PROFILE_BATCH = 4        # vehicle-profile requests at most between two mode-01 cycles
 
 
 def schedule(commands: List[Any], fast_names: Sequence[str], slow_every: int,
@@ -110,6 +112,16 @@ class ObdPoller(Worker):
         alongside mode 01."""
         super().__init__(stop_event)
         self.profiles = tuple(profiles)
+        for profile in self.profiles:
+            log.info("vehicle profile %s: %s, %s", profile.path,
+                     plural(len(profile.commands), "request"),
+                     plural(len(profile.signals), "signal"))
+            for line in profile.skipped:
+                log.warning("vehicle profile %s: %s", profile.path, line)
+            if not profile.commands:
+                log.warning("vehicle profile %s has no request ECCM can send: nothing of it "
+                            "is recorded (`eccm profile check %s` says why)", profile.path,
+                            profile.path)
         self.state = state
         self.port = port
         self.baudrate = baudrate
@@ -353,8 +365,11 @@ class ObdPoller(Worker):
                 now = time.monotonic()
                 # Profiles from the second rotation of the schedule on: every mode-01 value
                 # has been read once before the first header switch.
-                asked = [c for c in profile_commands if due[c] <= now] \
-                    if number >= len(cycles) else []
+                # At most PROFILE_BATCH requests between two cycles, the longest waiting
+                # first: a profile of a hundred requests never holds the fast tier up.
+                asked = sorted((c for c in profile_commands if due[c] <= now),
+                               key=lambda c: due[c])[:PROFILE_BATCH] \
+                    if number >= len(cycles) and not conn.profiles_off else []
                 if asked:
                     self._serve_requests(conn)
                     for command in asked:
@@ -427,13 +442,21 @@ class ObdPoller(Worker):
 
     def _profile_commands(self, conn: ElmConnection) -> List[Any]:
         """The profiles' requests this car can be sent: CAN only (their headers are CAN
-        IDs); on another bus none, said once in the log."""
+        IDs), 11-bit headers on an 11-bit bus and 29-bit ones on a 29-bit bus; what is
+        left out is said once in the log."""
         commands = [c for profile in self.profiles for c in profile.commands]
         if commands and conn.protocol_id not in CAN_PROTOCOLS:
             log.warning("vehicle profiles address CAN ECUs; this car speaks %s: their "
                         "values are not polled", conn.protocol_name())
             return []
-        return commands
+        wide = conn.protocol_id in CAN29
+        fitting = [c for c in commands if (c.header > 0x7FF) == wide]
+        if len(fitting) < len(commands):
+            log.warning("%s of the vehicle profiles use %s-bit headers and this car's bus "
+                        "is %s-bit (%s): not polled",
+                        plural(len(commands) - len(fitting), "request"),
+                        "11" if wide else "29", "29" if wide else "11", conn.protocol_name())
+        return fitting
 
     def _wait_for_engine(self) -> None:
         """After a low-voltage stop: ask only the adapter for the voltage (the car's bus

@@ -88,7 +88,7 @@ from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 DEFAULT_PERIOD = 5.0  # seconds, for a file without `freq` (OBDb requires it)
 ISO_TP_MAX = 4095  # bytes in the longest ISO 15765-2 message
@@ -133,10 +133,12 @@ UNITS = {
 }
 TEXT_UNITS = {"ascii"}  # fields OBDb decodes as text: not supported (the signal is skipped)
 
-_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-_NEW_UNIT = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
-_HEX = re.compile(r"^[0-9A-Fa-f]+$")
-_DECIMAL_KEY = re.compile(r"^(0|[1-9][0-9]*)$")
+_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # fullmatch; '.' is for ECU prefixes
+_NEW_UNIT = re.compile(r"[A-Za-z][A-Za-z0-9]*")  # fullmatch
+MAX_MAGNITUDE = 10 ** 15  # |mul|, |div|, |add|, |min|, |max| and the like
+MAX_EXPONENT = 20         # digits either side of the point a number may reach
+_HEX = re.compile(r"[0-9A-Fa-f]+")  # fullmatch (a '$' would let a trailing newline in)
+_DECIMAL_KEY = re.compile(r"0|[1-9][0-9]*")  # fullmatch
 
 Number = Union[int, Decimal]
 
@@ -263,6 +265,21 @@ class Profile:
         return tuple(s for c in self.commands for s in c.signals)
 
 
+def check_names(profiles: Sequence[Profile], taken: Iterable[str]) -> None:
+    """ProfileError for a signal whose id is, in any case, a standard value's name (RPM, a
+    GNSS field...) or another signal's: one column must never hold two values (and GET
+    finds names in any case)."""
+    seen = {name.upper(): "a standard value" for name in taken}
+    for profile in profiles:
+        for command in profile.commands:
+            for signal in command.signals:
+                owner = seen.get(signal.id.upper())
+                if owner is not None:
+                    raise ProfileError(profile.path, f"signal {signal.id}",
+                                       f"its id is the name of {owner}: give it another id")
+                seen[signal.id.upper()] = f"signal {signal.id} of {profile.path}"
+
+
 def load(*paths: Union[str, Path]) -> List[Profile]:
     """Profiles from .json files and folders (every *.json in a folder, sorted); signal
     ids must be unique across all of them. ProfileError on the first problem."""
@@ -327,6 +344,8 @@ class _Reader:
                             f"not JSON: {exc.msg}") from None
         except RecursionError:
             raise self.fail("top level", "nested too deeply to be a signal set") from None
+        except ValueError as exc:  # an integer of thousands of digits (int max str digits)
+            raise self.fail("top level", f"not a signal set: {str(exc)[:80]}") from None
         if not isinstance(document, dict):
             raise self.fail("top level", "must be a JSON object with a \"commands\" list "
                             "(an OBDb signal set)")
@@ -484,7 +503,7 @@ class _Reader:
             if key not in item:
                 raise self.fail(f"{where}.{key}", "missing")
         signal_id, name = item["id"], item["name"]
-        if not isinstance(signal_id, str) or not _ID.match(signal_id):
+        if not isinstance(signal_id, str) or not _ID.fullmatch(signal_id):
             raise self.fail(f"{where}.id", "must be letters, digits, '_', '.' or '-' "
                             "(it names the record column)")
         if signal_id in self.ids:
@@ -534,7 +553,7 @@ class _Reader:
             return None
         if unit in UNITS:
             short = UNITS[unit]
-        elif _NEW_UNIT.match(unit):
+        elif _NEW_UNIT.fullmatch(unit):
             short = unit  # a unit newer than this table: kept under its OBDb name
         else:
             raise self.fail(f"{at}.unit", f"{unit!r} is not an OBDb unit (e.g. percent, "
@@ -561,7 +580,7 @@ class _Reader:
         values = {}
         for key, entry in mapping.items():
             at = f"{where}.{key}"
-            if not _DECIMAL_KEY.match(key):
+            if not _DECIMAL_KEY.fullmatch(key):
                 raise self.fail(at, "keys are raw values in decimal (\"0\", \"1\", \"46\")")
             if isinstance(entry, dict):
                 text = entry.get("value")
@@ -575,7 +594,7 @@ class _Reader:
         return MappingProxyType(values)
 
     def hex_text(self, value: Any, where: str, lengths: Tuple[int, ...]) -> int:
-        if not isinstance(value, str) or len(value) not in lengths or not _HEX.match(value):
+        if not isinstance(value, str) or len(value) not in lengths or not _HEX.fullmatch(value):
             digits = " or ".join(str(n) for n in lengths)
             raise self.fail(where, f"must be {digits} hex digits, got {value!r}")
         return int(value, 16)
@@ -584,6 +603,13 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, (int, Decimal)) or \
                 (isinstance(value, Decimal) and not value.is_finite()):
             raise self.fail(where, f"must be a number, got {_shown(value)}")
+        # A scale or bound beyond any quantity a car sends (1e400, 2e999999999) would
+        # overflow a float or take a Fraction forever: refused here, never at run time.
+        if not -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE or \
+                (isinstance(value, Decimal) and value != 0 and
+                 abs(value.adjusted()) > MAX_EXPONENT):
+            raise self.fail(where, f"must be a number between -{MAX_MAGNITUDE:.0e} and "
+                            f"{MAX_MAGNITUDE:.0e}, got {_shown(value)[:40]}")
         return value
 
     def integer(self, value: Any, where: str, required: bool = False) -> int:

@@ -16,7 +16,7 @@ from obd.protocols.protocol import Frame, Message
 
 from eccm.core.state import Column
 from eccm.sources.obd.frames import ecu_acronym
-from eccm.sources.obd.j1979 import PidSpec
+from eccm.sources.obd.j1979 import PIDS, PidSpec
 
 # pint unit names python-OBD uses -> the short unit written in headers.
 UNIT_NAMES = {
@@ -149,3 +149,12 @@ def ecu_prefixes(engine: int, names: Mapping[int, Optional[str]]) -> Dict[int, s
         usable = acronym and counts[acronym] == 1 and not acronym.startswith("ECU")
         prefixes[ecu] = f"{acronym}." if usable else f"ECU{ecu:X}."
     return prefixes
+
+
+def standard_names() -> List[str]:
+    """Every column name standard OBD may give (python-OBD's values, ECCM's own PIDs, the
+    monitor-status split): names a vehicle profile's signals must not take."""
+    names = [c.name for mode in obd.commands.modes for c in mode if c is not None]
+    names += [f"{n}_{part}" for n in STATUS_PIDS for part in ("MIL", "DTC_COUNT")]
+    names += [c.name for spec in PIDS.values() for c in spec.columns]
+    return names
