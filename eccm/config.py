@@ -586,8 +586,12 @@ def reserved_value_names() -> List[str]:
     fields, the time): a vehicle profile's signal must be named apart."""
     from eccm.sinks.rows import TIME_COLUMN
     from eccm.sources.gnss.columns import NAMES
-    from eccm.sources.obd.values import standard_names
-    return [*standard_names(), "BATTERY_VOLTAGE", *NAMES, TIME_COLUMN.name]
+    names = ["BATTERY_VOLTAGE", *NAMES, TIME_COLUMN.name]
+    try:
+        from eccm.sources.obd.values import standard_names
+    except ImportError:  # no python-OBD (a laptop checking a profile): the daemon checks
+        return names
+    return [*standard_names(), *names]
 
 
 def _profile_problem(path: str) -> Optional[str]:

@@ -331,3 +331,47 @@ def test_an_11_bit_profile_is_not_sent_on_a_29_bit_car(caplog):
     assert not any(c.startswith(("ATSH", "ATCP", "22")) for c in sent_commands(fake))
     assert "2 requests of the vehicle profiles use 11-bit headers" in caplog.text
     assert "DEMO_HVBAT_SOC" not in [c.name for c in state.snapshot().declared()]
+
+
+def test_a_receive_filter_refused_for_the_second_ecu_of_a_batch_is_not_left_on():
+    """ATCRA taken for the gearbox, then refused for the battery (a reply lost on a
+    Bluetooth link reads the same): the gearbox's filter is cleared, so the engine's
+    mode-01 answers are seen again (a filter left on would freeze them)."""
+    from dataclasses import replace
+
+    from eccm.sources.obd.link import Answer
+    (cells, _) = demo_profile()[0].commands
+    gearbox = replace(cells, header=0x7E1, receive=0x7E9)
+    with FakeElm(protocol=6, ecus=[Ecu.engine(), Ecu.transmission(), Ecu.battery()]) as fake:
+        conn = connect(fake)
+        try:
+            real = conn.link.command
+            refused = []
+
+            def command(text, timeout=None):
+                if text == "ATCRA7EC" and not refused:
+                    refused.append(text)
+                    return Answer(["?"], True)
+                return real(text, timeout)
+            conn.link.command = command
+            got = conn.query_profile([gearbox, cells])
+            assert refused and "DEMO_HVBAT_SOC" in got  # by its sender alone
+            rpm = conn.query_group_all([obd.commands.RPM])
+            assert rpm[0x7E8][obd.commands.RPM] is not None
+        finally:
+            conn.close()
+
+
+def test_profile_requests_that_fall_behind_their_periods_are_said(caplog):
+    import logging
+    from dataclasses import replace
+
+    from eccm.sources.obd.profile import Profile
+    caplog.set_level(logging.WARNING)
+    (cells, _) = demo_profile()[0].commands
+    many = tuple(replace(cells, period=0.01, signals=tuple(
+        replace(s, id=f"{s.id}_{n}") for s in cells.signals)) for n in range(12))
+    with FakeElm(protocol=6, ecus=[Ecu.engine(), Ecu.battery()]) as fake:
+        run_poller(fake, [Profile("fast.json", many)],
+                   lambda state: "fall behind" in caplog.text, "the warning")
+    assert caplog.text.count("fall behind their periods") == 1

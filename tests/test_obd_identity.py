@@ -35,8 +35,9 @@ def test_an_ecu_name_with_its_acronym_padded_by_nul_is_read():
     """J1979 gives the acronym 4 bytes: a 3-letter one is NUL padded before the dash."""
     data = bytes([0x49, 0x0A, 0x01]) + b"TCM\x00-TransmisCtrl" + bytes(3)  # 4 + 1 + 15
     (item,) = decode_mode09_items([Message(0x7E9, data)], 0x0A)
-    assert item_text(item) == "TCM-TransmisCtrl"
-    assert ecu_acronym(item_text(item)) == "TCM"
+    assert item_text(item, name=True) == "TCM-TransmisCtrl"
+    assert ecu_acronym(item_text(item, name=True)) == "TCM"
+    assert item_text(b"1234\x00\x0056" + bytes(10)) is None  # inside a CALID: not padding
 
 
 def test_item_text_refuses_bytes_that_are_not_printable():

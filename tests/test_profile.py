@@ -394,6 +394,13 @@ MALFORMED = [
         {"id": "SOC\n", "name": "charge", "fmt": {"len": 8, "max": 100, "unit": "percent"}}
     ]}]}, "commands[0].signals[0].id", "names the record column"),
     ("newline-header", changed({"hdr": "7E4\n"}), "commands[0].hdr", "hex digits"),
+    ("long-map-key", {"commands": [{"hdr": "7E4", "cmd": {"22": "0101"}, "freq": 1,
+                                    "signals": [{"id": "MODE", "name": "mode", "fmt": {
+                                        "len": 8, "map": {"1" * 5000: "ON"}}}]}]},
+     "commands[0].signals[0].fmt.map.11111111111111111111", "raw values in decimal"),
+    ("many-digits", '{"commands": [{"hdr": "7E4", "cmd": {"22": "0101"}, "freq": 1, '
+     '"signals": [{"id": "SOC", "name": "c", "fmt": {"len": 8, "div": 1.' + "0" * 400000 +
+     '1, "max": 100, "unit": "percent"}}]}]}', "commands[0].signals[0].fmt.div", "between"),
     ("dotted-id", {"commands": [{"hdr": "7E4", "cmd": {"22": "0101"}, "freq": 1, "signals": [
         {"id": "TCM.SPEED", "name": "s", "fmt": {"len": 8, "max": 100, "unit": "percent"}}
     ]}]}, "commands[0].signals[0].id", "names the record column"),

@@ -146,6 +146,7 @@ class ElmConnection:
         self._learnt_at: Dict[str, float] = {}
         self._own_hint: Set[str] = set()     # single PIDs that differ from the others
         self._cra = True                     # the adapter takes ATCRA (receive filter)
+        self._filtered = False               # a receive filter is set now
         self.profiles_off = ""               # why profile requests stopped, if they did
         self._connect(baudrate, protocol, fast_baudrate, link)
 
@@ -615,7 +616,7 @@ class ElmConnection:
                 if pid == 0x06:
                     value: Any = [item.hex().upper() for item in items]
                 else:
-                    texts = [item_text(item) for item in items]
+                    texts = [item_text(item, name=pid == 0x0A) for item in items]
                     if None in texts:
                         self._anomaly("bad_identification", f"ECU {ecu:X}: 09{pid:02X} "
                                       "is not text")
@@ -681,7 +682,8 @@ class ElmConnection:
                 values.update(self._ask_profile(command))
         except ProfileUnsupported as exc:
             self.profiles_off = str(exc)
-            log.warning("vehicle profile requests stop for this connection: %s", exc)
+            self._anomaly("profile_header_refused", f"{exc}: no vehicle-profile requests "
+                          "until the adapter is reconnected")
         finally:
             if switched:
                 self._restore_functional()
@@ -700,31 +702,43 @@ class ElmConnection:
         if self._can29():
             taken = self._setting(f"ATCP{header >> 24:02X}")
             if taken and not self._setting(f"ATSH{header & 0xFFFFFF:06X}"):
-                self._setting("ATCP18")  # the header is still the OBD one
+                if not self._setting("ATCP18"):
+                    raise AdapterError("the adapter did not take back the OBD priority: "
+                                       "reconnecting")
                 taken = False
         else:
             taken = self._setting(f"ATSH{header:03X}")
-        if not taken:  # the OBD header is still set: nothing to restore
+        if not taken:  # the header this batch had before is still set
             raise ProfileUnsupported(f"the adapter refused the header {header:X}")
-        if self._cra and not self._setting(f"ATCRA{receive:08X}" if self._can29()
-                                           else f"ATCRA{receive:03X}"):
-            self._cra = False  # an ELM327 before v1.4 (no ATCRA): the sender check alone
-            log.info("the adapter has no receive filter (ATCRA): answers are told apart by "
-                     "their sender alone")
+        if not self._cra:
+            return
+        if self._setting(f"ATCRA{receive:08X}" if self._can29() else f"ATCRA{receive:03X}"):
+            self._filtered = True
+            return
+        self._cra = False  # an ELM327 before v1.4b (no ATCRA): the sender check alone
+        log.info("the adapter refused a receive filter (ATCRA): answers are told apart by "
+                 "their sender alone")
+        if self._filtered:  # another ECU's filter of this batch must not stay
+            self._clear_filter()
 
     def _restore_functional(self) -> None:
         """Back to the OBD functional header (7DF / 18DB33F1), every sender shown; an
         adapter that refuses is reset by reconnecting (AdapterError)."""
-        restored = True
-        if self._cra:
-            # ATCRA without an address resets the filter (v1.4b); older chips: AT AR.
-            restored = self._setting("ATCRA") or self._setting("ATAR")
+        if self._filtered:
+            self._clear_filter()
         if self._can29():
-            restored = self._setting("ATCP18") and self._setting("ATSHDB33F1") and restored
+            restored = self._setting("ATCP18") and self._setting("ATSHDB33F1")
         else:
-            restored = self._setting("ATSH7DF") and restored
+            restored = self._setting("ATSH7DF")
         if not restored:
             raise AdapterError("the adapter did not take back the OBD header: reconnecting")
+
+    def _clear_filter(self) -> None:
+        """Every sender shown again: ATCRA without an address (v1.4b), else AT AR; an
+        adapter that takes neither is reset by reconnecting (AdapterError)."""
+        if not (self._setting("ATCRA") or self._setting("ATAR")):
+            raise AdapterError("the adapter did not clear its receive filter: reconnecting")
+        self._filtered = False
 
     def _ask_profile(self, command: Any) -> Dict[str, Any]:
         request = command.request
@@ -741,10 +755,13 @@ class ElmConnection:
         sender = command.receive & 0xFF if self._can29() else command.receive
         mine = [m for m in reply.from_ecu(sender)
                 if not (m.data[:1] == b"\x7f" and m.data[2:3] == b"\x78")]  # pending
-        if len(mine) != 1:
-            if len(mine) > 1:
-                self._anomaly("ecu_twice", f"request {request}: two answers from ECU "
-                              f"{command.receive:X}")
+        if not mine:
+            self._anomaly("profile_no_answer", f"ECU {command.receive:X} did not answer "
+                          f"{request}")
+            return {}
+        if len(mine) > 1:
+            self._anomaly("ecu_twice", f"request {request}: two answers from ECU "
+                          f"{command.receive:X}")
             return {}
         if mine[0].data[:1] == b"\x7f":
             self._anomaly("profile_refused", f"ECU {command.receive:X} refused {request} "

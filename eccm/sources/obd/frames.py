@@ -303,11 +303,14 @@ def decode_mode09_items(messages: Sequence[Message], pid: int) -> Optional[List[
     return [data[3 + i * size:3 + (i + 1) * size] for i in range(data[2])]
 
 
-def item_text(item: bytes) -> Optional[str]:
-    """A CALID or ECU name: printable ASCII padded with NUL -- at the end, and in an ECU
-    name also after its acronym ('TCM\\0-TransmisCtrl': J1979 gives the acronym 4 bytes);
-    None if anything else."""
-    text = item.replace(b"\x00", b"")
+def item_text(item: bytes, name: bool = False) -> Optional[str]:
+    """A CALID or ECU name: printable ASCII padded with NUL at the end; an ECU `name`'s
+    acronym may be NUL padded too ('TCM\\0-TransmisCtrl': J1979 gives it 4 bytes). None
+    if anything else (a NUL inside a CALID is not padding)."""
+    text = item.rstrip(b"\x00")
+    if name:
+        head, dash, tail = text.partition(b"-")
+        text = head.rstrip(b"\x00") + dash + tail
     if not text or any(b < 0x20 or b > 0x7E for b in text):
         return None
     return text.decode("ascii")

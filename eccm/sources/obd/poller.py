@@ -339,7 +339,8 @@ class ObdPoller(Worker):
         number = 0
         packing: Optional[bool] = None
         anomalies: dict = {}
-        due = {command: 0.0 for command in profile_commands}
+        due: Dict[Any, float] = {}  # from the schedule's second rotation on
+        behind = False  # said once a run
         try:
             while not self.stop_event.is_set() and not self._reconnect.is_set():
                 if packing != conn.can_pack:  # (again) after a fallback to single PIDs
@@ -367,11 +368,20 @@ class ObdPoller(Worker):
                 # has been read once before the first header switch.
                 # At most PROFILE_BATCH requests between two cycles, the longest waiting
                 # first: a profile of a hundred requests never holds the fast tier up.
+                if number >= len(cycles) and not due:
+                    due = {command: now for command in profile_commands}
                 asked = sorted((c for c in profile_commands if due[c] <= now),
                                key=lambda c: due[c])[:PROFILE_BATCH] \
-                    if number >= len(cycles) and not conn.profiles_off else []
+                    if due and not conn.profiles_off else []
                 if asked:
                     self._serve_requests(conn)
+                    late = max(now - due[c] - c.period for c in asked)
+                    if late > 0 and not behind:
+                        behind = True  # asked more than a whole period after it was due
+                        log.warning("vehicle profile requests fall behind their periods (one "
+                                    "waited %.1f s more than its period): the adapter's time "
+                                    "is shared with mode 01; fewer or slower requests keep "
+                                    "them on time", late)
                     for command in asked:
                         due[command] = now + command.period
                     found = conn.query_profile(asked)

@@ -137,6 +137,7 @@ _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # fullmatch; '.' is for ECU pre
 _NEW_UNIT = re.compile(r"[A-Za-z][A-Za-z0-9]*")  # fullmatch
 MAX_MAGNITUDE = 10 ** 15  # |mul|, |div|, |add|, |min|, |max| and the like
 MAX_EXPONENT = 20         # digits either side of the point a number may reach
+MAX_DIGITS = 30           # significant digits of a number (no float carries more)
 _HEX = re.compile(r"[0-9A-Fa-f]+")  # fullmatch (a '$' would let a trailing newline in)
 _DECIMAL_KEY = re.compile(r"0|[1-9][0-9]*")  # fullmatch
 
@@ -579,8 +580,8 @@ class _Reader:
         self.unique_keys(mapping, where)
         values = {}
         for key, entry in mapping.items():
-            at = f"{where}.{key}"
-            if not _DECIMAL_KEY.fullmatch(key):
+            at = f"{where}.{key[:20]}"
+            if not _DECIMAL_KEY.fullmatch(key) or len(key) > 20:  # a 64-bit field at most
                 raise self.fail(at, "keys are raw values in decimal (\"0\", \"1\", \"46\")")
             if isinstance(entry, dict):
                 text = entry.get("value")
@@ -607,7 +608,8 @@ class _Reader:
         # overflow a float or take a Fraction forever: refused here, never at run time.
         if not -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE or \
                 (isinstance(value, Decimal) and value != 0 and
-                 abs(value.adjusted()) > MAX_EXPONENT):
+                 (abs(value.adjusted()) > MAX_EXPONENT or
+                  len(value.as_tuple().digits) > MAX_DIGITS)):
             raise self.fail(where, f"must be a number between -{MAX_MAGNITUDE:.0e} and "
                             f"{MAX_MAGNITUDE:.0e}, got {_shown(value)[:40]}")
         return value
@@ -633,7 +635,9 @@ class _Reader:
 
 
 def _shown(value: Any) -> str:
-    return json.dumps(value, default=str) if not isinstance(value, Decimal) else str(value)
+    """A value for an error line, cut short (a field may hold thousands of digits)."""
+    text = json.dumps(value, default=str) if not isinstance(value, Decimal) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _decimal_places(value: Fraction) -> Optional[int]:
