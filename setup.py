@@ -30,6 +30,9 @@ setup(
     extras_require={
         # Looking at drives (eccm export / eccm plot): not needed in the car.
         "view": ["gpxpy>=1.5", "matplotlib>=3.5"],
+        # The fleet's side (eccm fleet), on a server or a laptop: DuckDB and its S3
+        # extension from PyPI (which needs no download at run time), pinned as for the tests.
+        "fleet": ["duckdb", "duckdb-extension-httpfs>=1.4.4,<1.6"],
         # ELM327-emulator is CC BY-NC-SA (non-commercial): tests only, never at run time.
         "test": [
             "pytest>=7",
@@ -44,6 +47,12 @@ setup(
             "duckdb-extension-httpfs>=1.4.4,<1.6",
             "gpxpy>=1.5",
             "matplotlib>=3.5",
+            # Spark in local mode reads the fleet's Parquet lake as a cluster would (Java:
+            # Debian's default-jre-headless, which .ci/run installs). Spark 4 needs Java 17
+            # or newer (Debian 12 on); before Python 3.11 come systems whose Java is 11
+            # (Debian 11, Ubuntu 22.04), where Spark 3.5 runs.
+            "pyspark>=3.5.1,<3.6; python_version < '3.11'",
+            "pyspark>=4.0.1,<4.1; python_version >= '3.11'",
         ],
     },
     entry_points={"console_scripts": ["eccm=eccm.cli:main"]},

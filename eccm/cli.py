@@ -22,6 +22,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 REQUIRED_MODULES = {"obd": "obd", "serial": "pyserial", "pynmea2": "pynmea2",
                     "boto3": "boto3", "botocore": "boto3", "dotenv": "python-dotenv"}
 VIEW_MODULES = {"matplotlib": "matplotlib", "gpxpy": "gpxpy"}  # the [view] extra
+FLEET_MODULES = {"duckdb": "duckdb"}  # the [fleet] extra
 
 
 def setup_logging(level: str) -> None:
@@ -369,6 +370,86 @@ def cmd_profile_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _fleet_config(args: argparse.Namespace) -> Optional[Config]:
+    """The bucket, from --config (or ./config.ini when there is one) and ECCM_* variables.
+    A fleet machine has no car of its own: CAR_IDENTIFIER, which only a car uses, need
+    not be set there."""
+    environ = dict(os.environ)
+    environ.setdefault("ECCM_CAR_IDENTIFIER", "FLEET")
+    cfg = _load_or_report(Path(args.config or "config.ini"), environ=environ,
+                          require_file=args.config is not None)
+    if cfg is None:
+        return None
+    if not cfg.s3_enabled:
+        print("config error: no bucket: set S3_SERVER_ENDPOINT, S3_SERVER_AK, S3_SERVER_SK "
+              "and S3_SERVER_BUCKET (in --config or as ECCM_* variables)", file=sys.stderr)
+        return None
+    return cfg
+
+
+def cmd_fleet_compact(args: argparse.Namespace) -> int:
+    """Records not in the Parquet lake yet -> Parquet; 0 only if none was refused."""
+    cfg = _fleet_config(args)
+    if cfg is None:
+        return EXIT_CONFIG
+    importlib.import_module("duckdb")  # a missing extra is said before the bucket is read
+    from eccm.sinks.upload import S3Settings
+    from eccm.tools.fleet import FleetError, compact
+    try:
+        report = compact(S3Settings.from_config(cfg), since=args.since or "", scan=args.scan,
+                         say=lambda line: print(line, flush=True))
+    except FleetError as exc:
+        print(f"eccm fleet compact: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for problem in report.refused:
+        print(f"  not compacted: {problem}", file=sys.stderr)
+    return EXIT_FAILURE if report.refused else EXIT_OK
+
+
+def cmd_fleet_query(args: argparse.Namespace) -> int:
+    cfg = _fleet_config(args)
+    if cfg is None:
+        return EXIT_CONFIG
+    importlib.import_module("duckdb")
+    from eccm.sinks.upload import S3Settings
+    from eccm.tools.fleet import FleetError, query, render
+    try:
+        columns, rows = query(S3Settings.from_config(cfg), args.sql)
+    except FleetError as exc:
+        print(f"eccm fleet query: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.write(render(columns, rows, args.format))
+    return EXIT_OK
+
+
+def cmd_fleet_ddl(args: argparse.Namespace) -> int:
+    from eccm.tools.lake import TABLE_NAME
+    if not TABLE_NAME.fullmatch(args.table):
+        print(f"eccm fleet ddl: --table {args.table!r}: expected a name such as fleet or "
+              "db.fleet (letters, digits, '_')", file=sys.stderr)
+        return EXIT_CONFIG
+    cfg = _fleet_config(args)
+    if cfg is None:
+        return EXIT_CONFIG
+    from eccm.sinks.upload import S3Settings
+    from eccm.tools.fleet import FleetError, table_ddl
+    try:
+        sys.stdout.write(table_ddl(S3Settings.from_config(cfg), args.engine, args.table,
+                                   args.location or ""))
+    except FleetError as exc:
+        print(f"eccm fleet ddl: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _day(text: str) -> str:
+    from datetime import date
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eccm", description="ECCM: Electronic Centralized Car Monitoring daemon")
@@ -438,6 +519,37 @@ def build_parser() -> argparse.ArgumentParser:
     profile_check.add_argument("-v", "--verbose", action="store_true",
                                help="list every request with its signals")
     profile_check.set_defaults(func=cmd_profile_check)
+
+    fleet = sub.add_parser("fleet", help="the fleet's records in the bucket: Parquet, SQL, "
+                                         "table definitions (needs the [fleet] extra)")
+    fleet_sub = fleet.add_subparsers(dest="action", metavar="ACTION")
+    fleet_sub.required = True
+    config_help = ("configuration with the S3 keys (default: ./config.ini if there is one; "
+                   "ECCM_S3_* variables work too)")
+    compact = fleet_sub.add_parser("compact", help="convert new records into the Parquet lake")
+    compact.add_argument("--config", metavar="PATH", help=config_help)
+    compact.add_argument("--since", metavar="DAY", type=_day,
+                         help="only records of this UTC day (YYYY-MM-DD) and later")
+    compact.add_argument("--scan", action="store_true",
+                         help="also list the records' tree, for records uploaded by an ECCM "
+                              "older than the index")
+    compact.set_defaults(func=cmd_fleet_compact)
+    fleet_query = fleet_sub.add_parser(
+        "query", help="SQL over the whole fleet: views fleet (Parquet), fleet_csv (the "
+                      "records), drives (the index)")
+    fleet_query.add_argument("sql", metavar="SQL")
+    fleet_query.add_argument("--config", metavar="PATH", help=config_help)
+    fleet_query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    fleet_query.set_defaults(func=cmd_fleet_query)
+    fleet_ddl = fleet_sub.add_parser("ddl", help="print the lake's table definition for an "
+                                                 "engine, partitions projected")
+    fleet_ddl.add_argument("--engine", choices=("athena", "trino", "spark"), required=True)
+    fleet_ddl.add_argument("--table", default="fleet", help="table name (default: fleet)")
+    fleet_ddl.add_argument("--location", metavar="URL",
+                           help="where the engine reads the lake (default: s3://BUCKET/"
+                                "PREFIX-parquet/, s3a:// for Spark)")
+    fleet_ddl.add_argument("--config", metavar="PATH", help=config_help)
+    fleet_ddl.set_defaults(func=cmd_fleet_ddl)
     return parser
 
 
@@ -445,6 +557,9 @@ def missing_module_message(exc: ModuleNotFoundError, command: str) -> Optional[s
     """One line saying what to install or run when a dependency is missing; None when the
     module is not one of ECCM's dependencies (a bug: the traceback is wanted then)."""
     module = (exc.name or "").split(".")[0]
+    if module in FLEET_MODULES:
+        return (f"eccm {command}: needs {FLEET_MODULES[module]}, from ECCM's [fleet] extra: "
+                "in the ECCM folder, .venv/bin/pip install -e '.[fleet]'")
     if module in VIEW_MODULES:
         return (f"eccm {command}: needs {VIEW_MODULES[module]}, from ECCM's [view] extra: "
                 "in the ECCM folder, .venv/bin/pip install -e '.[view]'")

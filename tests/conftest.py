@@ -55,7 +55,7 @@ def venv_tool(name: str) -> str:
 
 # The Debian package of each system tool the tests drive (.ci/run installs them).
 PACKAGES = {"nc": "netcat-openbsd", "systemd-analyze": "systemd", "rfcomm": "bluez",
-            "ncat": "ncat", "openssl": "openssl"}
+            "ncat": "ncat", "openssl": "openssl", "java": "default-jre-headless"}
 
 
 def require_tool(name: str) -> str:

@@ -18,6 +18,7 @@ from conftest import REPO, write_config
 CORE = ("obd", "serial", "pynmea2", "boto3", "botocore", "dotenv")
 START_HINT = "./start.sh or .venv/bin/eccm"
 VIEW_HINT = ".venv/bin/pip install -e '.[view]'"
+FLEET_HINT = ".venv/bin/pip install -e '.[fleet]'"
 
 
 def run_without(tmp_path: Path, modules: Iterable[str], *args, cwd=None):
@@ -67,6 +68,15 @@ def test_gpx_export_without_gpxpy_says_to_install_the_view_extra(tmp_path):
         result = run_without(tmp_path, ["gpxpy", "matplotlib"], "export", drive, "--format",
                              fmt)
         assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", [["fleet", "compact"], ["fleet", "query", "SELECT 1"]])
+def test_fleet_without_duckdb_says_to_install_the_fleet_extra(tmp_path, command):
+    """The fleet's commands run on a server or a laptop, not the car: DuckDB is an extra."""
+    write_config(tmp_path, S3_SERVER_ENDPOINT="http://127.0.0.1:9", S3_SERVER_AK="a",
+                 S3_SERVER_SK="b", S3_SERVER_BUCKET="logs")  # ./config.ini, found by default
+    line = one_clear_line(run_without(tmp_path, ["duckdb"], *command), FLEET_HINT)
+    assert "duckdb" in line and line.startswith("eccm fleet")
 
 
 @pytest.mark.parametrize("command", [

@@ -1,8 +1,10 @@
 """The README's recipes, run as written: a reader copies them, so they must work."""
 from __future__ import annotations
 
+import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import List
 import pytest
 
 from eccm.sinks.records import manifest_from_file, write_manifest
+from eccm.sinks.upload import S3Settings
 
 from conftest import REPO, require_tool, write_config
 from s3server import ACCESS_KEY, SECRET_KEY, SeaweedFS
@@ -108,5 +111,88 @@ def test_duckdb_fleet_query_runs_as_written(tmp_path):
             f'SELECT car, "COOLANT_TEMP (degC)" FROM ({every_column.format("true")}) '
             'WHERE "COOLANT_TEMP (degC)" IS NOT NULL ORDER BY 2').fetchall()
         assert coolant == [("CAR-B", 90), ("CAR-B", 91), ("CAR-B", 92)]
+    finally:
+        server.stop()
+
+
+def test_fleet_recipes_run_as_written(tmp_path, monkeypatch):
+    """A fleet: the `eccm fleet` commands, DuckDB's SQL and pyspark's Python as written, on
+    three cars of different PID sets over two days, each giving the figures computed from
+    the CSV files; the Athena table's lines as `eccm fleet ddl` prints them."""
+    duckdb = pytest.importorskip("duckdb", reason="duckdb is a test extra")
+    import duckdb_extension_httpfs
+    from fleet_data import figures, record_files, upload_copy, write_fleet
+    from spark_local import local_spark
+    server = SeaweedFS(tmp_path / "s3")
+    try:
+        server.make_bucket("my-bucket")
+        records = write_fleet(tmp_path / "records")
+        upload_copy(records, tmp_path / "up", S3Settings(
+            server.endpoint, ACCESS_KEY, SECRET_KEY, "my-bucket", prefix="car-logs"))
+        want = figures(record_files(records))
+        for name in [k for k in os.environ if k.startswith("ECCM_")]:
+            monkeypatch.delenv(name)
+        for key, value in (("S3_SERVER_ENDPOINT", server.endpoint), ("S3_SERVER_AK", ACCESS_KEY),
+                           ("S3_SERVER_SK", SECRET_KEY), ("S3_SERVER_BUCKET", "my-bucket")):
+            monkeypatch.setenv(f"ECCM_{key}", value)  # the reader's keys, as in config.ini
+        monkeypatch.setenv("PYTHONPATH", str(REPO))
+        monkeypatch.chdir(tmp_path)
+
+        (commands,) = [block for block in fenced("sh") if "eccm fleet compact" in block]
+        printed = []
+        for line in commands.splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["eccm"]:
+                done = subprocess.run([sys.executable, "-m", *words], capture_output=True,
+                                      text=True, timeout=120)
+                assert done.returncode == 0, (line, done.stderr)
+                printed.append(done.stdout)
+        compacted, table, athena = printed
+        assert "12 records to compact" in compacted and "12 compacted" in compacted
+        assert f"```\n{table}```" in README  # the README shows what the query prints
+        assert [line.split() for line in table.splitlines()[2:]] == [
+            [car, str(f["rows"]), str(f["min_rpm"]), str(f["max_rpm"])]
+            for car, f in want.items()]
+        (shown,) = [block for block in fenced("sql") if "CREATE EXTERNAL TABLE" in block]
+        lines = athena.splitlines()
+        assert [line for line in shown.splitlines() if line not in lines] == []
+
+        def same(rows) -> None:
+            assert [(car, int(n), float(low), float(high), float(km))
+                    for car, n, low, high, km in rows] == [
+                (car, f["rows"], f["min_rpm"], f["max_rpm"], round(f["km"], 3))
+                for car, f in want.items()]
+            assert all(math.isfinite(f["km"]) and f["km"] > 1 for f in want.values())
+
+        (recipe,) = [block for block in fenced("sql") if "read_parquet(" in block]
+        extension = next(Path(duckdb_extension_httpfs.__file__).parent.rglob(
+            "httpfs.duckdb_extension"))
+        assert recipe.startswith("INSTALL httpfs;\nLOAD httpfs;\n")
+        sql = (recipe.replace("INSTALL httpfs;\nLOAD httpfs;", f"LOAD '{extension}';")
+               .replace("my-access-key", ACCESS_KEY).replace("my-secret-key", SECRET_KEY)
+               .replace("s3.example.net:8333", f"127.0.0.1:{server.port}"))
+        con = duckdb.connect()
+        statements = [s for s in sql.split(";") if s.strip()]
+        for statement in statements[:-1]:
+            con.execute(statement)
+        same(con.execute(statements[-1]).fetchall())
+
+        # Spark cannot reach S3 without hadoop-aws: the lake copied as `aws s3 sync` would.
+        client = server.client()
+        for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket="my-bucket", Prefix="car-logs-parquet/"):
+            for item in page.get("Contents", []):
+                target = tmp_path / "fleet-lake" / item["Key"][len("car-logs-parquet/"):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file("my-bucket", item["Key"], str(target))
+        (code,) = [block for block in fenced("python") if "pyspark" in block]
+        assert '["eccm", ' in code
+        code = code.replace('["eccm", ', f'[{sys.executable!r}, "-m", "eccm", ')
+        # The run's one Spark, which the recipe's getOrCreate() takes, without the table
+        # another test left in it (a reader's new session has none).
+        local_spark().sql("DROP TABLE IF EXISTS fleet")
+        namespace: dict = {}
+        exec(compile(code, "README.md (pyspark recipe)", "exec"), namespace)
+        same([tuple(row) for row in namespace["figures"].collect()])
     finally:
         server.stop()

@@ -5,13 +5,18 @@ A finished record is `outbox/NAME` plus `outbox/NAME.manifest.json`. The manifes
 after the record is in the outbox, so its presence is what makes a record finished: the
 uploader takes only manifested records, never whatever else lies in the folder (an export,
 a plot, a copy a user put there).
+
+In the bucket, each uploaded record also gets an index entry,
+`PREFIX-index/date=DAY/car=CAR/NAME.json`: one small object per record, written once by the
+record's own uploader, so no entry is ever shared, rewritten or lost between uploaders, and
+a day's records of every car are found by listing one short prefix, not the whole bucket.
 """
 from __future__ import annotations
 
 import json
 import re
 from datetime import datetime
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from eccm import __version__
 from eccm.sinks.rows import TIME_COLUMN, format_time, parse_file_name
@@ -25,6 +30,8 @@ SEQUENCE_FILE = ".sequence"
 MANIFEST_SUFFIX = ".manifest.json"
 MANIFEST_FORMAT = "eccm-record-manifest"
 MANIFEST_VERSION = 1
+INDEX_FORMAT = "eccm-record-index"
+INDEX_SUFFIX = "-index"
 
 # How the record's UTC times were obtained (RecordClock), each source its rows used, in
 # order: the system clock, the system clock corrected by GNSS time, a system clock known to
@@ -105,7 +112,15 @@ def build_manifest(*, name: str, car: str, columns: Sequence[Column], separator:
         "obd_protocol": protocol or None,
         "recovered": recovered,
         "obd": dict(car_facts) if car_facts else None,
+        "profiles": profile_names(car_facts),
     }
+
+
+def profile_names(car_facts: Optional[Mapping[str, Any]]) -> List[str]:
+    """The vehicle profiles a record was polled with, by file name: the path on the car's
+    Pi means nothing to the fleet, the name says which signal set the columns follow."""
+    paths = (car_facts or {}).get("profiles") or []
+    return [path.rsplit("/", 1)[-1] for path in paths if isinstance(path, str)]
 
 
 def dump_manifest(manifest: Mapping[str, Any]) -> bytes:
@@ -140,6 +155,48 @@ def load_manifest(data: bytes, record_name: str) -> Dict[str, Any]:
     if not isinstance(manifest.get("size"), int):
         raise ManifestError("no size")
     return manifest
+
+
+def sibling_prefix(prefix: str, suffix: str) -> str:
+    """A tree beside the records' (PREFIX-index, PREFIX-parquet), never inside it: a table
+    or a listing of the records never meets another tree's objects."""
+    head = prefix.strip("/")
+    return head + suffix if head else suffix.lstrip("-")
+
+
+def key_partition(key: str) -> Tuple[str, str, str]:
+    """(car, day, file name) of a key .../car=CAR/date=DAY/NAME; ValueError otherwise."""
+    parts = key.split("/")
+    if len(parts) < 3 or not parts[-3].startswith("car=") or \
+            not parts[-2].startswith("date="):
+        raise ValueError(f"{key!r} is not a car=/date= key")
+    return parts[-3][4:], parts[-2][5:], parts[-1]
+
+
+def index_key(prefix: str, record_key: str) -> str:
+    """Where the index entry of the record stored under record_key goes: by day first, so
+    one day of the whole fleet is one short listing; named by the record's own key, which
+    only that record ever holds, so an entry is never shared."""
+    car, day, name = key_partition(record_key)
+    return f"{sibling_prefix(prefix, INDEX_SUFFIX)}/date={day}/car={car}/{name}.json"
+
+
+def index_entry(manifest: Mapping[str, Any], record_key: str) -> Dict[str, Any]:
+    """What the index says of one stored record: where it and its manifest are, and what a
+    reader needs to choose and read it without fetching the manifest first."""
+    car, day, _ = key_partition(record_key)
+    return {
+        "format": INDEX_FORMAT,
+        "key": record_key,
+        "manifest": record_key + MANIFEST_SUFFIX,
+        "car": car,
+        "date": day,
+        **{field: manifest.get(field) for field in (
+            "file", "vin", "start", "end", "rows", "size", "sha256", "separator",
+            "eccm_version", "profiles")},
+        "columns": [{k: c.get(k) for k in ("name", "unit", "header", "source")}
+                    for c in manifest.get("columns") or []],
+    }
 
 
 def looks_like_record(name: str, first_line: bytes) -> bool:

@@ -13,6 +13,10 @@ deleted (or moved to uploaded/). A single PUT is used (record files are far belo
 5 GB limit), so no multipart upload can be left behind. Network trouble, 5xx and
 throttling retry with exponential backoff and jitter; wrong credentials or a missing
 bucket are reported once, clearly, and retried slowly. Files are never deleted unverified.
+
+After the manifest, the record's index entry (layout.index_key) is put: the local file goes
+only once all three are in the bucket, so a crash between any two PUTs is mended by the
+retry, which finds the first ones already there.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Dict, List, Optional, Tuple
 
 from eccm.sinks.layout import (DEMO_CAR, MANIFEST_SUFFIX, OUTBOX, UPLOADED, ManifestError,
-                               is_manifest, load_manifest, manifest_name)
+                               dump_manifest, index_entry, index_key, is_manifest,
+                               load_manifest, manifest_name)
 from eccm.sinks.rows import PART_SUFFIX, parse_file_name
 from eccm.sinks.records import tidy_orphan_manifests
 from eccm.core.health import UploadHealth
@@ -62,6 +67,14 @@ class S3Settings:
     region: str = "us-east-1"
     prefix: str = "car-logs"
     verify_tls: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: "Config") -> "S3Settings":
+        """The bucket the configuration names (the daemon, `eccm upload`, `eccm fleet`)."""
+        return cls(endpoint=cfg.S3_SERVER_ENDPOINT, access_key=cfg.S3_SERVER_AK,
+                   secret_key=cfg.S3_SERVER_SK, bucket=cfg.S3_SERVER_BUCKET,
+                   region=cfg.S3_SERVER_REGION, prefix=cfg.S3_KEY_PREFIX or "",
+                   verify_tls=cfg.S3_VERIFY_TLS)
 
 
 class UploadError(Exception):
@@ -229,11 +242,8 @@ class S3Store:
     def from_config(cls, cfg: "Config") -> "S3Store":
         """The bucket the configuration names, for the record folder's outbox (the daemon's
         uploader and `eccm upload` alike)."""
-        settings = S3Settings(endpoint=cfg.S3_SERVER_ENDPOINT, access_key=cfg.S3_SERVER_AK,
-                              secret_key=cfg.S3_SERVER_SK, bucket=cfg.S3_SERVER_BUCKET,
-                              region=cfg.S3_SERVER_REGION, prefix=cfg.S3_KEY_PREFIX or "",
-                              verify_tls=cfg.S3_VERIFY_TLS)
-        return cls(settings, cfg.CAR_IDENTIFIER, Path(cfg.RECORD_DIRECTORY_LOCATION) / OUTBOX,
+        return cls(S3Settings.from_config(cfg), cfg.CAR_IDENTIFIER,
+                   Path(cfg.RECORD_DIRECTORY_LOCATION) / OUTBOX,
                    keep_uploaded=cfg.S3_KEEP_UPLOADED)
 
     @property
@@ -243,8 +253,9 @@ class S3Store:
         return self._client
 
     def upload(self, path: Path) -> str:
-        """Put one record and its manifest, verify both, then remove them locally; the
-        record's key. Raises UploadError (FileHeld for this file alone), OSError."""
+        """Put one record, its manifest and its index entry, verify them, then remove the
+        files locally; the record's key. Raises UploadError (FileHeld for this file alone),
+        OSError."""
         from botocore.exceptions import BotoCoreError, ClientError
         manifest_path = path.with_name(manifest_name(path.name))
         manifest_bytes = manifest_path.read_bytes()
@@ -270,6 +281,8 @@ class S3Store:
             self._put_new(key + MANIFEST_SUFFIX, meta, len(manifest_bytes),
                           base64.b64encode(hashlib.md5(manifest_bytes).digest()).decode(),
                           hashlib.sha256(manifest_bytes).hexdigest(), "application/json")
+            self._put_entry(index_key(self.settings.prefix, key),
+                            dump_manifest(index_entry(manifest, key)))
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code.isdigit():  # a HEAD reply has no body to say why: ask in a way that does
@@ -309,6 +322,19 @@ class S3Store:
             if self._stored(candidate, size, sha256) != "same":
                 raise UploadError(f"{candidate}: the server's copy does not match the file")
             return candidate
+
+    def _put_entry(self, key: str, data: bytes) -> None:
+        """Put an index entry unless one is there. The entry's key is named after the
+        record's own key, which no other record can hold: any entry already there (this
+        upload's, before a crash, or an older ECCM's wording) describes this record."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        if self._stored(key, len(data), sha256) != "absent":
+            return
+        self._put(key, io.BytesIO(data), len(data),
+                  base64.b64encode(hashlib.md5(data).digest()).decode(), sha256,
+                  "application/json")  # False: another uploader put it meanwhile
+        if self._stored(key, len(data), sha256) == "absent":
+            raise UploadError(f"{key}: not in the bucket after its PUT")
 
     def _put(self, key: str, body: BinaryIO, size: int, md5_b64: str, sha256: str,
              content_type: str) -> bool:

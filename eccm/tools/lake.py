@@ -1,0 +1,386 @@
+"""The fleet's Parquet data lake: where its objects go, the schema every file follows, the
+SQL that converts a record and the tables engines read it through. Pure functions, no I/O
+(eccm/tools/fleet.py reads and writes the bucket).
+
+Layout, beside the records' tree (layout.sibling_prefix), never inside it:
+
+    PREFIX-parquet/car=CAR/date=DAY/NAME.parquet     one file per record, named after it
+    PREFIX-parquet/_schema/v000001.json ...          the schema, one immutable version each
+
+The table is wide: one column per signal, named for every engine (`rpm`, `tcm_speed`), with
+the same type in every file. A signal's type is decided the first time it is seen with a
+value and kept in the schema from then on: a file whose cells do not fit is refused, never
+written with a second type. A signal seen for the first time adds a column to the schema;
+files written before simply lack it, and engines that match Parquet columns by name (all
+of DuckDB, Spark, Athena and Trino do) read NULL there, so history is never rewritten.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from eccm.sinks.layout import key_partition, sibling_prefix
+
+PARQUET_SUFFIX = "-parquet"
+SCHEMA_FOLDER = "_schema"  # '_': Spark, Hive and Athena skip it when they read the tree
+SCHEMA_FORMAT = "eccm-fleet-schema"
+
+TIMESTAMP, DOUBLE, VARCHAR = "TIMESTAMP", "DOUBLE", "VARCHAR"
+TIME_HEADER = "TIME (UTC)"
+PARTITIONS = ("car", "date")
+
+# The engines' names of the three types. Time is an instant (Parquet TIMESTAMP adjusted to
+# UTC, microseconds); Trino's Hive connector reads it as timestamp(3).
+ENGINE_TYPES = {
+    "duckdb": {TIMESTAMP: "TIMESTAMPTZ", DOUBLE: "DOUBLE", VARCHAR: "VARCHAR"},
+    "athena": {TIMESTAMP: "timestamp", DOUBLE: "double", VARCHAR: "string"},
+    "trino": {TIMESTAMP: "timestamp(3)", DOUBLE: "double", VARCHAR: "varchar"},
+    "spark": {TIMESTAMP: "TIMESTAMP", DOUBLE: "DOUBLE", VARCHAR: "STRING"},
+}
+ENGINES = ("athena", "trino", "spark")
+TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}")
+LOCATION_SCHEMES = {"athena": "s3", "trino": "s3", "spark": "s3a"}
+
+
+@dataclass(frozen=True)
+class LakeColumn:
+    """One column of the table: its Parquet name, the record header it comes from."""
+    column: str
+    header: str
+    name: str
+    unit: str
+    type: str
+    source: str
+    since: str = ""  # the record that brought it
+
+    def describe(self) -> str:
+        """A column comment: what the value is, in what unit, read from where."""
+        if self.column == "record":
+            return "the record file the row comes from"
+        unit = f" in {self.unit}" if self.unit else ""
+        return f"{self.name}{unit} ({self.source})"
+
+
+FIXED = (
+    LakeColumn("time", TIME_HEADER, "TIME", "UTC", TIMESTAMP, "clock"),
+    LakeColumn("record", "", "record", "", VARCHAR, "eccm"),
+)
+RESERVED = {c.column for c in FIXED} | set(PARTITIONS)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Every column the lake's files may hold, the cars and the first day: what a table
+    definition needs. `version` 0: nothing compacted yet."""
+    version: int = 0
+    columns: Tuple[LakeColumn, ...] = FIXED
+    cars: Tuple[str, ...] = ()
+    first_day: str = ""
+
+    def by_header(self) -> Dict[str, LakeColumn]:
+        return {c.header: c for c in self.columns if c.header}
+
+    def to_json(self) -> bytes:
+        return (json.dumps({"format": SCHEMA_FORMAT, "version": self.version,
+                            "layout": "wide",
+                            "columns": [c.__dict__ for c in self.columns],
+                            "cars": list(self.cars), "first_day": self.first_day},
+                           indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Schema":
+        """ValueError for anything but a schema this version can read."""
+        try:
+            doc = json.loads(data.decode("utf-8"))
+            if doc.get("format") != SCHEMA_FORMAT:
+                raise ValueError("not an ECCM fleet schema")
+            columns = tuple(LakeColumn(**c) for c in doc["columns"])
+            return cls(int(doc["version"]), columns, tuple(doc.get("cars", ())),
+                       str(doc.get("first_day", "")))
+        except (UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"unreadable fleet schema ({exc})") from None
+
+    def merged(self, new: Sequence[LakeColumn], car: str, day: str) -> "Schema":
+        """This schema with the columns of `new` whose header it lacks (named so as not to
+        clash with any column it has), the car and the day; itself when nothing changes.
+        Headers it has keep their column and type: the first decision stands."""
+        known = self.by_header()
+        taken = {c.column for c in self.columns} | RESERVED
+        added: List[LakeColumn] = []
+        for column in new:
+            if column.header in known:
+                continue
+            name = free_column_name(column.name, column.unit, taken)
+            taken.add(name)
+            known[column.header] = column
+            added.append(replace(column, column=name))
+        cars = tuple(sorted(set(self.cars) | {car}))
+        first = min([d for d in (self.first_day, day) if d] or [""])
+        if not added and cars == self.cars and first == self.first_day:
+            return self
+        return Schema(self.version + 1, self.columns + tuple(added), cars, first)
+
+
+def safe_name(text: str) -> str:
+    """'TCM.SPEED' -> 'tcm_speed': lower-case letters, digits and '_', which every engine
+    takes as a column name (Athena/Glue lower-case all names, Spark reads '.' as a field)."""
+    name = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+    return name if name and not name[0].isdigit() else f"c_{name}"
+
+
+def free_column_name(name: str, unit: str, taken: Iterable[str]) -> str:
+    """The signal's safe name; with its unit when another signal has it (the same value
+    in two units stays two columns); numbered as a last resort."""
+    taken = set(taken)
+    candidates = [safe_name(name)] + ([safe_name(f"{name}_{unit}")] if unit else [])
+    for candidate in candidates:
+        if candidate not in taken:
+            return candidate
+    number = 2
+    while f"{candidates[-1]}_{number}" in taken:
+        number += 1
+    return f"{candidates[-1]}_{number}"
+
+
+def parquet_root(prefix: str) -> str:
+    return sibling_prefix(prefix, PARQUET_SUFFIX)
+
+
+def parquet_key(prefix: str, record_key: str) -> str:
+    """The Parquet object of the record stored under record_key: named after the record
+    alone, so a second run finds it and never writes the rows twice."""
+    car, day, name = key_partition(record_key)
+    stem = name.rpartition(".")[0] or name
+    return f"{parquet_root(prefix)}/car={car}/date={day}/{stem}.parquet"
+
+
+def schema_key(prefix: str, version: int) -> str:
+    return f"{parquet_root(prefix)}/{SCHEMA_FOLDER}/v{version:06d}.json"
+
+
+def schema_version(key: str) -> Optional[int]:
+    match = re.search(rf"/{SCHEMA_FOLDER}/v(\d+)\.json$", key)
+    return int(match[1]) if match else None
+
+
+def record_key_of_index(prefix: str, index_key: str) -> str:
+    """The record key an index entry key stands for (layout.index_key's inverse)."""
+    parts = index_key.split("/")
+    day, car, name = parts[-3][5:], parts[-2][4:], parts[-1][:-len(".json")]
+    head = prefix.strip("/")
+    return f"{head + '/' if head else ''}car={car}/date={day}/{name}"
+
+
+def quote(identifier: str) -> str:
+    """A double-quoted SQL identifier (DuckDB, Trino, Athena's queries)."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def literal(text: str) -> str:
+    """A single-quoted SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def new_columns(headers: Sequence[Mapping[str, str]], counts: Mapping[str, Tuple[int, int]],
+                since: str) -> List[LakeColumn]:
+    """Columns for a record's headers, each typed by its cells: DOUBLE when every value
+    is a number, VARCHAR otherwise (enumerations, FUEL_TYPE, a GNSS time of day). A header
+    without any value gets no column yet: there is nothing to decide its type by.
+    `counts`: header -> (values, values that are numbers)."""
+    out = []
+    for head in headers:
+        values, numbers = counts.get(head["header"], (0, 0))
+        if head["header"] == TIME_HEADER or values == 0:
+            continue
+        kind = DOUBLE if numbers == values and head.get("unit") != "UTC" else VARCHAR
+        out.append(LakeColumn("", head["header"], head["name"], head.get("unit") or "", kind,
+                              head.get("source") or "obd", since))
+    return out
+
+
+def misfits(schema: Schema, counts: Mapping[str, Tuple[int, int]]) -> List[str]:
+    """Headers whose values do not fit the column the schema has for them (text where the
+    lake has numbers): such a record is refused, not written with a second type."""
+    known = schema.by_header()
+    return [h for h, (values, numbers) in counts.items()
+            if h in known and known[h].type == DOUBLE and numbers != values]
+
+
+def convert_sql(schema: Schema, headers: Sequence[str], csv_path: str, separator: str,
+                record_name: str) -> str:
+    """The SELECT that reads one record (every cell as text, as written) into the lake's
+    columns and types; headers the schema has no column for (no value yet) are left out."""
+    known = schema.by_header()
+    select = [f"CAST({quote(TIME_HEADER)} AS TIMESTAMPTZ) AS time",
+              f"{literal(record_name)} AS record"]
+    for header in headers[1:]:
+        column = known.get(header)
+        if column is None:
+            continue
+        cell = quote(header)
+        select.append(f"{cell if column.type == VARCHAR else f'CAST({cell} AS DOUBLE)'}"
+                      f" AS {quote(column.column)}")
+    return f"SELECT {', '.join(select)} FROM {read_csv_sql(headers, csv_path, separator)}"
+
+
+def read_csv_sql(headers: Sequence[str], csv_path: str, separator: str) -> str:
+    """read_csv of a record with its own header, every cell as text: nothing guessed."""
+    columns = ", ".join(f"{literal(h)}: 'VARCHAR'" for h in headers)
+    return (f"read_csv({literal(csv_path)}, header = true, auto_detect = false, "
+            f"delim = {literal(separator)}, quote = '\"', escape = '\"', "
+            f"columns = {{{columns}}})")
+
+
+def count_sql(headers: Sequence[str], csv_path: str, separator: str) -> str:
+    """Per column after the time: how many values, how many of them numbers."""
+    parts = []
+    for header in headers[1:]:
+        cell = quote(header)
+        parts.append(f"count({cell}), count(TRY_CAST({cell} AS DOUBLE))")
+    return (f"SELECT count(*){', ' if parts else ''}{', '.join(parts)} "
+            f"FROM {read_csv_sql(headers, csv_path, separator)}")
+
+
+def file_metadata(schema: Schema, headers: Sequence[str], entry: Mapping[str, Any],
+                  compacted_by: str) -> Dict[str, str]:
+    """Parquet key-value metadata: each column's unit and origin, and where the rows come
+    from, so a file is understood without the schema or the manifest at hand."""
+    known = schema.by_header()
+    columns = [c for c in FIXED] + [known[h] for h in headers[1:] if h in known]
+    return {
+        "eccm.units": json.dumps({c.column: c.unit for c in columns}, ensure_ascii=False),
+        "eccm.columns": json.dumps([{k: getattr(c, k) for k in
+                                     ("column", "header", "name", "unit", "type", "source")}
+                                    for c in columns], ensure_ascii=False),
+        "eccm.record": str(entry.get("key", "")),
+        "eccm.record_sha256": str(entry.get("sha256", "")),
+        "eccm.car": str(entry.get("car", "")),
+        "eccm.vin": str(entry.get("vin") or ""),
+        "eccm.start": str(entry.get("start") or ""),
+        "eccm.end": str(entry.get("end") or ""),
+        "eccm.recorded_by": str(entry.get("eccm_version") or ""),
+        "eccm.profiles": json.dumps(entry.get("profiles") or []),
+        "eccm.compacted_by": compacted_by,
+    }
+
+
+def copy_sql(select: str, target: str, metadata: Mapping[str, str]) -> str:
+    pairs = ", ".join(f"{literal(k)}: {literal(v)}" for k, v in metadata.items())
+    return (f"COPY ({select}) TO {literal(target)} "
+            f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{{pairs}}})")
+
+
+def _comment(text: str) -> str:
+    """Comment text safe inside every engine's quotes."""
+    return text.replace("'", "").replace("\\", "/")
+
+
+def location(engine: str, bucket: str, prefix: str) -> str:
+    return f"{LOCATION_SCHEMES[engine]}://{bucket}/{parquet_root(prefix)}/"
+
+
+def ddl(schema: Schema, engine: str, table: str, where: str) -> str:
+    """The table definition of the lake for Athena, Trino (Hive connector) or Spark SQL:
+    every column by name with its type and unit, partitioned by car and date. Athena and
+    Trino project the partitions (car: the cars compacted so far, date: from the first
+    day to today) so no partition is ever registered; Spark finds them by listing."""
+    types = ENGINE_TYPES[engine]
+    days = schema.first_day or "2020-01-01"
+    cars = list(schema.cars) or ["NONE"]
+    base = where if where.endswith("/") else where + "/"
+    template = base + "car=${car}/date=${date}/"
+    if engine == "athena":
+        body = ",\n".join(f"  `{c.column}` {types[c.type]} COMMENT '{_comment(c.describe())}'"
+                          for c in schema.columns)
+        props = {
+            "projection.enabled": "true",
+            "projection.car.type": "enum",
+            "projection.car.values": ",".join(cars),
+            "projection.date.type": "date",
+            "projection.date.format": "yyyy-MM-dd",
+            "projection.date.range": f"{days},NOW",
+            "projection.date.interval": "1",
+            "projection.date.interval.unit": "DAYS",
+            "storage.location.template": template,
+        }
+        listed = ",\n".join(f"  '{k}' = '{v}'" for k, v in props.items())
+        return (f"CREATE EXTERNAL TABLE IF NOT EXISTS {table} (\n{body}\n)\n"
+                f"PARTITIONED BY (`car` string, `date` string)\n"
+                f"STORED AS PARQUET\nLOCATION '{base}'\n"
+                f"TBLPROPERTIES (\n{listed}\n);\n")
+    if engine == "trino":
+        body = [f"  {quote(c.column)} {types[c.type]} COMMENT '{_comment(c.describe())}'"
+                for c in schema.columns]
+        values = ", ".join(f"'{car}'" for car in cars)
+        body.append(f"  \"car\" varchar WITH (partition_projection_type = 'ENUM', "
+                    f"partition_projection_values = ARRAY[{values}])")
+        body.append("  \"date\" varchar WITH (partition_projection_type = 'DATE', "
+                    "partition_projection_format = 'yyyy-MM-dd', "
+                    f"partition_projection_range = ARRAY['{days}', 'NOW'], "
+                    "partition_projection_interval = 1, "
+                    "partition_projection_interval_unit = 'DAYS')")
+        return (f"CREATE TABLE IF NOT EXISTS {table} (\n" + ",\n".join(body) + "\n)\n"
+                f"WITH (\n  external_location = '{base}',\n  format = 'PARQUET',\n"
+                f"  partitioned_by = ARRAY['car', 'date'],\n"
+                f"  partition_projection_enabled = true,\n"
+                f"  partition_projection_location_template = '{template}'\n);\n")
+    if engine == "spark":
+        body = [f"  `{c.column}` {types[c.type]} COMMENT '{_comment(c.describe())}'"
+                for c in schema.columns] + ["  `car` STRING", "  `date` STRING"]
+        return (f"CREATE TABLE IF NOT EXISTS {table} (\n" + ",\n".join(body) + "\n)\n"
+                f"USING parquet\nPARTITIONED BY (`car`, `date`)\nLOCATION '{base}';\n"
+                f"MSCK REPAIR TABLE {table};\n")
+    raise ValueError(f"unknown engine {engine!r}: one of {', '.join(ENGINES)}")
+
+
+# The names `eccm fleet query` gives the fleet's data, each a DuckDB view made only when
+# the query names it (making one reads every file's header or footer).
+VIEW_NAMES = ("fleet", "fleet_csv", "drives")
+
+
+def views_sql(bucket: str, prefix: str, index_prefix: str, named: Iterable[str]
+              ) -> List[str]:
+    """CREATE VIEW statements for the views a query names: `fleet` (the Parquet table),
+    `fleet_csv` (the records themselves, columns matched by header name) and `drives`
+    (the index: one row per uploaded record)."""
+    head = prefix.strip("/")
+    records = f"s3://{bucket}/{head + '/' if head else ''}car=*/date=*/*.csv"
+    lake = f"s3://{bucket}/{parquet_root(prefix)}/car=*/date=*/*.parquet"
+    index = f"s3://{bucket}/{index_prefix}/date=*/car=*/*.json"
+    partitions = "hive_partitioning = true, hive_types = {'car': VARCHAR, 'date': DATE}"
+    sources = {
+        "fleet": f"read_parquet({literal(lake)}, union_by_name = true, {partitions})",
+        "fleet_csv": f"read_csv({literal(records)}, union_by_name = true, {partitions})",
+        "drives": f"read_json({literal(index)}, hive_partitioning = false)",
+    }
+    wanted = set(named)
+    return [f"CREATE VIEW {name} AS SELECT * FROM {sources[name]}"
+            for name in VIEW_NAMES if name in wanted]
+
+
+def views_named(sql: str) -> List[str]:
+    """The view names a query mentions (as words, any case)."""
+    words = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", sql)}
+    return [name for name in VIEW_NAMES if name in words]
+
+
+def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Rows as an aligned text table (NULL for None), numbers right-aligned."""
+    def text(value: Any) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, float):
+            return repr(value)
+        return str(value)
+    cells = [[text(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows)
+               and any(row[i] is not None for row in rows) for i in range(len(columns))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric)).rstrip()
+    return "\n".join([line(columns), line(["-" * w for w in widths])] +
+                     [line(r) for r in cells])
