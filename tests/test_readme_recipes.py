@@ -59,9 +59,28 @@ DRIVES = {
 }
 
 
+def duckdb_recipe(marker: str, port: int):
+    """The README's DuckDB block holding `marker`, run but for its last statement, with
+    the reader's own values in place of its placeholders: (connection, last statement).
+    DuckDB's extension server is out of reach here: the PyPI package's httpfs file."""
+    import duckdb
+    import duckdb_extension_httpfs
+    (recipe,) = [block for block in fenced("sql") if marker in block]
+    extension = next(Path(duckdb_extension_httpfs.__file__).parent.rglob(
+        "httpfs.duckdb_extension"))
+    assert recipe.startswith("INSTALL httpfs;\nLOAD httpfs;\n")
+    sql = (recipe.replace("INSTALL httpfs;\nLOAD httpfs;", f"LOAD '{extension}';")
+           .replace("my-access-key", ACCESS_KEY).replace("my-secret-key", SECRET_KEY)
+           .replace("s3.example.net:8333", f"127.0.0.1:{port}"))
+    con = duckdb.connect()
+    statements = [s for s in sql.split(";") if s.strip()]
+    for statement in statements[:-1]:
+        con.execute(statement)
+    return con, statements[-1]
+
+
 def test_duckdb_fleet_query_runs_as_written(tmp_path):
     duckdb = pytest.importorskip("duckdb", reason="duckdb is a test extra")
-    import duckdb_extension_httpfs
     server = SeaweedFS(tmp_path / "s3")
     try:
         server.make_bucket("my-bucket")
@@ -84,21 +103,9 @@ def test_duckdb_fleet_query_runs_as_written(tmp_path):
                                   timeout=120)
             assert done.returncode == 0, done.stderr
 
-        (recipe,) = [block for block in fenced("sql") if "CREATE SECRET fleet" in block]
-        extension = next(Path(duckdb_extension_httpfs.__file__).parent.rglob(
-            "httpfs.duckdb_extension"))
-        # The reader's own values in place of the README's placeholders.
-        # (DuckDB's extension server is out of reach here: the PyPI package's file.)
-        assert recipe.startswith("INSTALL httpfs;\nLOAD httpfs;\n")
-        sql = (recipe.replace("INSTALL httpfs;\nLOAD httpfs;", f"LOAD '{extension}';")
-               .replace("my-access-key", ACCESS_KEY).replace("my-secret-key", SECRET_KEY)
-               .replace("s3.example.net:8333", f"127.0.0.1:{server.port}"))
-        con = duckdb.connect()
-        statements = [s for s in sql.split(";") if s.strip()]
-        for statement in statements[:-1]:
-            con.execute(statement)
+        con, last = duckdb_recipe("CREATE SECRET fleet", server.port)
         got = [(car, str(date), rows, max_rpm)
-               for car, date, rows, max_rpm in con.execute(statements[-1]).fetchall()]
+               for car, date, rows, max_rpm in con.execute(last).fetchall()]
         assert got == [("CAR-A", "2026-01-10", 2, 2500), ("CAR-A", "2026-01-11", 1, 1200),
                        ("CAR-B", "2026-01-10", 3, 3300)]
         # Why the README insists on union_by_name: without it, a column that one car
@@ -119,8 +126,7 @@ def test_fleet_recipes_run_as_written(tmp_path, monkeypatch):
     """A fleet: the `eccm fleet` commands, DuckDB's SQL and pyspark's Python as written, on
     three cars of different PID sets over two days, each giving the figures computed from
     the CSV files; the Athena table's lines as `eccm fleet ddl` prints them."""
-    duckdb = pytest.importorskip("duckdb", reason="duckdb is a test extra")
-    import duckdb_extension_httpfs
+    pytest.importorskip("duckdb", reason="duckdb is a test extra")
     from fleet_data import figures, record_files, upload_copy, write_fleet
     from spark_local import local_spark
     server = SeaweedFS(tmp_path / "s3")
@@ -164,18 +170,8 @@ def test_fleet_recipes_run_as_written(tmp_path, monkeypatch):
                 for car, f in want.items()]
             assert all(math.isfinite(f["km"]) and f["km"] > 1 for f in want.values())
 
-        (recipe,) = [block for block in fenced("sql") if "read_parquet(" in block]
-        extension = next(Path(duckdb_extension_httpfs.__file__).parent.rglob(
-            "httpfs.duckdb_extension"))
-        assert recipe.startswith("INSTALL httpfs;\nLOAD httpfs;\n")
-        sql = (recipe.replace("INSTALL httpfs;\nLOAD httpfs;", f"LOAD '{extension}';")
-               .replace("my-access-key", ACCESS_KEY).replace("my-secret-key", SECRET_KEY)
-               .replace("s3.example.net:8333", f"127.0.0.1:{server.port}"))
-        con = duckdb.connect()
-        statements = [s for s in sql.split(";") if s.strip()]
-        for statement in statements[:-1]:
-            con.execute(statement)
-        same(con.execute(statements[-1]).fetchall())
+        con, last = duckdb_recipe("read_parquet(", server.port)
+        same(con.execute(last).fetchall())
 
         # Spark cannot reach S3 without hadoop-aws: the lake copied as `aws s3 sync` would.
         client = server.client()

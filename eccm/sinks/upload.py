@@ -226,6 +226,19 @@ def classify(exc: Exception, endpoint: str = "") -> UploadError:
     return UploadError(f"{exc.__class__.__name__}: {exc}")
 
 
+def put_refusal(exc: Any) -> str:
+    """What a refused conditional PUT (If-None-Match: *) means: 'taken' (the key holds an
+    object: another writer was first), 'unsupported' (a server without conditional
+    writes) or 'other'."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+        return "taken"
+    if code == "NotImplemented" or status == 501:
+        return "unsupported"
+    return "other"
+
+
 class S3Store:
     """Uploads and verifies files with one client; used by one thread at a time."""
 
@@ -350,12 +363,10 @@ class S3Store:
                 self.client.put_object(**args)
             return True
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict") or \
-                    status in (409, 412):
+            refusal = put_refusal(exc)
+            if refusal == "taken":
                 return False
-            if self._conditional and (code == "NotImplemented" or status == 501):
+            if self._conditional and refusal == "unsupported":
                 # An S3 server without conditional writes: the HEAD just before the PUT
                 # is then the only guard.
                 log.warning("the S3 server does not support conditional PUT (If-None-Match); "

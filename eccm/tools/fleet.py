@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 from eccm import __version__
 from eccm.sinks.layout import (INDEX_SUFFIX, MANIFEST_SUFFIX, ManifestError, index_entry,
                                key_partition, load_manifest, parse_header, sibling_prefix)
-from eccm.sinks.upload import S3Settings, classify, endpoint_url, make_client
+from eccm.sinks.upload import (S3Settings, classify, endpoint_url, make_client,
+                               put_refusal)
 from eccm.tools import lake
 from eccm.tools.lake import Schema
 
@@ -125,12 +126,10 @@ class Bucket:
             try:
                 self.client.put_object(IfNoneMatch="*", **args)
             except ClientError as exc:
-                code = str(exc.response.get("Error", {}).get("Code", ""))
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-                if code in ("PreconditionFailed", "ConditionalRequestConflict") or \
-                        status in (409, 412):
+                refusal = put_refusal(exc)
+                if refusal == "taken":
                     return False
-                if code != "NotImplemented" and status != 501:
+                if refusal != "unsupported":
                     raise
                 if self.head(key) is not None:
                     return False
