@@ -388,22 +388,34 @@ def _fleet_config(args: argparse.Namespace) -> Optional[Config]:
 
 
 def cmd_fleet_compact(args: argparse.Namespace) -> int:
-    """Records not in the Parquet lake yet -> Parquet; 0 only if none was refused."""
+    """Records not in the Parquet lake yet -> Parquet; 0 only if none was refused or
+    missing. --forget KEY first tells compact to stop taking a record."""
     cfg = _fleet_config(args)
     if cfg is None:
         return EXIT_CONFIG
     importlib.import_module("duckdb")  # a missing extra is said before the bucket is read
     from eccm.sinks.upload import S3Settings
-    from eccm.tools.fleet import FleetError, compact
+    from eccm.tools.fleet import FleetError, compact, forget
+    settings = S3Settings.from_config(cfg)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
     try:
-        report = compact(S3Settings.from_config(cfg), since=args.since or "", scan=args.scan,
-                         say=lambda line: print(line, flush=True))
+        if args.forget:
+            problems = forget(settings, args.forget, say=say)
+            if problems:
+                for problem in problems:
+                    print(f"eccm fleet compact --forget: {problem}", file=sys.stderr)
+                return EXIT_FAILURE
+        report = compact(settings, since=args.since or "", scan=args.scan, say=say)
     except FleetError as exc:
         print(f"eccm fleet compact: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     for problem in report.refused:
         print(f"  not compacted: {problem}", file=sys.stderr)
-    return EXIT_FAILURE if report.refused else EXIT_OK
+    for problem in report.missing:
+        print(f"  missing: {problem}", file=sys.stderr)
+    return EXIT_FAILURE if report.refused or report.missing else EXIT_OK
 
 
 def cmd_fleet_query(args: argparse.Namespace) -> int:
@@ -529,10 +541,15 @@ def build_parser() -> argparse.ArgumentParser:
     compact = fleet_sub.add_parser("compact", help="convert new records into the Parquet lake")
     compact.add_argument("--config", metavar="PATH", help=config_help)
     compact.add_argument("--since", metavar="DAY", type=_day,
-                         help="only records of this UTC day (YYYY-MM-DD) and later")
+                         help="only records that started on this UTC day (YYYY-MM-DD) or "
+                              "later (a run without it is cheap too: done records are "
+                              "skipped)")
     compact.add_argument("--scan", action="store_true",
                          help="also list the records' tree, for records uploaded by an ECCM "
                               "older than the index")
+    compact.add_argument("--forget", metavar="KEY", action="append", default=[],
+                         help="stop taking this record (a key the run said is missing or "
+                              "refused; again for each record), then compact")
     compact.set_defaults(func=cmd_fleet_compact)
     fleet_query = fleet_sub.add_parser(
         "query", help="SQL over the whole fleet: views fleet (Parquet), fleet_csv (the "

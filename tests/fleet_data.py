@@ -120,6 +120,33 @@ def write_drive(folder: Path, car: str, start: datetime, rows: int, sequence: in
     return target
 
 
+def write_record(folder: Path, car: str, start: datetime,
+                 columns: Sequence[Tuple[str, str]], rows: Sequence[Sequence[Any]],
+                 separator: str = ",", extension: str = ".csv", sequence: int = 1,
+                 source: str = "obd", bad_time: bool = False) -> Path:
+    """One finished record of any columns ((name, unit), all of one source), separator
+    and extension, rows 0.5 s apart, with its manifest in folder/outbox, written by
+    ECCM's writer. `bad_time`: its last row's time cell is text no reader takes."""
+    header = [replace(TIME_COLUMN, source="clock"),
+              *[Column(n, u, source=source) for n, u in columns]]
+    fmt = RowFormat(separator)
+    name = file_name(car, start, extension, sequence, f"{sequence:06x}")
+    outbox = folder / "outbox"
+    outbox.mkdir(parents=True, exist_ok=True)
+    record = RecordFile(folder, outbox, name, fmt.header(header), fsync_interval=3600)
+    for row, cells in enumerate(rows):
+        moment = start + timedelta(seconds=row * INTERVAL)
+        shown: Any = "not a time" if bad_time and row == len(rows) - 1 else moment
+        record.write_row(fmt.line([shown, *cells]), moment, "gnss")
+    target = record.close()
+    assert target is not None
+    write_manifest(target, build_manifest(
+        name=name, car=car, columns=header, separator=separator, rows=record.rows,
+        size=record.size, sha256=record.sha256, start=record.first, end=record.last,
+        clock=record.clocks, sequence=sequence, vin=None, protocol=""))
+    return target
+
+
 def write_fleet(folder: Path, drives_per_day: int = 2, rows: Tuple[int, int] = (240, 360),
                 days: Sequence[str] = DAYS) -> Dict[str, Path]:
     """Record folders of every car (folder/CAR/outbox): drives_per_day drives each day,

@@ -11,19 +11,22 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import pytest
 
 from eccm.core.state import Column
 from eccm.sinks.upload import S3Settings, S3Store, UploadError, pending_files
+from eccm.tools import fleet as fleet_tool
+from eccm.tools.lake import DOUBLE, VARCHAR, LakeColumn, Schema
 
 from conftest import REPO
 from fleet_data import (CARS, figures, record_files, upload_copy, write_drive,
-                        write_fleet)
+                        write_fleet, write_record)
 from s3server import ACCESS_KEY, SECRET_KEY, serve
 from spark_local import local_spark
 
@@ -256,7 +259,7 @@ def test_compact_killed_mid_run_then_run_again_loses_and_doubles_nothing(s3, tmp
     print(f"\nkilled 3 times, at last after {done} of {total} records")
     again = eccm_fleet(s3, prefix, tmp_path, "compact")
     assert again.returncode == 0, again.stderr
-    assert f"{total - done} records to compact" in again.stdout
+    assert re.search(rf"\b{total - done} records? to compact", again.stdout)
     assert f"({done} compacted already)" in again.stdout
     rows = query_csv(s3, prefix, tmp_path,
                      "SELECT car, count(*) AS rows, count(DISTINCT (record, time)) AS once, "
@@ -298,9 +301,16 @@ def test_a_new_signal_widens_the_lake_without_rewriting_it(s3, fleet, tmp_path):
     before = {k: s3.client().head_object(Bucket=BUCKET, Key=k)["ETag"]
               for k in keys(s3, f"{prefix}-parquet/car=")}
     versions = keys(s3, f"{prefix}-parquet/_schema/")
+    lake = download_lake(s3, prefix, tmp_path / "lake")
+    spark = local_spark()
+    spark_figures(spark, eccm_fleet(s3, prefix, tmp_path, "ddl", "--engine", "spark",
+                                    "--location", lake.as_uri()).stdout)
 
-    # Car AB's next drive has a value none of the fleet had (a new PID), and car EF's a
-    # coolant temperature that is text: refused, as the lake's column holds numbers.
+    # Car AB's next drive has a value none of the fleet had (a new PID); car EF's has a
+    # coolant temperature that is text: its whole column goes to the text twin
+    # coolant_temp_text, nothing refused. A new car's drive with a new signal and a time
+    # no reader takes is refused before the schema is touched: neither its signal nor
+    # its car is in the schema.
     later = tmp_path / "later"
     base = [c for c in CARS["AB-123-CD"]["columns"]]
     write_drive(later / "AB-123-CD", "AB-123-CD",
@@ -309,37 +319,58 @@ def test_a_new_signal_widens_the_lake_without_rewriting_it(s3, fleet, tmp_path):
                 extra=lambda t: {"OIL_TEMP": round(60 + t / 10, 1)})
     write_drive(later / "EF-456-GH", "EF-456-GH",
                 datetime(2026, 1, 11, 21, 0, tzinfo=timezone.utc), 30, 91,
-                extra=lambda t: {"COOLANT_TEMP": "LOW"})
-    upload_copy({car: later / car for car in ("AB-123-CD", "EF-456-GH")},
+                extra=lambda t: {"COOLANT_TEMP": "LOW" if t < 5 else 80})
+    write_record(later / "ZZ-999-ZZ", "ZZ-999-ZZ",
+                 datetime(2026, 1, 9, 21, 0, tzinfo=timezone.utc),
+                 [("NEW_SIGNAL", "V")], [[1.5], [2.5]], bad_time=True)
+    upload_copy({car: later / car for car in ("AB-123-CD", "EF-456-GH", "ZZ-999-ZZ")},
                 tmp_path / "up-later", settings(s3, prefix))
     refused = eccm_fleet(s3, prefix, tmp_path, "compact")
     assert refused.returncode == 1
-    assert "done: 1 compacted" in refused.stdout and "1 refused" in refused.stdout
-    assert "COOLANT_TEMP (degC) holds text where the lake's column coolant_temp holds " \
-           "numbers" in refused.stderr
+    assert "done: 2 compacted" in refused.stdout and "1 refused" in refused.stdout
+    assert "ZZ-999-ZZ" in refused.stderr and "DuckDB cannot convert it" in refused.stderr
+    assert "new columns: oil_temp, coolant_temp_text): print the table again with " \
+        "`eccm fleet ddl`" in refused.stdout
+    final = json.loads(s3.client().get_object(Bucket=BUCKET, Key=max(keys(
+        s3, f"{prefix}-parquet/_schema/")))["Body"].read())
+    assert "ZZ-999-ZZ" not in final["cars"] and final["first_day"] == "2026-01-10"
+    assert "NEW_SIGNAL (V)" not in [c["header"] for c in final["columns"]]
+    twin = [c for c in final["columns"] if c["text_of"]]
+    assert [(c["column"], c["header"], c["type"], c["text_of"]) for c in twin] == \
+        [("coolant_temp_text", "COOLANT_TEMP (degC)", "VARCHAR", "coolant_temp")]
 
     after = {k: s3.client().head_object(Bucket=BUCKET, Key=k)["ETag"]
              for k in keys(s3, f"{prefix}-parquet/car=")}
     assert {k: after[k] for k in before} == before  # history untouched
-    assert len(after) == len(before) + 1
-    assert len(keys(s3, f"{prefix}-parquet/_schema/")) == len(versions) + 1
+    assert len(after) == len(before) + 2
+    assert len(keys(s3, f"{prefix}-parquet/_schema/")) == len(versions) + 2
     old_rows = sum(f["rows"] for f in figures(record_files(fleet)).values())
     got = query_csv(s3, prefix, tmp_path,
                     "SELECT count(*) AS rows, count(oil_temp) AS oil, "
                     "count(*) FILTER (WHERE record LIKE '%000090-%') AS new, "
-                    "max(oil_temp) AS oil_max FROM fleet")
+                    "max(oil_temp) AS oil_max, count(coolant_temp_text) AS text, "
+                    "count(*) FILTER (WHERE coolant_temp_text = 'LOW') AS low, "
+                    "count(coolant_temp) FILTER (WHERE record LIKE '%00005b-%') AS ef "
+                    "FROM fleet")
     assert (int(got[0]["rows"]), int(got[0]["oil"]), int(got[0]["new"])) == \
-        (old_rows + 120, 120, 120)
+        (old_rows + 120 + 30, 120, 120)
     assert float(got[0]["oil_max"]) == round(60 + 119 * 0.5 / 10, 1)  # as written
+    # EF's drive: all 30 cells as text (10 'LOW', 20 '80'), none in the DOUBLE column.
+    assert (int(got[0]["text"]), int(got[0]["low"]), int(got[0]["ef"])) == (30, 10, 0)
 
+    # The DDL printed again re-creates Spark's table (it exists from before): the new
+    # columns are there without dropping anything by hand.
     lake = download_lake(s3, prefix, tmp_path / "lake")
     ddl = eccm_fleet(s3, prefix, tmp_path, "ddl", "--engine", "spark", "--location",
                      lake.as_uri()).stdout
     assert "`oil_temp` DOUBLE COMMENT 'OIL_TEMP in degC (obd)'" in ddl
-    spark = local_spark()
-    spark_figures(spark, ddl)
-    row = spark.sql("SELECT count(*) AS rows, count(oil_temp) AS oil FROM fleet").collect()[0]
-    assert (row["rows"], row["oil"]) == (old_rows + 120, 120)
+    assert "`coolant_temp_text` STRING" in ddl
+    for statement in ddl.split(";"):
+        if statement.strip():
+            spark.sql(statement)
+    row = spark.sql("SELECT count(*) AS rows, count(oil_temp) AS oil, "
+                    "count(coolant_temp_text) AS text FROM fleet").collect()[0]
+    assert (row["rows"], row["oil"], row["text"]) == (old_rows + 150, 120, 30)
 
 
 def test_fleet_commands_say_what_is_wrong_and_never_show_the_keys(s3, tmp_path):
@@ -361,3 +392,293 @@ def test_fleet_commands_say_what_is_wrong_and_never_show_the_keys(s3, tmp_path):
     for result in (bad_sql, no_lake, denied):
         assert SECRET_KEY not in result.stdout + result.stderr
         assert "not-the-secret-key" not in result.stdout + result.stderr
+
+
+# Records of odd shapes, each car's own: units other than ECCM's, other separators and
+# extensions, a signal with numbers in one record and text in the next, index entries
+# that cannot be trusted (a separator of two characters or a number, columns as text).
+JAN10 = datetime(2026, 1, 10, 6, tzinfo=timezone.utc)
+JAN11 = datetime(2026, 1, 11, 6, tzinfo=timezone.utc)
+ODD = [  # car, start, columns, rows, separator, extension, sequence
+    ("A-US", JAN10, [("SPEED", "mph"), ("RPM", "rpm")], [[60, 2000], [62, 2100]], ",",
+     ".csv", 1),
+    ("B-EU", JAN10, [("SPEED", "km/h"), ("RPM", "rpm"), ("TCM.SPEED", "km/h")],
+     [[100, 2000, 99], [110, 2100, 109]], ",", ".csv", 1),
+    ("C-TSV", JAN10, [("SPEED", "km/h"), ("NOTE", "")], [[50, "a\tb"], [51, 'x "q" y']],
+     "\t", ".tsv", 1),
+    ("D-PIPE", JAN10, [("SPEED", "km/h"), ("NOTE", "")], [[70, "a|b"], [71, " lead"]], "|",
+     ".txt", 1),
+    ("E-SEMI", JAN10, [("SPEED", "km/h"), ("GEAR", "")], [[70, 1], [71, 2]], ";", ".csv", 1),
+    ("E-SEMI", JAN11, [("SPEED", "km/h"), ("GEAR", "")], [[72, "R"], [73, "N"]], ";", ".csv",
+     2),
+    ("F-BAD", JAN10, [("RPM", "rpm")], [[1000], [1100]], ",", ".csv", 1),
+    ("F-BAD", JAN10 + timedelta(hours=1), [("RPM", "rpm")], [[1000], [1100]], ",", ".csv", 2),
+    ("F-BAD", JAN10 + timedelta(hours=2), [("RPM", "rpm")], [[1000], [1100]], ",", ".csv", 3),
+    ("G-OK", JAN10, [("RPM", "rpm")], [[3000], [3100]], ",", ".csv", 1),
+]
+BAD_ENTRIES = [{"separator": "ab"}, {"columns": "oops"}, {"separator": 7}]
+
+
+def patch_entry(s3, key: str, **changes) -> None:
+    client = s3.client()
+    entry = json.loads(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    entry.update(changes)
+    client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(entry).encode())
+
+
+@pytest.fixture(scope="module")
+def odd(s3, tmp_path_factory):
+    """The ODD records uploaded by ECCM's uploader, F-BAD's entries spoiled, compacted
+    once by `eccm fleet compact`: (prefix, the run, a work folder)."""
+    prefix = "odd"
+    folder = tmp_path_factory.mktemp("odd")
+    for car, start, columns, rows, separator, extension, sequence in ODD:
+        write_record(folder / "records" / car, car, start, columns, rows, separator,
+                     extension, sequence, source="profile" if car == "E-SEMI" else "obd")
+    upload_copy({car: folder / "records" / car for car in dict.fromkeys(r[0] for r in ODD)},
+                folder / "up", settings(s3, prefix))
+    for key, changes in zip(sorted(keys(s3, f"{prefix}-index/date=2026-01-10/car=F-BAD/")),
+                            BAD_ENTRIES):
+        patch_entry(s3, key, **changes)
+    return prefix, eccm_fleet(s3, prefix, folder, "compact"), folder
+
+
+def test_bad_index_entries_are_refused_one_by_one_and_the_others_go_on(odd):
+    prefix, done, _ = odd
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "done: 7 compacted" in done.stdout and "3 refused" in done.stdout
+    refused = sorted(line for line in done.stderr.splitlines() if "not compacted" in line)
+    assert [line.split("F-BAD_20260110T0", 1)[1][:1] for line in refused] == ["6", "7", "8"]
+    assert 'gives the separator "ab": not one character' in refused[0]
+    assert "columns are not a list of columns" in refused[1]
+    assert "gives the separator 7: not one character" in refused[2]
+    assert re.search(r"\] odd/car=G-OK/\S+ -> odd-parquet/car=G-OK/", done.stdout)  # after
+
+
+def test_names_and_types_stay_put_whatever_the_order_of_the_cars(s3, odd):
+    """`speed` is km/h although the mph car is compacted first; GEAR, numbers in E's first
+    record and text in its second, keeps both: the second in gear_text."""
+    prefix, _, folder = odd
+    rows = query_csv(s3, prefix, folder,
+                     "SELECT car, date, speed, speed_mph, tcm_speed, gear, gear_text "
+                     "FROM fleet ORDER BY car, time")
+    got = [(r["car"], r["speed"], r["speed_mph"], r["tcm_speed"], r["gear"], r["gear_text"])
+           for r in rows]
+    assert got == [
+        ("A-US", "", "60.0", "", "", ""), ("A-US", "", "62.0", "", "", ""),
+        ("B-EU", "100.0", "", "99.0", "", ""), ("B-EU", "110.0", "", "109.0", "", ""),
+        ("C-TSV", "50.0", "", "", "", ""), ("C-TSV", "51.0", "", "", "", ""),
+        ("D-PIPE", "70.0", "", "", "", ""), ("D-PIPE", "71.0", "", "", "", ""),
+        ("E-SEMI", "70.0", "", "", "1.0", ""), ("E-SEMI", "71.0", "", "", "2.0", ""),
+        ("E-SEMI", "72.0", "", "", "", "R"), ("E-SEMI", "73.0", "", "", "", "N"),
+        ("G-OK", "", "", "", "", ""), ("G-OK", "", "", "", "", "")]
+    types = {r["column"]: r["type"] for r in query_csv(
+        s3, prefix, folder, "SELECT column_name AS column, column_type AS type FROM "
+        "(DESCRIBE SELECT * FROM fleet)")}
+    assert (types["gear"], types["gear_text"], types["speed"]) == \
+        ("DOUBLE", "VARCHAR", "DOUBLE")
+
+
+def test_records_view_reads_every_separator_and_extension(s3, odd):
+    prefix, _, folder = odd
+    done = eccm_fleet(s3, prefix, folder, "query",
+                      'SELECT car, count(*) AS n, string_agg("NOTE", \'/\' '
+                      'ORDER BY "TIME (UTC)") AS notes, max("SPEED (km/h)") AS top '
+                      "FROM fleet_csv GROUP BY car ORDER BY car", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    got = {r["car"]: (r["n"], r["notes"], r["top"])
+           for r in map(json.loads, done.stdout.splitlines())}
+    assert got["C-TSV"] == (2, 'a\tb/x "q" y', 51) and got["D-PIPE"] == (2, "a|b/ lead", 71)
+    assert got["E-SEMI"][0] == 4 and got["B-EU"][2] == 110
+    assert got["F-BAD"][0] == 2  # two of its entries give no usable separator: left out
+
+
+def test_fleet_reads_only_the_compactors_files_and_drives_say_which_are_in(s3, odd,
+                                                                         tmp_path):
+    prefix, _, folder = odd
+    import duckdb
+    foreign = tmp_path / "foreign.parquet"
+    duckdb.connect().execute("COPY (SELECT 'pwned' AS record, 1e9 AS rpm) TO "
+                             f"'{foreign}' (FORMAT parquet)")
+    s3.client().upload_file(str(foreign), BUCKET,
+                            f"{prefix}-parquet/car=A-US/date=2026-01-10/evil.parquet")
+    # And under the index: an object that is not JSON, an entry naming another record.
+    client = s3.client()
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}-index/date=2026-01-10/car=A-US/x.json",
+                      Body=b"not json {")
+    (entry,) = keys(s3, f"{prefix}-index/date=2026-01-10/car=B-EU/")
+    client.copy_object(Bucket=BUCKET, Key=f"{prefix}-index/date=2026-01-10/car=B-EU/y.json",
+                       CopySource={"Bucket": BUCKET, "Key": entry})
+    rows = query_csv(s3, prefix, folder, "SELECT count(*) AS n, max(rpm) AS top, "
+                     "count(*) FILTER (WHERE record = 'pwned') AS evil FROM fleet")
+    assert (int(rows[0]["n"]), float(rows[0]["top"]), int(rows[0]["evil"])) == (14, 3100, 0)
+    csv_rows = query_csv(s3, prefix, folder, "SELECT count(*) AS n FROM fleet_csv")
+    assert int(csv_rows[0]["n"]) == 16  # each record once: 7 compacted, 1 of F-BAD's
+    drives = query_csv(s3, prefix, folder, "SELECT car, count(*) AS n, "
+                       "count(*) FILTER (WHERE in_lake) AS in_lake FROM drives "
+                       "WHERE start < \"end\" AND date = DATE '2026-01-10' + (car = 'E-SEMI' "
+                       "AND start > TIMESTAMPTZ '2026-01-11 00:00:00+00')::INT "
+                       "GROUP BY car ORDER BY car")
+    assert [(r["car"], int(r["n"]), int(r["in_lake"])) for r in drives] == [
+        ("A-US", 1, 1), ("B-EU", 1, 1), ("C-TSV", 1, 1), ("D-PIPE", 1, 1), ("E-SEMI", 2, 2),
+        ("F-BAD", 3, 0), ("G-OK", 1, 1)]
+
+
+def test_query_runs_one_select_and_nothing_else(s3, odd, tmp_path):
+    """Statements that write (to disk or to the bucket), several statements, ATTACH,
+    CREATE, SET: refused before anything runs. DuckDB's secrets (the access key id is
+    not redacted there) are refused however the query reaches them."""
+    prefix, _, folder = odd
+    written = tmp_path / "written.csv"
+    attached = tmp_path / "x.db"
+    evil = f"{prefix}-parquet/car=A-US/date=2026-01-10/copied.parquet"
+    before = keys(s3, "")
+    cases = {
+        f"COPY (SELECT 42 AS x) TO '{written}'": "got COPY",
+        f"SELECT 1; COPY (SELECT 43 AS x) TO '{written}'; SELECT 2": "got 3 statements",
+        f"COPY (SELECT 1 AS pwned) TO 's3://{BUCKET}/{evil}'": "got COPY",
+        f"ATTACH '{attached}' AS x; CREATE TABLE x.t AS SELECT 1; SELECT 1": "3 statements",
+        f"ATTACH '{attached}' AS x": "got ATTACH",
+        "CREATE TABLE t AS SELECT * FROM fleet": "got CREATE",
+        "SET s3_endpoint = 'elsewhere'": "got SET",
+        f"EXPORT DATABASE '{tmp_path / 'export'}'": "got EXPORT",
+        "SELECT * FROM duckdb_secrets()": "reads DuckDB's secrets",
+        "SELECT * FROM query('SELECT * FROM duckdb_' || 'secrets()')":
+            "reads DuckDB's secrets",
+        "SELEC nonsense": "syntax error",
+    }
+    for sql, said in cases.items():
+        done = eccm_fleet(s3, prefix, folder, "query", sql)
+        assert done.returncode == 1 and said in done.stderr, (sql, done.stderr)
+        assert ACCESS_KEY not in done.stdout + done.stderr
+        assert SECRET_KEY not in done.stdout + done.stderr
+    assert not written.exists() and not attached.exists()
+    assert not (tmp_path / "export").exists()
+    assert keys(s3, "") == before
+    fine = eccm_fleet(s3, prefix, folder, "query",
+                      "WITH a AS (SELECT count(*) AS n FROM fleet) SELECT n FROM a;")
+    assert fine.returncode == 0 and fine.stdout.split()[-1] == "14", fine.stderr
+
+
+def test_records_without_an_index_entry_are_found_said_and_the_missing_forgotten(
+        s3, tmp_path):
+    prefix = "legacy"
+    folder = tmp_path / "records"
+    for number in range(1, 5):
+        write_record(folder / "H-1", "H-1", JAN10 + timedelta(hours=number),
+                     [("RPM", "rpm")], [[1000 * number], [1000 * number + 1]],
+                     sequence=number)
+    upload_copy({"H-1": folder / "H-1"}, tmp_path / "up", settings(s3, prefix))
+    client = s3.client()
+    entries = sorted(keys(s3, f"{prefix}-index/"))
+    records = sorted(k for k in keys(s3, f"{prefix}/") if k.endswith(".csv"))
+    for key in entries[1:3]:  # records 2 and 3: as if uploaded before the index existed
+        client.delete_object(Bucket=BUCKET, Key=key)
+    client.delete_object(Bucket=BUCKET, Key=records[3])  # record 4: deleted from the bucket
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/car=H-1/date=2026-01-09/H-1_old.csv",
+                      Body=b"TIME (UTC),RPM (rpm)\n2026-01-09T06:00:00.000Z,500\n")
+
+    first = eccm_fleet(s3, prefix, tmp_path, "compact")
+    assert first.returncode == 1, first.stderr
+    assert "2 records of the first 3 listed have no entry" in first.stdout
+    assert "eccm fleet compact --scan" in first.stdout
+    assert f"{records[3]} missing: the index lists it, but it is not in the bucket" \
+        in first.stdout
+    assert "--forget KEY" in first.stdout and "1 missing" in first.stdout
+
+    scan = eccm_fleet(s3, prefix, tmp_path, "compact", "--scan")
+    assert scan.returncode == 1, scan.stderr
+    assert "note: 1 object under" in scan.stdout and "have no manifest" in scan.stdout
+    assert f"{prefix}/car=H-1/date=2026-01-09/H-1_old.csv" in scan.stdout
+    assert "--scan: 2 records without an index entry" in scan.stdout
+    assert "done: 2 compacted" in scan.stdout and "1 missing" in scan.stdout
+
+    forgot = eccm_fleet(s3, prefix, tmp_path, "compact", "--forget", records[3])
+    assert forgot.returncode == 0, forgot.stderr
+    assert f"{records[3]}: forgotten" in forgot.stdout
+    assert "0 records to compact" in forgot.stdout and "1 forgotten" in forgot.stdout
+    assert "no entry" not in forgot.stdout  # the scanned records have one now
+    again = eccm_fleet(s3, prefix, tmp_path, "compact", "--forget", records[0])
+    assert again.returncode == 1 and "it is in the lake: nothing to forget" in again.stderr
+    drives = query_csv(s3, prefix, tmp_path, "SELECT key, in_lake FROM drives ORDER BY key")
+    assert [(r["key"], r["in_lake"]) for r in drives] == \
+        [(k, "False" if k == records[3] else "True") for k in records]
+    rows = query_csv(s3, prefix, tmp_path, "SELECT count(*) AS n, max(rpm) AS top FROM fleet")
+    assert (int(rows[0]["n"]), float(rows[0]["top"])) == (6, 3001)
+
+
+def test_a_bucket_without_index_says_to_scan(s3, tmp_path):
+    prefix = "unindexed"
+    write_record(tmp_path / "I-1", "I-1", JAN10, [("RPM", "rpm")], [[900]])
+    upload_copy({"I-1": tmp_path / "I-1"}, tmp_path / "up", settings(s3, prefix))
+    for key in keys(s3, f"{prefix}-index/"):
+        s3.client().delete_object(Bucket=BUCKET, Key=key)
+    lines: List[str] = []
+    report = fleet_tool.compact(settings(s3, prefix), say=lines.append)
+    assert report.compacted == 0
+    assert any(f"the index (s3://{BUCKET}/{prefix}-index/) has no entries" in line and
+               "--scan" in line for line in lines), lines
+
+
+def test_two_compactors_without_conditional_put_never_both_win_a_schema_version(s3):
+    """A server that answers If-None-Match with 501: both compactors find version 1 free
+    and put theirs, B's PUT after A has checked its own. A reads its version back a
+    moment later, finds B's and decides again: every car and type ends in the schema."""
+    from botocore.exceptions import ClientError
+    prefix = "noconditional"
+    both_saw_it_free = threading.Barrier(2, timeout=30)
+    a_checked, b_put = threading.Event(), threading.Event()
+
+    class NoConditionalPut:
+        def __init__(self, name):
+            self.real, self.name, self.heads = s3.client(), name, 0
+
+        def put_object(self, **kw):
+            if "IfNoneMatch" in kw:
+                raise ClientError({"Error": {"Code": "NotImplemented"},
+                                   "ResponseMetadata": {"HTTPStatusCode": 501}}, "PutObject")
+            if self.name == "B":
+                assert a_checked.wait(30)
+            try:
+                return self.real.put_object(**kw)
+            finally:
+                if self.name == "B":
+                    b_put.set()
+
+        def head_object(self, **kw):
+            try:
+                return self.real.head_object(**kw)
+            finally:
+                self.heads += 1
+                if self.heads == 1:
+                    both_saw_it_free.wait()
+                elif self.heads == 2 and self.name == "A":
+                    a_checked.set()  # A's PUT is verified: B's comes now
+
+        def get_object(self, **kw):
+            if self.name == "A" and kw["Key"].endswith("v000001.json"):
+                assert b_put.wait(30)  # A reads back after B's PUT has landed
+            return self.real.get_object(**kw)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    results: Dict[str, Any] = {}
+
+    def compactor(name: str, kind: str) -> None:
+        bucket = fleet_tool.Bucket(settings(s3, prefix), NoConditionalPut(name))
+        bucket.settle_seconds = 0  # the hooks above order the PUTs and the read-back
+        column = LakeColumn("", "GEAR", "GEAR", "", kind, "profile", name)
+        results[name] = fleet_tool.commit_schema(bucket, prefix, Schema(), [column], name,
+                                                 "2026-01-10")
+    threads = [threading.Thread(target=compactor, args=("A", DOUBLE)),
+               threading.Thread(target=compactor, args=("B", VARCHAR))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    final = fleet_tool.load_schema(fleet_tool.Bucket(settings(s3, prefix)), prefix)
+    assert (results["B"].version, results["A"].version, final.version) == (1, 2, 2)
+    assert final == results["A"] and final.cars == ("A", "B")
+    assert [(c.column, c.type) for c in final.columns if c.header == "GEAR"] == \
+        [("gear", VARCHAR)]  # B's decision, the first in the bucket, stands

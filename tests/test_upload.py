@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from eccm.sinks.layout import index_key
 from eccm.sinks.records import manifest_from_file, write_manifest
 from eccm.core.state import SharedState
 from eccm.sinks.upload import (S3Settings, UploadError, Uploader, S3Store, classify, digests,
@@ -310,6 +312,13 @@ def test_kill9_during_uploads_30_times_loses_and_duplicates_nothing(s3, tmp_path
                        OBD_INTERFACE=tmp_path / "no-adapter")
     rng = random.Random(30)
     kills = 0
+
+    def index_of(key: str) -> dict:
+        from botocore.exceptions import ClientError
+        try:
+            return json.loads(stored(s3, index_key(prefix, key)))
+        except ClientError:  # not there
+            return {}
     while kills < 30:
         daemon = daemon_factory(config)
         time.sleep(rng.uniform(0.3, 2.5))  # before, during or after a PUT, before a delete
@@ -320,6 +329,8 @@ def test_kill9_during_uploads_30_times_loses_and_duplicates_nothing(s3, tmp_path
                 key = f"{prefix}/car=TEST-CAR/date=2026-01-05/{name}"
                 head = s3.client().head_object(Bucket=BUCKET, Key=key)
                 assert head["Metadata"]["sha256"] == sha, f"{name} lost after kill {kills}"
+                # A local file goes only once its index entry is in the bucket too.
+                assert index_of(key).get("key") == key, f"{name}: no index entry, kill {kills}"
     daemon = daemon_factory(config)  # let it finish
     wait_for(lambda: not pending_files(outbox), 120, what="the backlog to drain")
     daemon.stop()
@@ -331,6 +342,10 @@ def test_kill9_during_uploads_30_times_loses_and_duplicates_nothing(s3, tmp_path
     for key in keys:
         name = key.rsplit("/", 1)[1]
         assert hashlib.sha256(stored(s3, key)).hexdigest() == originals[name]
+        assert index_of(key).get("sha256") == originals[name]  # every record has its entry
+    entries = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix + "-index/")
+    assert sorted(o["Key"] for o in entries.get("Contents", [])) == \
+        sorted(index_key(prefix, k) for k in keys)  # and only one each
     assert list(outbox.iterdir()) == []
     print(f"\nkill -9 x{kills}: {len(keys)}/{len(originals)} files in the bucket exactly once, "
           "byte-identical; 0 lost")

@@ -185,6 +185,10 @@ def index_entry(manifest: Mapping[str, Any], record_key: str) -> Dict[str, Any]:
     """What the index says of one stored record: where it and its manifest are, and what a
     reader needs to choose and read it without fetching the manifest first."""
     car, day, _ = key_partition(record_key)
+    columns = manifest.get("columns")
+    if isinstance(columns, list) and all(isinstance(c, dict) for c in columns):
+        columns = [{k: c.get(k) for k in ("name", "unit", "header", "source")}
+                   for c in columns]  # else as it is: the reader refuses it, saying why
     return {
         "format": INDEX_FORMAT,
         "key": record_key,
@@ -194,9 +198,15 @@ def index_entry(manifest: Mapping[str, Any], record_key: str) -> Dict[str, Any]:
         **{field: manifest.get(field) for field in (
             "file", "vin", "start", "end", "rows", "size", "sha256", "separator",
             "eccm_version", "profiles")},
-        "columns": [{k: c.get(k) for k in ("name", "unit", "header", "source")}
-                    for c in manifest.get("columns") or []],
+        "columns": [] if columns is None else columns,
     }
+
+
+def valid_separator(value: object) -> bool:
+    """A record's separator as the configuration allows it (MONITORING_FILE_SEPARATION_
+    CHARACTER): one character, not a letter, digit, quote or line break."""
+    return isinstance(value, str) and len(value) == 1 and value not in "\"\r\n" and \
+        not value.isalnum()
 
 
 def looks_like_record(name: str, first_line: bytes) -> bool:
