@@ -395,14 +395,18 @@ def cmd_fleet_compact(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     importlib.import_module("duckdb")  # a missing extra is said before the bucket is read
     from eccm.sinks.upload import S3Settings
-    from eccm.tools.fleet import FleetError, compact, forget
+    from eccm.tools.fleet import BadKey, FleetError, compact, forget
     settings = S3Settings.from_config(cfg)
 
     def say(line: str) -> None:
         print(line, flush=True)
     try:
         if args.forget:
-            problems = forget(settings, args.forget, say=say)
+            try:
+                problems = forget(settings, args.forget, say=say)
+            except BadKey as exc:
+                print(f"eccm fleet compact --forget: {exc}", file=sys.stderr)
+                return EXIT_CONFIG
             if problems:
                 for problem in problems:
                     print(f"eccm fleet compact --forget: {problem}", file=sys.stderr)

@@ -682,3 +682,83 @@ def test_two_compactors_without_conditional_put_never_both_win_a_schema_version(
     assert final == results["A"] and final.cars == ("A", "B")
     assert [(c.column, c.type) for c in final.columns if c.header == "GEAR"] == \
         [("gear", VARCHAR)]  # B's decision, the first in the bucket, stands
+
+
+def test_scan_indexes_only_what_the_uploader_would_have_put_there(s3, tmp_path):
+    """--scan gives an entry only to a record under its uploader's key (its manifest's
+    car and start day; the -dupN key of a taken one counts) whose bytes are its
+    manifest's: a copy under another car and day, or changed bytes, are refused and
+    nothing is written for them. Forgotten records are left out of --scan and the hint."""
+    prefix = "scanned"
+    for number in range(1, 4):
+        write_record(tmp_path / "K-1", "K-1", JAN10 + timedelta(hours=number),
+                     [("RPM", "rpm")], [[1000 * number], [1000 * number + 1]],
+                     sequence=number)
+    upload_copy({"K-1": tmp_path / "K-1"}, tmp_path / "up", settings(s3, prefix))
+    client = s3.client()
+    for key in keys(s3, f"{prefix}-index/"):  # as if uploaded before the index existed
+        client.delete_object(Bucket=BUCKET, Key=key)
+    r1, r2, r3 = sorted(k for k in keys(s3, f"{prefix}/") if k.endswith(".csv"))
+
+    def read(key):
+        return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    client.put_object(Bucket=BUCKET, Key=r2, Body=read(r2).replace(b"2001", b"9999"))
+    dup = r3.replace(".csv", "-dup1.csv")  # an uploader's key for a taken one
+    copy = r1.replace("car=K-1", "car=K-2").replace("date=2026-01-10", "date=2025-05-05")
+    for suffix in ("", ".manifest.json"):
+        client.put_object(Bucket=BUCKET, Key=dup + suffix, Body=read(r3 + suffix))
+        client.delete_object(Bucket=BUCKET, Key=r3 + suffix)
+        client.put_object(Bucket=BUCKET, Key=copy + suffix, Body=read(r1 + suffix))
+
+    scan = eccm_fleet(s3, prefix, tmp_path, "compact", "--scan")
+    assert scan.returncode == 1, scan.stderr
+    assert "--scan: 4 records without an index entry" in scan.stdout
+    assert f"{copy} not compacted: its uploader puts it under {r1}" in scan.stdout
+    assert f"{r2} not compacted: its bytes" in scan.stdout
+    assert "done: 2 compacted" in scan.stdout and "2 refused" in scan.stdout
+    indexed = sorted(keys(s3, f"{prefix}-index/"))
+    assert indexed == sorted(fleet_tool.index_key(prefix, k) for k in (r1, dup))
+    assert not keys(s3, f"{prefix}-parquet/car=K-2/")
+    drives = query_csv(s3, prefix, tmp_path, "SELECT key, file, in_lake FROM drives "
+                       "ORDER BY key")
+    assert [(r["key"], r["file"], r["in_lake"]) for r in drives] == [
+        (r1, r1.rsplit("/", 1)[1], "True"), (dup, r3.rsplit("/", 1)[1], "True")]
+
+    forgot = eccm_fleet(s3, prefix, tmp_path, "compact", "--forget", copy, "--forget", r2)
+    assert forgot.returncode == 0, forgot.stdout + forgot.stderr
+    assert "no entry" not in forgot.stdout and "--scan" not in forgot.stdout
+    again = eccm_fleet(s3, prefix, tmp_path, "compact", "--scan")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "not compacted" not in again.stdout and "2 forgotten" in again.stdout
+
+
+def test_forget_takes_only_a_key_a_run_could_have_named(s3, tmp_path):
+    prefix = "forgets"
+    write_record(tmp_path / "L-1", "L-1", JAN10, [("RPM", "rpm")], [[900]])
+    upload_copy({"L-1": tmp_path / "L-1"}, tmp_path / "up", settings(s3, prefix))
+    (record,) = [k for k in keys(s3, f"{prefix}/") if k.endswith(".csv")]
+    s3.client().delete_object(Bucket=BUCKET, Key=record)  # missing: may be forgotten
+    folder, name = record.rsplit("/", 1)
+    bad = [f"{folder}/nope.csv", "", f"{prefix}/car=../date=2026-01-10/{name}",
+           f"{prefix}/car=L-1/date=notadate/{name}", f"{prefix}/car=L-1/date=2026-02-30/x",
+           f"{prefix}/extra/car=L-1/date=2026-01-10/{name}", f"{folder}/",
+           f"{folder}/{name}/x", f"other/car=L-1/date=2026-01-10/{name}"]
+    for key in bad:
+        with pytest.raises(fleet_tool.BadKey):
+            fleet_tool.forget(settings(s3, prefix), [record, key], say=lambda line: None)
+    done = eccm_fleet(s3, prefix, tmp_path, "compact", "--forget", record, "--forget",
+                      f"{folder}/nope.csv")
+    assert done.returncode == 2 and "nope.csv" in done.stderr, done.stderr
+    assert "nothing forgotten" in done.stderr
+    assert not keys(s3, f"{prefix}-parquet/")  # no marker, not even the good key's
+    fine = eccm_fleet(s3, prefix, tmp_path, "compact", "--forget", record)
+    assert fine.returncode == 0 and f"{record}: forgotten" in fine.stdout, fine.stderr
+
+
+def test_query_never_installs_or_autoloads_an_extension(s3, odd):
+    prefix, _, folder = odd
+    rows = query_csv(s3, prefix, folder,
+                     "SELECT current_setting('autoinstall_known_extensions') AS i, "
+                     "current_setting('autoload_known_extensions') AS l, count(*) AS n "
+                     "FROM fleet")
+    assert [(r["i"], r["l"], r["n"]) for r in rows] == [("False", "False", "14")]

@@ -156,3 +156,22 @@ def test_ddl_projects_partitions_and_views_are_made_only_when_named():
     assert 'REPLACE (TRY_CAST("start" AS TIMESTAMPTZ) AS "start", ' in drives
     assert '"vin": "VARCHAR"' in drives and '"extra": "UBIGINT"' in drives
     assert "AS in_lake" in drives and "eccm_index" in drives
+
+
+def test_only_finite_decimal_numbers_count_as_numbers(tmp_path):
+    """nan, inf, Infinity, 1_000, 1e400: DuckDB casts them to a DOUBLE, but ECCM never
+    writes them as numbers: such a column is text (its record goes to the _text twin)."""
+    import duckdb
+    from eccm.tools.lake import count_sql
+    path = tmp_path / "r.csv"
+    cells = ["nan", "inf", "Infinity", "1_000", "1e400", "-1.5e-05", "12", ""]
+    path.write_text("TIME (UTC),X (V)\n" + "".join(f"{i},{c}\n" for i, c in enumerate(cells)))
+    row = duckdb.connect().execute(count_sql(["TIME (UTC)", "X (V)"], str(path), ",")
+                                   ).fetchone()
+    assert row == (8, 7, 2)
+    for cell in cells[:5]:
+        counts = {"X (V)": (1, duckdb.connect().execute(count_sql(
+            ["TIME (UTC)", "X (V)"], str(path), ",") + f" WHERE \"X (V)\" = '{cell}'"
+        ).fetchone()[2])}
+        (column,) = new_columns([{"header": "X (V)", "name": "X", "unit": "V"}], counts, "d")
+        assert column.type == VARCHAR, cell

@@ -192,3 +192,10 @@ def test_fleet_recipes_run_as_written(tmp_path, monkeypatch):
         same([tuple(row) for row in namespace["figures"].collect()])
     finally:
         server.stop()
+
+
+def test_readme_says_one_compactor_at_a_time_without_conditional_put():
+    text = " ".join(README.split())
+    assert "On a server without conditional PUT, two compactors at once are not safe: " \
+        "run one compactor at a time there." in text
+    assert "only a best effort" in text

@@ -8,7 +8,8 @@ compact: every record not yet in the Parquet lake (eccm/tools/lake.py) is fetche
     writes a row twice. The schema grows by immutable versions, each created only if its
     key is free (If-None-Match): two compactors at once cannot lose a column or give a
     signal two types; the one that loses the race reads the winner's and goes on. On a
-    server without conditional PUT, a version is read back after a moment and whoever
+    server without conditional PUT two compactors at once are not safe (run one at a
+    time there): a version is read back after a moment, as a best effort, and whoever
     finds another's bytes there has lost the race in the same way.
 query: one SELECT over the whole fleet through DuckDB's httpfs: the Parquet table, the
     records themselves and the index; nothing else (no COPY, ATTACH, SET ...), checked
@@ -22,6 +23,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -33,9 +35,10 @@ from eccm import __version__
 from eccm.sinks.layout import (INDEX_FORMAT, INDEX_SUFFIX, MANIFEST_SUFFIX, ManifestError,
                                dump_manifest, index_entry, index_key, key_partition,
                                load_manifest, parse_header, sibling_prefix,
-                               valid_separator)
-from eccm.sinks.upload import (S3Settings, classify, endpoint_url, make_client,
-                               put_refusal)
+                               valid_car, valid_separator)
+from eccm.sinks.rows import parse_file_name, parse_time
+from eccm.sinks.upload import (MAX_ALTERNATIVES, S3Settings, alternative_key, classify,
+                               endpoint_url, make_client, put_refusal)
 from eccm.tools import lake
 from eccm.tools.lake import Schema
 
@@ -62,6 +65,10 @@ class Refused(Exception):
 
 class Gone(Refused):
     """The index lists a record that is not in the bucket (deleted)."""
+
+
+class BadKey(FleetError):
+    """A key given on the command line that is not one this bucket's runs could name."""
 
 
 class Bucket:
@@ -122,6 +129,18 @@ class Bucket:
                 for block in iter(lambda: body.read(1 << 20), b""):
                     digest.update(block)
                     fh.write(block)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, key) from None
+        return digest.hexdigest()
+
+    def sha256(self, key: str) -> str:
+        """The object's SHA-256, read through (nothing kept)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+        digest = hashlib.sha256()
+        try:
+            body = self.client.get_object(Bucket=self.name, Key=key)["Body"]
+            for block in iter(lambda: body.read(1 << 20), b""):
+                digest.update(block)
         except (ClientError, BotoCoreError) as exc:
             raise self._fail(exc, key) from None
         return digest.hexdigest()
@@ -291,12 +310,15 @@ def find_pending(bucket: Bucket, prefix: str, since: str = "", scan: bool = Fals
             day = record_day(key)
             if since and (day is None or day < since):
                 continue
+            if key in forgotten:
+                survey.forgotten += 1
+                continue
             if day is None or key + MANIFEST_SUFFIX not in keys:
                 survey.no_manifest.append(key)
             else:
                 survey.unindexed.append(key)
     else:
-        survey.hint = index_hint(bucket, prefix, found, since)
+        survey.hint = index_hint(bucket, prefix, found, since, forgotten)
     for record, entry in sorted(found.items()):
         target = lake.parquet_key(prefix, record)
         if target in done:
@@ -308,11 +330,13 @@ def find_pending(bucket: Bucket, prefix: str, since: str = "", scan: bool = Fals
     return survey
 
 
-def index_hint(bucket: Bucket, prefix: str, found: Dict[str, str], since: str) -> str:
+def index_hint(bucket: Bucket, prefix: str, found: Dict[str, str], since: str,
+               forgotten: frozenset = frozenset()) -> str:
     """A sentence when records seem to have no index entry (uploaded by an ECCM older
     than the index): the first records of the tree (one listing request) are looked up
-    in the index. '' when they all have one."""
-    keys = bucket.first_keys(records_tree(prefix), HINT_SAMPLE)
+    in the index. '' when they all have one (records `--forget` named do not count)."""
+    keys = [k for k in bucket.first_keys(records_tree(prefix), HINT_SAMPLE)
+            if k not in forgotten and k[:-len(MANIFEST_SUFFIX)] not in forgotten]
     listed = set(keys)
     records = [k for k in keys if k + MANIFEST_SUFFIX in listed and
                (not since or (record_day(k) or "") >= since)]
@@ -373,17 +397,73 @@ def describe(bucket: Bucket, item: Pending) -> Dict[str, Any]:
 def index_scanned(bucket: Bucket, prefix: str, record: str) -> None:
     """Give a record found by --scan the index entry its uploader would have put (built
     from its manifest, only if the key is free): it is then a record like the others, in
-    the index, in `drives` and in `fleet`. Refused for a manifest that is not valid."""
+    the index, in `drives` and in `fleet`. Refused, with nothing written, for a manifest
+    that is not valid, a record that is not where its uploader puts it (its manifest's
+    car, the UTC day it started, its name or the -dupN name of a taken key) or whose
+    bytes are not those its manifest describes."""
     try:
         data = bucket.read(record + MANIFEST_SUFFIX)
     except Missing as exc:
         raise Refused(str(exc)) from None
+    name = record.rsplit("/", 1)[-1]
     try:
-        manifest = load_manifest(data, record.rsplit("/", 1)[-1])
+        manifest = load_manifest(data, uploaded_name(data, name))
     except ManifestError as exc:
         raise Refused(f"its manifest {exc}") from None
+    expected = uploader_key(prefix, manifest)
+    if expected is None:
+        raise Refused("its manifest says neither by its file name nor by its start which "
+                      "day it started: where its uploader put it is unknown")
+    if record != expected and not is_alternative(record, expected):
+        raise Refused(f"its uploader puts it under {expected} (its manifest's car and "
+                      "the UTC day it started), not here: a copy or a move")
+    head = bucket.head(record)
+    if head is None:
+        raise Refused("it is no longer in the bucket")
+    if head.get("ContentLength") != manifest["size"]:
+        raise Refused(f"its size ({head.get('ContentLength')} bytes) is not the "
+                      f"{manifest['size']} its manifest describes")
+    sha = head.get("Metadata", {}).get("sha256") or bucket.sha256(record)
+    if sha != manifest["sha256"]:
+        raise Refused(f"its bytes (sha256 {str(sha)[:12]}...) are not those its manifest "
+                      "describes")
     entry = check_entry(index_entry(manifest, record), record, "its manifest")
     bucket.put_new(index_key(prefix, record), dump_manifest(entry), "application/json")
+
+
+DUP_RE = re.compile(r"-dup([1-9][0-9]*)(?=\.[^.]*$|$)")
+
+
+def uploaded_name(manifest_data: bytes, name: str) -> str:
+    """The file name a stored record's manifest should give: its own, or for a record
+    under a -dupN key (the uploader's rule for a taken key: NAME-dup1.csv) the name the
+    manifest gives if that is the one the -dupN name was made from."""
+    try:
+        said = json.loads(manifest_data.decode("utf-8")).get("file")
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return name
+    return said if isinstance(said, str) and is_alternative(name, said) else name
+
+
+def is_alternative(key: str, original: str) -> bool:
+    """Whether key is one of the uploader's -dupN keys for original."""
+    found = DUP_RE.findall(key.rsplit("/", 1)[-1])
+    return bool(found) and 1 <= int(found[-1]) <= MAX_ALTERNATIVES and \
+        alternative_key(original, int(found[-1])) == key
+
+
+def uploader_key(prefix: str, manifest: Dict[str, Any]) -> Optional[str]:
+    """Where the uploader puts the record a manifest describes (upload.object_key): the
+    manifest's car, the UTC day of its start (from its file name, else its manifest);
+    None if neither says it."""
+    named = parse_file_name(manifest["file"])
+    start = named[1] if named is not None else \
+        parse_time(manifest["start"]) if isinstance(manifest.get("start"), str) else None
+    if start is None or "/" in manifest["file"]:
+        return None
+    head = prefix.strip("/")
+    return (f"{head + '/' if head else ''}car={manifest['car']}/"
+            f"date={start.date().isoformat()}/{manifest['file']}")
 
 
 def read_header(path: Path, separator: str) -> List[str]:
@@ -596,17 +676,9 @@ def forget(settings: S3Settings, records: Sequence[str],
     for good): a marker each under PARQUET/_forgotten/. The problems, one per record
     that could not be forgotten."""
     bucket = Bucket(settings)
-    head = settings.prefix.strip("/")
+    check_forgettable(bucket, settings.prefix, records)
     problems = []
     for record in records:
-        try:
-            key_partition(record)
-            if head and not record.startswith(head + "/"):
-                raise ValueError
-        except ValueError:
-            problems.append(f"{record}: not a record key of this bucket's records "
-                            f"({records_tree(settings.prefix)}CAR/date=DAY/NAME)")
-            continue
         if bucket.head(lake.parquet_key(settings.prefix, record)) is not None:
             problems.append(f"{record}: it is in the lake: nothing to forget")
             continue
@@ -621,6 +693,37 @@ def forget(settings: S3Settings, records: Sequence[str],
         else:
             say(f"{record}: forgotten already")
     return problems
+
+
+def check_forgettable(bucket: Bucket, prefix: str, records: Sequence[str]) -> None:
+    """BadKey, before any marker is written, unless every key is a record key of this
+    bucket (PREFIX/car=CAR/date=YYYY-MM-DD/NAME, nothing more) that the index lists or
+    that is stored (a record a --scan refused): a typo is said, never remembered."""
+    indexed = None
+    head = prefix.strip("/")
+    shape = f"{records_tree(prefix)}CAR/date=YYYY-MM-DD/NAME"
+    for record in records:
+        rest = record[len(head) + 1:] if head and record.startswith(head + "/") else \
+            None if head else record
+        parts = (rest or "").split("/")
+        well_formed = len(parts) == 3 and parts[0].startswith("car=") and \
+            valid_car(parts[0][4:]) and parts[1].startswith("date=") and \
+            re.fullmatch(r"\d{4}-\d{2}-\d{2}", parts[1][5:]) is not None and \
+            parts[2] not in ("", ".", "..")
+        if well_formed:
+            try:
+                time.strptime(parts[1][5:], "%Y-%m-%d")
+            except ValueError:
+                well_formed = False
+        if not well_formed:
+            raise BadKey(f"{record!r} is not a record key of this bucket ({shape}): "
+                         "nothing forgotten")
+        if indexed is None:
+            indexed = list_index(bucket, prefix)
+        if record not in indexed and bucket.head(record) is None:
+            raise BadKey(f"{record}: neither the index nor the bucket has this record "
+                         "(a typo? give a key a run said is missing or refused): nothing "
+                         "forgotten")
 
 
 def httpfs_file() -> Optional[Path]:
@@ -791,6 +894,10 @@ def query(settings: S3Settings, sql: str) -> Tuple[List[str], List[tuple]]:
     open_bucket(con, settings)
     setup_views(con, settings, lake.views_named(statement))
     try:
+        # Nothing a query names is ever downloaded or loaded: httpfs (loaded above) and
+        # what DuckDB has built in only.
+        con.execute("SET autoinstall_known_extensions = false")
+        con.execute("SET autoload_known_extensions = false")
         con.execute("SET lock_configuration = true")
         relation = con.sql(statement)  # bound, not run: errors name the query's words
         if relation is None:

@@ -176,21 +176,9 @@ def standard_units() -> Dict[str, str]:
     mode-01 values and ECCM's own PIDs (as eccm.sources.obd.values names them), the GNSS
     columns and the adapter's battery voltage."""
     if not _standard:
-        import logging
-
-        import obd
         from eccm.sources.gnss.columns import COLUMNS as GNSS_COLUMNS
-        from eccm.sources.obd.j1979 import PIDS
-        from eccm.sources.obd.values import columns_for, is_recordable
-        log = logging.getLogger("obd")
-        level = log.level
-        log.setLevel(logging.CRITICAL)  # python-OBD's decoders are probed for their units
-        try:
-            found = {c.name: c.unit for cmd in obd.commands.modes[1]
-                     if cmd is not None and is_recordable(cmd) for c in columns_for(cmd)}
-        finally:
-            log.setLevel(level)
-        found.update({c.name: c.unit for spec in PIDS.values() for c in spec.columns})
+        from eccm.sources.obd.values import standard_units as obd_units
+        found = obd_units()  # only sources/obd imports python-OBD
         found.update({c.name: c.unit for c in GNSS_COLUMNS})
         found.update(ADAPTER_UNITS)
         _standard.update(found)
@@ -371,12 +359,19 @@ def read_csv_sql(headers: Sequence[str], csv_path: str, separator: str) -> str:
             f"columns = {{{columns}}})")
 
 
+# A number as ECCM writes one: finite, decimal (not nan, inf, 1_000, 0x10 or 1e400).
+NUMBER_RE = r"-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?"
+
+
 def count_sql(headers: Sequence[str], csv_path: str, separator: str) -> str:
-    """Per column after the time: how many values, how many of them numbers."""
+    """Per column after the time: how many values, how many of them numbers (NUMBER_RE
+    and finite as a DOUBLE)."""
     parts = []
     for header in headers[1:]:
         cell = quote(header)
-        parts.append(f"count({cell}), count(TRY_CAST({cell} AS DOUBLE))")
+        parts.append(f"count({cell}), count(CASE WHEN regexp_full_match({cell}, "
+                     f"{literal(NUMBER_RE)}) AND isfinite(TRY_CAST({cell} AS DOUBLE)) "
+                     "THEN 1 END)")
     return (f"SELECT count(*){', ' if parts else ''}{', '.join(parts)} "
             f"FROM {read_csv_sql(headers, csv_path, separator)}")
 

@@ -7,6 +7,7 @@ header is known before the first answer and never changes within a file.
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -158,3 +159,18 @@ def standard_names() -> List[str]:
     names += [f"{n}_{part}" for n in STATUS_PIDS for part in ("MIL", "DTC_COUNT")]
     names += [c.name for spec in PIDS.values() for c in spec.columns]
     return names
+
+
+def standard_units() -> Dict[str, str]:
+    """Every standard OBD value's column -> the unit ECCM always records it in: python-OBD's
+    mode-01 values and ECCM's own PIDs (the fleet's lake keeps plain names for these)."""
+    log = logging.getLogger("obd")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # python-OBD's decoders are probed for their units
+    try:
+        found = {c.name: c.unit for cmd in obd.commands.modes[1]
+                 if cmd is not None and is_recordable(cmd) for c in columns_for(cmd)}
+    finally:
+        log.setLevel(level)
+    found.update({c.name: c.unit for spec in PIDS.values() for c in spec.columns})
+    return found
