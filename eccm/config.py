@@ -588,10 +588,10 @@ def reserved_value_names() -> List[str]:
     from eccm.sources.gnss.columns import NAMES
     names = ["BATTERY_VOLTAGE", *NAMES, TIME_COLUMN.name]
     try:
-        from eccm.sources.obd.values import standard_names
+        from eccm.sources.obd.values import standard_units
     except ImportError:  # no python-OBD (a laptop checking a profile): the daemon checks
         return names
-    return [*standard_names(), *names]
+    return [*standard_units(), *names]
 
 
 def _profile_problem(path: str) -> Optional[str]:

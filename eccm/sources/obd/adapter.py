@@ -145,6 +145,7 @@ class ElmConnection:
         self._hints: Dict[str, int] = {}     # request key -> frames of a whole reply
         self._learnt_at: Dict[str, float] = {}
         self._own_hint: Set[str] = set()     # single PIDs that differ from the others
+        self._single_keys: Dict[int, str] = {}  # PID -> its hint key (the ECUs supporting it)
         self._cra = True                     # the adapter takes ATCRA (receive filter)
         self._filtered = False               # a receive filter is set now
         self.profiles_off = ""               # why profile requests stopped, if they did
@@ -301,6 +302,7 @@ class ElmConnection:
             bitmaps = {ecu: bytes([0x41, base]) + data for ecu, data in got.items()}
         self.supported = self.supported_by.get(self.engine, set())
         self.supported_commands = set(mode01_commands(self.supported))
+        self._single_keys.clear()  # keys asked for while the bitmaps were being read
 
     def commands_of(self, ecu: int) -> List[Any]:
         """The decodable mode-01 PIDs one ECU supports, by PID."""
@@ -348,8 +350,11 @@ class ElmConnection:
         if len(request) != 4 or request in self._own_hint:
             return request
         pid = int(request[2:], 16)
-        return "single:" + ",".join(f"{ecu:X}" for ecu, pids in sorted(
-            self.supported_by.items()) if pid in pids)
+        key = self._single_keys.get(pid)
+        if key is None:  # the ECUs are known once connected: worked out once per PID
+            key = self._single_keys[pid] = "single:" + ",".join(
+                f"{ecu:X}" for ecu, pids in sorted(self.supported_by.items()) if pid in pids)
+        return key
 
     def _ask_mode01(self, request: str, pids: Sequence[int], hint: bool = True
                     ) -> Dict[int, Dict[int, bytes]]:

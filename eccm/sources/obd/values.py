@@ -152,18 +152,10 @@ def ecu_prefixes(engine: int, names: Mapping[int, Optional[str]]) -> Dict[int, s
     return prefixes
 
 
-def standard_names() -> List[str]:
-    """Every column name standard OBD may give (python-OBD's values, ECCM's own PIDs, the
-    monitor-status split): names a vehicle profile's signals must not take."""
-    names = [c.name for mode in obd.commands.modes for c in mode if c is not None]
-    names += [f"{n}_{part}" for n in STATUS_PIDS for part in ("MIL", "DTC_COUNT")]
-    names += [c.name for spec in PIDS.values() for c in spec.columns]
-    return names
-
-
 def standard_units() -> Dict[str, str]:
     """Every standard OBD value's column -> the unit ECCM always records it in: python-OBD's
-    mode-01 values and ECCM's own PIDs (the fleet's lake keeps plain names for these)."""
+    mode-01 values and ECCM's own PIDs (a profile's signal may not take these names; the
+    fleet's lake keeps plain names for them)."""
     log = logging.getLogger("obd")
     level = log.level
     log.setLevel(logging.CRITICAL)  # python-OBD's decoders are probed for their units
