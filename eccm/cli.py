@@ -138,12 +138,12 @@ def cmd_upload(args: argparse.Namespace) -> int:
     from eccm.sinks.records import tidy_orphan_manifests
     from eccm.sinks.upload import (FileHeld, S3Store, UploadError, pending_files,
                                    unmanifested_files)
-    session = S3Store.from_config(cfg)
-    tidy_orphan_manifests(session.outbox, session.outbox.parent / UPLOADED)
-    files = pending_files(session.outbox)
-    bare = unmanifested_files(session.outbox)
+    store = S3Store.from_config(cfg)
+    tidy_orphan_manifests(store.outbox, store.outbox.parent / UPLOADED)
+    files = pending_files(store.outbox)
+    bare = unmanifested_files(store.outbox)
     if bare:
-        print(f"{plural(len(bare), 'file')} in {session.outbox} without a manifest, not "
+        print(f"{plural(len(bare), 'file')} in {store.outbox} without a manifest, not "
               "uploaded (records of an older ECCM or an unclean stop get one when the "
               "daemon starts; anything else is not a record)", file=sys.stderr)
     total = sum(p.stat().st_size for p in files)
@@ -156,7 +156,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         key = None
         for attempt in range(3):
             try:
-                key = session.upload(path)
+                key = store.upload(path)
                 break
             except FileHeld as exc:
                 print(f"  {exc}", file=sys.stderr)
@@ -167,9 +167,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
                     print(f"  {path.name}: {exc}", file=sys.stderr)
                     shown = str(exc)
                 if exc.permanent or attempt == 2:
-                    kept = len(pending_files(session.outbox))
+                    kept = len(pending_files(store.outbox))
                     print(f"stopped after {plural(attempt + 1, 'attempt')}; "
-                          f"{plural(kept, 'file')} kept in {session.outbox}", file=sys.stderr)
+                          f"{plural(kept, 'file')} kept in {store.outbox}", file=sys.stderr)
                     return EXIT_FAILURE
                 time.sleep(2 ** attempt)
         if key is None:
@@ -178,7 +178,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         rate = done_bytes / max(1e-6, time.monotonic() - started) / 1e6
         print(f"[{number}/{len(files)}] {path.name} {size / 1e6:.1f} MB -> {key} "
               f"({done_bytes / 1e6:.1f}/{total / 1e6:.1f} MB, {rate:.1f} MB/s)", flush=True)
-    left = pending_files(session.outbox)
+    left = pending_files(store.outbox)
     print(f"done: {len(files) - len(left)} uploaded, {len(left)} left"
           + (f" ({held} held back, see above)" if held else ""))
     return EXIT_OK if not left else EXIT_FAILURE

@@ -586,12 +586,8 @@ def reserved_value_names() -> List[str]:
     fields, the time): a vehicle profile's signal must be named apart."""
     from eccm.sinks.rows import TIME_COLUMN
     from eccm.sources.gnss.columns import NAMES
-    names = ["BATTERY_VOLTAGE", *NAMES, TIME_COLUMN.name]
-    try:
-        from eccm.sources.obd.values import standard_units
-    except ImportError:  # no python-OBD (a laptop checking a profile): the daemon checks
-        return names
-    return [*standard_units(), *names]
+    from eccm.sources.obd.values import reserved_names  # without python-OBD too
+    return [*reserved_names(), *NAMES, TIME_COLUMN.name]
 
 
 def _profile_problem(path: str) -> Optional[str]:

@@ -129,7 +129,7 @@ def test_recorder_names_and_stamps_with_gnss_time(tmp_path):
                    separator=",", interval=0.5, fsync_interval=1, rotate_seconds=3600,
                    rotate_bytes=1 << 20, max_age=5, clock=clock.now)
     rec.prepare()
-    state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),)))
+    state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),)), source="obd")
     rec.tick()
     rec.close_file("test")
     (done,) = [f for f in outbox_files(tmp_path) if f.suffix == ".csv"]

@@ -2,6 +2,7 @@
 behind a static name, clean stop, kill -9 recovery, thread restarts."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -271,8 +272,38 @@ def test_each_component_builds_itself_from_the_config(tmp_path):
         str(tmp_path / "missing"), 7, 2.5)
     assert (gnss.port, gnss.baudrate, gnss.on_fix) == (
         str(tmp_path / "gnss"), 4800, daemon._on_fix)
-    store = uploader.session
+    store = uploader.store
     assert (store.settings.endpoint, store.settings.bucket, store.settings.prefix) == (
         "http://127.0.0.1:9", "cars", "logs")
     assert (store.outbox, store.keep_uploaded, uploader.keep_days) == (
         tmp_path / "records" / "outbox", True, 3)
+
+
+def test_a_component_that_is_off_says_so_and_is_not_started(tmp_path):
+    """from_config answers None for a component the configuration turns off; the off
+    component itself tells the health model (no special case in the daemon)."""
+    cfg, _ = load(write_config(tmp_path, OBD_INTERFACE="", FILE_RECORDING="no",
+                               GPS_POSITION_MONITORING="no", ENABLE_SOCKET_SERVER="no"),
+                  environ={})
+    daemon = Daemon(cfg)
+    assert [w.name for w in daemon.workers] == ["obd"]
+    assert (daemon.recorder, daemon.gnss, daemon.server, daemon.uploader) == \
+        (None, None, None, None)
+    snap = daemon.state.snapshot()
+    assert snap.health.record.off
+    assert {k: snap.links[k].state for k in ("gnss", "s3")} == \
+        {"gnss": "disabled", "s3": "disabled"}
+
+
+def test_the_log_says_what_the_status_line_says_without_systemd(tmp_path, caplog):
+    cfg, _ = load(write_config(tmp_path, OBD_INTERFACE=""), environ={})
+    daemon = Daemon(cfg)
+    assert not daemon.notifier.enabled
+    with caplog.at_level(logging.INFO, logger="eccm.core.daemon"):
+        daemon.log_status()
+        daemon.log_status()  # unchanged: not again
+        daemon.state.set_link("obd", "lost", "no adapter")
+        daemon.log_status()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("status:")]
+    assert len(lines) == 2, lines
+    assert lines[1] == f"status: {daemon.status_line()}" and "obd lost" in lines[1]

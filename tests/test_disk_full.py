@@ -37,7 +37,7 @@ def make(folder: Path, **kw):
     args.update(kw)
     rec = Recorder(threading.Event(), state, **args)
     rec.prepare()
-    state.start_engine_run(EngineRun(1, COLS))
+    state.start_engine_run(EngineRun(1, COLS), source="obd")
     return state, rec
 
 
@@ -62,7 +62,7 @@ def check_finished(records: Path) -> int:
 def test_a_half_written_row_is_cut_back_before_the_file_is_published(tmp_path, monkeypatch):
     """Fault injection where mounting is impossible: the disk fills in the middle of a row."""
     state, rec = make(tmp_path / "rec")
-    state.update_values({"RPM": (812.5, "rpm"), "SPEED": (42, "km/h")})
+    state.update_values({"RPM": (812.5, "rpm"), "SPEED": (42, "km/h")}, origin="obd")
     rec.tick()
     rec.tick()
     real_write = os.write
@@ -86,7 +86,7 @@ def test_a_half_written_row_is_cut_back_before_the_file_is_published(tmp_path, m
 
 def test_a_failed_open_leaves_no_file_behind(tmp_path, monkeypatch):
     state, rec = make(tmp_path / "rec")
-    state.update_values({"RPM": (812.5, "rpm")})
+    state.update_values({"RPM": (812.5, "rpm")}, origin="obd")
     real_write = os.write
 
     def full(fd, data):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 import pytest
 
@@ -105,11 +105,41 @@ def test_each_health_part_has_its_own_type():
 def test_a_value_under_another_sources_name_is_dropped_and_counted():
     state = SharedState()
     state.declare("obd", (Column("SPEED", "km/h"),))
-    state.update_values({"SPEED": (50, "km/h")})
+    state.update_values({"SPEED": (50, "km/h")}, origin="obd")
     state.update_values({"SPEED": (999, "km/h"), "CAN.SPEED": (51, "km/h")}, origin="can")
     snap = state.snapshot()
     assert snap.values["SPEED"].value == 50 and snap.values["CAN.SPEED"].value == 51
     assert snap.counters["values_refused"] == 1
+
+
+def test_a_source_must_say_who_it_is_when_it_publishes():
+    """No default source: a new source that forgot it would have its values refused as
+    the OBD side's, silently."""
+    state = SharedState()
+    with pytest.raises(TypeError):
+        state.update_values({"CAN.SPEED": (51, "km/h")})
+    with pytest.raises(TypeError):
+        state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),)))
+    with pytest.raises(TypeError):
+        state.update_values({"CAN.SPEED": (51, "km/h")}, None, None, "can")  # by keyword
+    assert state.snapshot().values == {} and state.snapshot().engine_run is None
+
+
+def test_the_gnss_fix_in_the_state_is_a_core_position():
+    """Core and the server read the fix through core.state.Position, not the NMEA
+    parser's class; the parser's Fix is one."""
+    from datetime import date, time as clock
+    from eccm.core.state import Position
+    from eccm.sources.gnss.nmea import Fix
+    fix = Fix(clock(12, 35, 19), date(2026, 3, 1), lat=48.1173, lon=11.5167, mode=3)
+    assert isinstance(fix, Position)
+    state = SharedState()
+    state.set_gnss(fix)
+    assert state.snapshot().gnss is fix
+    with pytest.raises(TypeError, match="Position"):
+        state.set_gnss({"lat": 48.1, "lon": 11.5})
+    state.set_gnss(None)
+    assert state.snapshot().gnss is None
 
 
 def test_the_disk_budget_is_in_status_too():
@@ -137,9 +167,47 @@ def test_the_recorder_wakes_on_the_cars_values_not_on_a_gnss_fix():
     """A file starts at the car's first values: a fix arriving first must not make a row
     of empty engine cells (seen once in ./start.sh --demo)."""
     state = SharedState()
-    state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),)))
+    state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),)), source="obd")
     threading.Timer(0.05, state.update_values, ({"LATITUDE": (45.0, "deg")},),
                     {"origin": "gnss"}).start()
     assert state.wait_for_run_values(0.5) is False
-    threading.Timer(0.05, state.update_values, ({"RPM": (800, "rpm")},)).start()
+    threading.Timer(0.05, state.update_values, ({"RPM": (800, "rpm")},),
+                    {"origin": "obd"}).start()
     assert state.wait_for_run_values(5) is True
+
+
+def test_every_counter_is_in_status():
+    """A counter a worker keeps is shown (under errors or counts), never written unread."""
+    counters = {"values_refused": 3, "upload_retries": 2, "files_recovered": 1,
+                "rows_recorded": 40, "record_errors": 1, "obd_samples": 7}
+    items = dict(status_items(Health(), {}, counters, None, version="1", car="C", uptime=0))
+    assert items["counts"] == "files_recovered=1 rows_recorded=40 upload_retries=2 " \
+                              "values_refused=3"
+    assert items["errors"] == "record_errors=1" and items["obd_samples"] == 7
+
+
+@dataclass(frozen=True)
+class CanHealth:
+    """A part from outside core, as a new source or sink would bring (core.health.Part)."""
+    frames: int = 0
+    name: str = "can"
+
+    def status_items(self, link):
+        return [("can", link.text() if link else "starting"), ("can_frames", self.frames)]
+
+    def status_line(self, link):
+        return "CAN BUS-OFF" if self.frames < 0 else None
+
+
+def test_a_part_from_outside_core_is_in_status_without_a_change_to_health():
+    state = SharedState()
+    state.set_link("can", LOST, "no such interface can0")
+    state.report(CanHealth(frames=12))
+    snap = state.snapshot()
+    items = status_items(snap.health, snap.links, snap.counters, None, version="1",
+                         car="C", uptime=0)
+    assert ("can", "lost no such interface can0") in items and ("can_frames", 12) in items
+    assert [k for k, _ in items].count("can") == 1  # its link is shown by the part only
+    state.report(CanHealth(frames=-1))
+    snap = state.snapshot()
+    assert status_line(snap.health, snap.links).endswith("CAN BUS-OFF")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from eccm.sinks.layout import index_entry, index_key, sibling_prefix, valid_separator
-from eccm.sources.obd.poller import VOLTAGE_COLUMN
-from eccm.tools.lake import (ADAPTER_UNITS, DOUBLE, VARCHAR, LakeColumn, Schema, ddl,
+from eccm.sources.obd.values import VOLTAGE_COLUMN
+from eccm.tools.lake import (DOUBLE, VARCHAR, LakeColumn, Schema, ddl,
                              forgotten_key, free_column_name, new_columns, parquet_key,
                              record_columns, record_key_of_forgotten, record_key_of_index,
                              safe_name, schema_key, schema_version, standard_units,
@@ -83,7 +83,7 @@ def test_a_standard_value_has_its_plain_name_only_in_its_own_unit_whatever_comes
     assert (units["SPEED"], units["RPM"], units["GNSS_SPEED"], units["LATITUDE"],
             units["ACTUAL_ENGINE_TORQUE"], units["STATUS_MIL"]) == \
         ("km/h", "rpm", "m/s", "deg", "%", "")
-    assert ADAPTER_UNITS == {VOLTAGE_COLUMN.name: VOLTAGE_COLUMN.unit}
+    assert units[VOLTAGE_COLUMN.name] == VOLTAGE_COLUMN.unit  # the OBD source's own list
     # A profile's signal: the first unit keeps the plain name, the next one has its unit.
     later = schema.merged([LakeColumn("", "GEAR (ratio)", "GEAR", "ratio", DOUBLE,
                                       "profile")], "EU-1", "2026-03-05")

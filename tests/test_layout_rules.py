@@ -63,3 +63,11 @@ def test_the_running_daemon_loads_no_offline_tool_and_no_simulator():
                             check=True, cwd=REPO).stdout.split()
     assert "eccm.core.daemon" in loaded and "eccm.sinks.records" in loaded
     assert [m for m in loaded if m.startswith(("eccm.tools", "eccm.sim"))] == []
+
+
+def test_the_server_reads_core_not_the_sinks():
+    """The server and the sinks both consume snapshots; what they share (a value's text)
+    lives in core, so the server imports no sink."""
+    found = {name: sorted(m for m in imported if m.startswith("eccm.sinks"))
+             for name, imported in modules().items() if name.startswith("server/")}
+    assert found and {name: mods for name, mods in found.items() if mods} == {}

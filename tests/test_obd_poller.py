@@ -64,6 +64,18 @@ def test_requests_run_on_the_poller_thread(sim_adapter, poller_factory):
     assert threads == ["obd"]
 
 
+def test_the_server_asks_one_value_and_the_trouble_codes_by_name(sim_adapter, poller_factory):
+    sim_adapter.car.stored_dtcs = ["P0301"]
+    state, poller = poller_factory(sim_adapter.port)
+    wait_for(lambda: session_of(state), 20, what="an OBD session")
+    rpm = poller.query("RPM", timeout=5)
+    number, unit = rpm.split(" ", 1)
+    assert unit == "revolutions_per_minute" and 700 < float(number) < 5000  # python-OBD's text
+    assert poller.query("NO_SUCH_VALUE", timeout=5) is None
+    stored, _pending = poller.read_dtcs(timeout=5)
+    assert stored == [("P0301", "Cylinder 1 Misfire Detected")]
+
+
 def test_request_without_car_fails_fast_with_reason(tmp_path, poller_factory):
     state, poller = poller_factory(str(tmp_path / "no-such-adapter"))
     wait_for(lambda: state.snapshot().links.get("obd") and

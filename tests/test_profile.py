@@ -16,9 +16,14 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from eccm.sources.obd.profile import ProfileError, load, load_file
+from eccm.sources.obd.profile import ProfileError, load, parse
 
 PROFILES = REPO / "eccm" / "profiles"
+
+
+def load_file(path):
+    """One profile file, as the daemon loads it."""
+    return load(path)[0]
 
 
 def signal(signal_id, unit=None, **fmt):
@@ -487,3 +492,14 @@ def test_check_needs_none_of_eccms_dependencies(tmp_path):
     result = eccm("profile", "check", PROFILES / "demo-ev.json", cwd=tmp_path,
                   pythonpath=f"{blocker}{os.pathsep}{REPO}")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_signal_set_is_parsed_from_its_text_without_a_file(tmp_path):
+    profile = parse(json.dumps(BENCH), "bench.json")
+    from_file = load_file(write(tmp_path, "bench.json", BENCH))
+    assert profile.path == "bench.json"
+    assert [(c.request, c.header) for c in profile.commands] == \
+        [(c.request, c.header) for c in from_file.commands]
+    with pytest.raises(ProfileError) as caught:
+        parse("[1, 2]", "mine.json")
+    assert str(caught.value).startswith("mine.json: top level: must be a JSON object")

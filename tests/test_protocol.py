@@ -31,15 +31,15 @@ class Car(Backend):
     def __init__(self, connected: bool = True):
         self.state = SharedState()
         self.state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),
-                                                    Column("SPEED", "km/h"))))
+                                                    Column("SPEED", "km/h"))), source="obd")
         self.state.declare("gnss", GNSS_COLUMNS)  # as the daemon's GNSS reader does
-        self.state.update_values({"RPM": (812.5, "rpm"), "SPEED": (42, "km/h")})
+        self.state.update_values({"RPM": (812.5, "rpm"), "SPEED": (42, "km/h")}, origin="obd")
         self.connected = connected
         self.stored = [("P0301", "Cylinder 1 Misfire Detected")]
         self.left_after_clear = 0
         self.clears = 0
         self.audits = []
-        self.asked = []  # (kind, name) of each legacy question that reached the car
+        self.asked = []  # (method, name) of each question that reached the car
         self.reconnects = 0
 
     def snapshot(self):
@@ -48,21 +48,22 @@ class Car(Backend):
     def read_dtcs(self):
         if not self.connected:
             raise Unavailable("car not connected: ignition off?")
+        self.asked.append(("read_dtcs", ""))
         return list(self.stored), []
 
     def clear_dtcs(self):
         if not self.connected:
             raise Unavailable("car not connected")
+        self.asked.append(("clear_dtcs", ""))
         self.clears += 1
         self.stored = []
         return self.left_after_clear
 
-    def legacy_answer(self, kind, name):
+    def query(self, name):
         if not self.connected:
             raise Unavailable("no")
-        self.asked.append((kind, name))
-        return {"QUERY_COMMAND": "812.5 revolutions_per_minute",
-                "GET_DTC": str(self.stored), "CLEAR_DTC": "None"}.get(kind, "None")
+        self.asked.append(("query", name))
+        return {"RPM": "812.5 revolutions_per_minute"}.get(name)
 
     def request_reconnect(self):
         self.reconnects += 1
@@ -150,6 +151,20 @@ def test_legacy_bare_secret_and_commands():
     assert s.handle("NONSENSE").lines == ["INVALID COMMAND"]
     car.connected = False
     assert s.handle("QUERY_COMMAND>>RPM").lines == ["DATA MANAGER NOT AVAILABLE"]
+
+
+def test_legacy_query_status_reads_only_the_status_values():
+    car, s = session()
+    s.handle(SECRET)
+    assert s.handle("QUERY_STATUS>>RPM").lines == ["None"]  # no status: the car is not asked
+    assert s.handle("QUERY_COMMAND>>NO_SUCH").lines == ["None"]
+    assert s.handle("QUERY_STATUS>>AIR_STATUS").lines == ["None"]
+    assert car.asked == [("query", "NO_SUCH"), ("query", "AIR_STATUS")]
+    car.has_car = lambda: False  # a daemon without an OBD side
+    car.connected = False
+    assert s.handle("QUERY_STATUS>>RPM").lines == ["DATA MANAGER NOT AVAILABLE"]
+    assert s.handle("GET_DTC").lines == ["DATA MANAGER NOT AVAILABLE"]
+    assert s.handle("CLEAR_DTC").lines == ["DATA MANAGER NOT AVAILABLE"]
 
 
 def test_wrong_bare_secret_counts_as_failed_login():
@@ -250,11 +265,12 @@ def test_every_command_is_answered_by_its_own_handler():
             assert starts(reply.lines, expected), (line, reply.lines)
         assert reply.close == (line == "QUIT"), line
     assert car.clears == 1 and car.audits == ["CLEAR_DTC done, 0 stored codes left"]
+    asked = list(car.asked)  # by DTC and CLEAR_DTC
     for word in ("NOPE", "QUERY_COMMAND>>RPM", "GET_DTC", "GET_COMMAND_LIST",
                  "RESTART_DATA_MANAGER", "QUERY_STATUS>>FUEL_STATUS"):
         assert s.handle(word).lines == [
             f"ERR unknown command {word.split('>>')[0]!r}; HELP lists them"], word
-    assert car.asked == [] and car.reconnects == 0  # the original's commands: not here
+    assert car.asked == asked and car.reconnects == 0  # the original's commands: not here
 
 
 def test_the_original_commands_answer_after_the_bare_secret():
@@ -262,8 +278,8 @@ def test_the_original_commands_answer_after_the_bare_secret():
     assert s.handle(SECRET).lines == [] and s.legacy
     for line, expected in LEGACY_COMMANDS.items():
         assert s.handle(line).lines == expected, line
-    assert car.asked == [("QUERY_COMMAND", "RPM"), ("QUERY_STATUS", "FUEL_STATUS"),
-                         ("GET_DTC", ""), ("CLEAR_DTC", "")]
+    assert car.asked == [("query", "RPM"), ("query", "FUEL_STATUS"),
+                         ("read_dtcs", ""), ("clear_dtcs", "")]
     assert car.reconnects == 1 and car.audits == ["CLEAR_DTC (legacy command)"]
     assert s.handle("NOPE").lines == ["INVALID COMMAND"]
     # The newer commands work in such a session too.
@@ -308,27 +324,27 @@ COMMANDS = st.sampled_from([
 class SessionMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
-        self.car, self.session = session()
+        self.car, self.conversation = session()
         self.closed = False
 
     @rule(line=st.one_of(COMMANDS, st.text(max_size=60)))
     def send(self, line):
         if self.closed:
             return
-        was_authenticated = self.session.authenticated
+        was_authenticated = self.conversation.authenticated
         clears_before = self.car.clears
-        reply = self.session.handle(line)
+        reply = self.conversation.handle(line)
         if self.car.clears != clears_before:
             assert was_authenticated, "CLEAR_DTC reached the car without a login"
         if reply.close:
             self.closed = True
-        if reply.lines and not self.session.legacy and line.strip():
+        if reply.lines and not self.conversation.legacy and line.strip():
             last = reply.lines[-1]
             assert last.startswith(("OK", "ERR", '{"ok"')), reply.lines
 
     @invariant()
     def never_cleared_unauthenticated(self):
-        if not self.session.authenticated:
+        if not self.conversation.authenticated:
             assert self.car.clears == 0
 
 
@@ -437,7 +453,7 @@ def test_replies_with_a_count_of_one_are_singular():
     assert s.handle("WATCH RPM SPEED").lines == [
         "OK watching 2 values at 1 Hz; UNWATCH stops"]
     car.state = SharedState()
-    car.state.update_values({"RPM": (800, "rpm")})
+    car.state.update_values({"RPM": (800, "rpm")}, origin="obd")
     assert s.handle("LIST").lines[-1] == "OK 1 value"
     assert s.handle("ALL").lines[-1] == "OK 1 value"
     car.left_after_clear = 1

@@ -51,14 +51,15 @@ def make(tmp_path, gnss=False, **kw):
     return state, rec
 
 
-def test_rows_follow_the_session_and_close_into_the_outbox(tmp_path):
+def test_rows_follow_the_engine_run_and_close_into_the_outbox(tmp_path, caplog):
+    caplog.set_level("INFO", logger="eccm.sinks.records")
     state, rec = make(tmp_path)
-    rec.tick()  # no engine session: no file
+    rec.tick()  # no engine run: no file
     assert part_files(rec.folder) == []
-    state.start_engine_run(EngineRun(1, COLS))
-    state.update_values({"RPM": (812.5, "rpm"), "FUEL_TYPE": ("Petrol, E10", "")})
+    state.start_engine_run(EngineRun(1, COLS), source="obd")
+    state.update_values({"RPM": (812.5, "rpm"), "FUEL_TYPE": ("Petrol, E10", "")}, origin="obd")
     rec.tick()
-    state.update_values({"SPEED": (42.0, "km/h")})
+    state.update_values({"SPEED": (42.0, "km/h")}, origin="obd")
     rec.tick()
     (part,) = part_files(rec.folder)
     assert re.fullmatch(r"CAR1_20260102T030406Z_000001-[0-9a-f]{6}\.csv\.part", part.name)
@@ -70,13 +71,14 @@ def test_rows_follow_the_session_and_close_into_the_outbox(tmp_path):
     assert rows[0] == ["TIME (UTC)", "RPM (rpm)", "SPEED (km/h)", "FUEL_TYPE"]
     assert rows[1] == ["2026-01-02T03:04:06.000Z", "812.5", "", "Petrol, E10"]
     assert rows[2] == ["2026-01-02T03:04:07.000Z", "812.5", "42", "Petrol, E10"]
+    assert f"closed {done.name} (engine run ended, " in caplog.text
 
 
 def test_stale_values_are_empty_cells(tmp_path):
     state, rec = make(tmp_path, max_age=0.2)
-    state.start_engine_run(EngineRun(1, COLS))
-    state.update_values({"RPM": (900, "rpm")}, mono=time.monotonic() - 1.0)
-    state.update_values({"SPEED": (10, "km/h")})
+    state.start_engine_run(EngineRun(1, COLS), source="obd")
+    state.update_values({"RPM": (900, "rpm")}, mono=time.monotonic() - 1.0, origin="obd")
+    state.update_values({"SPEED": (10, "km/h")}, origin="obd")
     rec.tick()
     rec.close_file("test")
     rows = read_records(outbox_files(rec.folder)[0])
@@ -85,11 +87,11 @@ def test_stale_values_are_empty_cells(tmp_path):
 
 def test_new_session_and_size_limit_rotate(tmp_path):
     state, rec = make(tmp_path, rotate_bytes=200)
-    state.start_engine_run(EngineRun(1, COLS))
-    state.update_values({"RPM": (1000, "rpm")})
+    state.start_engine_run(EngineRun(1, COLS), source="obd")
+    state.update_values({"RPM": (1000, "rpm")}, origin="obd")
     for _ in range(3):
         rec.tick()
-    state.start_engine_run(EngineRun(2, COLS[:1]))
+    state.start_engine_run(EngineRun(2, COLS[:1]), source="obd")
     for _ in range(12):
         rec.tick()
     rec.close_file("test")
@@ -106,8 +108,8 @@ def test_new_session_and_size_limit_rotate(tmp_path):
 def test_separator_per_extension_in_files(tmp_path, ext, sep):
     from eccm.config import default_separator
     state, rec = make(tmp_path, extension=ext, separator=default_separator(ext))
-    state.start_engine_run(EngineRun(1, COLS))
-    state.update_values({"RPM": (1000, "rpm"), "FUEL_TYPE": ("a,b|c\td", "")})
+    state.start_engine_run(EngineRun(1, COLS), source="obd")
+    state.update_values({"RPM": (1000, "rpm"), "FUEL_TYPE": ("a,b|c\td", "")}, origin="obd")
     rec.tick()
     rec.close_file("test")
     (done,) = outbox_files(rec.folder)
@@ -120,7 +122,7 @@ def test_separator_per_extension_in_files(tmp_path, ext, sep):
 
 def test_gnss_columns_reserved_when_enabled(tmp_path):
     state, rec = make(tmp_path, gnss=True)
-    state.start_engine_run(EngineRun(1, COLS))
+    state.start_engine_run(EngineRun(1, COLS), source="obd")
     rec.tick()
     rec.close_file("test")
     rows = read_records(outbox_files(rec.folder)[0])
@@ -189,8 +191,8 @@ def test_recovery_manifests_records_of_older_versions_but_nothing_else(tmp_path)
 def test_closed_file_has_a_true_manifest(tmp_path):
     state, rec = make(tmp_path, gnss=True)
     state.start_engine_run(EngineRun(1, COLS, protocol="ISO 15765-4 (CAN 11/500)",
-                                       vin="1HGCM82633A004352"))
-    state.update_values({"RPM": (812.5, "rpm")})
+                                       vin="1HGCM82633A004352"), source="obd")
+    state.update_values({"RPM": (812.5, "rpm")}, origin="obd")
     rec.tick()
     rec.tick()
     rec.close_file("test")
@@ -221,8 +223,8 @@ FACTS = {"ecus": {"7E8": {"role": "engine", "calibration_ids": ["JMB*36761500"],
 
 def test_what_the_car_said_at_the_start_is_in_the_manifest(tmp_path):
     state, rec = make(tmp_path)
-    state.start_engine_run(EngineRun(1, COLS, facts=FACTS))
-    state.update_values({"RPM": (812.5, "rpm")})
+    state.start_engine_run(EngineRun(1, COLS, facts=FACTS), source="obd")
+    state.update_values({"RPM": (812.5, "rpm")}, origin="obd")
     rec.tick()
     rec.close_file("test")
     (done,) = outbox_files(rec.folder)
@@ -232,8 +234,8 @@ def test_what_the_car_said_at_the_start_is_in_the_manifest(tmp_path):
 
 def test_what_the_car_said_survives_a_power_cut(tmp_path):
     state, rec = make(tmp_path)
-    state.start_engine_run(EngineRun(1, COLS, facts=FACTS))
-    state.update_values({"RPM": (812.5, "rpm")})
+    state.start_engine_run(EngineRun(1, COLS, facts=FACTS), source="obd")
+    state.update_values({"RPM": (812.5, "rpm")}, origin="obd")
     rec.tick()
     # The Pi loses power: the .part file and its descriptor stay; the next start recovers.
     state2, rec2 = make(tmp_path)
@@ -249,8 +251,8 @@ def test_two_files_with_the_same_clock_name_differ(tmp_path):
     for boot in range(3):
         clock = lambda: datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)  # noqa: E731
         state, rec = make(tmp_path, clock=clock)
-        state.start_engine_run(EngineRun(1, COLS))
-        state.update_values({"RPM": (800 + boot, "rpm")})
+        state.start_engine_run(EngineRun(1, COLS), source="obd")
+        state.update_values({"RPM": (800 + boot, "rpm")}, origin="obd")
         rec.tick()
         rec.close_file("test")
         names.append(outbox_files(rec.folder)[-1].name)
@@ -265,8 +267,8 @@ def test_two_files_with_the_same_clock_name_differ(tmp_path):
 def test_write_error_is_counted_not_raised(tmp_path):
     import os
     state, rec = make(tmp_path, interval=0)  # retry at the next tick
-    state.start_engine_run(EngineRun(1, COLS))
-    state.update_values({"RPM": (1000, "rpm")})
+    state.start_engine_run(EngineRun(1, COLS), source="obd")
+    state.update_values({"RPM": (1000, "rpm")}, origin="obd")
     rec.tick()
     broken = rec._file.path
     os.close(rec._file._fd)  # the storage fails under the recorder
@@ -288,8 +290,8 @@ def test_a_file_cut_by_a_power_cut_keeps_vin_protocol_and_clock(tmp_path):
     file's manifest still says what only the running recorder knew."""
     state, rec = make(tmp_path, clock_source=lambda: "gnss")
     state.start_engine_run(EngineRun(1, COLS, protocol="SAE J1850 VPW",
-                                       vin="1HGCM82633A004352"))
-    state.update_values({"RPM": (812.5, "rpm")})
+                                       vin="1HGCM82633A004352"), source="obd")
+    state.update_values({"RPM": (812.5, "rpm")}, origin="obd")
     rec.tick()
     rec.tick()
     # power cut: no close; the next start recovers
@@ -316,7 +318,7 @@ def test_a_manifest_that_failed_at_start_is_written_without_a_restart(tmp_path, 
     state, rec = make(tmp_path, retry_cap=0)
     assert outbox_manifests(rec.folder) == []
     monkeypatch.setattr(recorder_module, "write_atomic", real)
-    rec.tick()  # space again: no engine session needed
+    rec.tick()  # space again: no engine run needed
     assert [p.name for p in outbox_manifests(rec.folder)] == [old.name + ".manifest.json"]
 
 
@@ -325,8 +327,8 @@ def test_a_new_source_adds_columns_without_touching_the_recorder(tmp_path):
     publishes readings; the record and its manifest follow, in the sources' order."""
     state, rec = make(tmp_path, gnss=True)
     state.declare("can", (Column("STEERING_ANGLE", "deg"), Column("DOOR_OPEN")))
-    state.start_engine_run(EngineRun(1, COLS))
-    state.update_values({"RPM": (800, "rpm")})
+    state.start_engine_run(EngineRun(1, COLS), source="obd")
+    state.update_values({"RPM": (800, "rpm")}, origin="obd")
     state.update_values({"STEERING_ANGLE": (-12.5, "deg"), "DOOR_OPEN": (False, "")},
                         origin="can")
     rec.tick()
@@ -347,12 +349,12 @@ def test_a_new_source_adds_columns_without_touching_the_recorder(tmp_path):
 
 def test_a_name_is_one_sources_only_and_a_column_takes_only_its_sources_value(tmp_path):
     state, rec = make(tmp_path)
-    state.start_engine_run(EngineRun(1, COLS))
+    state.start_engine_run(EngineRun(1, COLS), source="obd")
     with pytest.raises(ValueError, match="can declares SPEED, already a column of obd"):
         state.declare("can", (Column("STEERING_ANGLE", "deg"), Column("SPEED", "km/h")))
     assert "can" not in state.snapshot().columns
     state.update_values({"SPEED": (12, "km/h")}, origin="can")  # a source's stray value
-    state.update_values({"RPM": (800, "rpm")})
+    state.update_values({"RPM": (800, "rpm")}, origin="obd")
     rec.tick()
     rec.close_file("test")
     assert read_records(outbox_files(rec.folder)[0])[1][1:3] == ["800", ""]

@@ -72,8 +72,8 @@ def test_complete_length_cuts_the_torn_last_line(data, keep):
 
 def test_a_row_holds_fresh_values_only():
     state = SharedState()
-    state.update_values({"RPM": (800, "rpm")}, mono=100.0)
-    state.update_values({"SPEED": (42, "km/h")}, mono=103.0)
+    state.update_values({"RPM": (800, "rpm")}, mono=100.0, origin="obd")
+    state.update_values({"SPEED": (42, "km/h")}, mono=103.0, origin="obd")
     snap = replace(state.snapshot(), mono=104.0)
     moment = datetime(2026, 1, 1, tzinfo=timezone.utc)
     cols = (Column("RPM", "rpm"), Column("SPEED", "km/h"), Column("MISSING"))

@@ -145,12 +145,9 @@ def samples(port: int) -> int:
 
 
 def test_abuse_leaves_server_and_polling_alive(server):
+    """Behaviour only: under abuse a correct login is served and the car is still polled.
+    How much of the polling rate survives: tests/bench/bench_server_abuse.py."""
     port, daemon, _ = server
-    # Baseline: samples counted over a quiet stretch.
-    start = samples(port)
-    time.sleep(3)
-    baseline = samples(port) - start
-
     results: dict = {}
 
     def huge_line():
@@ -204,8 +201,12 @@ def test_abuse_leaves_server_and_polling_alive(server):
                (huge_line, garbage, wrong_secrets, watchers_that_never_read)]
     for w in workers:
         w.start()
-    time.sleep(3)
-    during = samples(port) - start  # a correct login is served while under attack
+    # While the attack goes on (the watchers that never read stay connected until the
+    # end), a correct login is served and the poller keeps counting samples.
+    during = wait_for(lambda: (n := samples(port)) > start and n, 60,
+                      what="samples counted under attack")
+    wait_for(lambda: samples(port) > during, 60, what="the polling to go on under attack")
+    wait_for(lambda: len(watchers) == 5, 30, what="the watchers that never read")
     for w in workers:
         w.join(180)
     assert "ERR line too long" in results["huge"]
@@ -242,10 +243,7 @@ def test_abuse_leaves_server_and_polling_alive(server):
     wait_for(lambda: "OK authenticated" in talk(port, [f"AUTH {SECRET}"]), 60,
              what="the server to serve again")
     assert daemon.proc.poll() is None
-    assert samples(port) > start
-    print(f"\nOBD samples in 3 s: quiet {baseline}, under abuse {during} "
-          f"(ratio {during / max(1, baseline):.2f})")
-    assert during >= 0.5 * baseline, "polling was starved by the clients"
+    assert samples(port) > during
 
 
 def upload_status(state: SharedState) -> dict:

@@ -33,7 +33,7 @@ def start_server():
     def start(secret: Optional[str] = SECRET, obd: Any = None, **limits) -> SocketServer:
         stop = threading.Event()
         state = SharedState()
-        state.update_values({"RPM": (780, "rpm")})
+        state.update_values({"RPM": (780, "rpm")}, origin="obd")
         limits.setdefault("tick", 0.05)
         server = SocketServer(stop, state, obd, bind="127.0.0.1", port=0, secret=secret,
                               car="TEST", **limits)

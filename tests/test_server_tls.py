@@ -52,7 +52,7 @@ def tls_server(pair, request):
     """An in-process TLS server; its login deadline 2 s, or the test's parameter."""
     stop = threading.Event()
     state = SharedState()
-    state.update_values({"RPM": (780, "rpm")})
+    state.update_values({"RPM": (780, "rpm")}, origin="obd")
     server = SocketServer(stop, state, None, bind="127.0.0.1", port=0, secret=SECRET,
                           car="TEST", tls_cert=str(pair[0]), tls_key=str(pair[1]),
                           login_deadline=getattr(request, "param", 2.0), tick=0.05)

@@ -279,9 +279,9 @@ def test_pruned_copies_are_counted_in_the_singular(tmp_path, caplog):
     outbox = tmp_path / "records" / "outbox"
     old = record(tmp_path / "records" / "uploaded", "CAR1", "20250101T000000Z", 100)
     os.utime(old, (0, 0))
-    session = S3Store(settings("http://127.0.0.1:9"), "CAR1", outbox, keep_uploaded=True)
+    store = S3Store(settings("http://127.0.0.1:9"), "CAR1", outbox, keep_uploaded=True)
     # clock: over an hour since the last pruning, whatever the machine's uptime
-    uploader = Uploader(threading.Event(), SharedState(), session, keep_days=1,
+    uploader = Uploader(threading.Event(), SharedState(), store, keep_days=1,
                         clock=lambda: 1e9)
     with caplog.at_level("INFO", logger="eccm.sinks.upload"):
         uploader._housekeeping()

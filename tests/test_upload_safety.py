@@ -127,8 +127,8 @@ def test_two_files_with_the_same_clock_name_become_two_objects(s3, tmp_path):
                        rotate_seconds=3600, rotate_bytes=1 << 20, max_age=60,
                        clock=lambda: datetime(2026, 3, 1, 8, 0, 0, tzinfo=timezone.utc))
         rec.prepare()
-        state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),)))
-        state.update_values({"RPM": (rpm, "rpm")})
+        state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),)), source="obd")
+        state.update_values({"RPM": (rpm, "rpm")}, origin="obd")
         rec.tick()
         rec.close_file("test")
         (path,) = outbox_files(folder)

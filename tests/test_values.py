@@ -40,3 +40,26 @@ def test_plain_values():
     assert values.plain(("Closed loop", "")) == "Closed loop"
     assert values.plain(b"VIN\x00") == "VIN\x00"
     assert values.flatten(obd.commands.RPM, None) == {}
+
+
+def test_the_reserved_names_have_one_home_and_are_known_without_python_obd():
+    """The OBD source's standard names (the adapter's voltage too) come from values alone:
+    config (a profile's signal must be named apart) and the lake read them there."""
+    import subprocess
+    import sys
+    from conftest import REPO
+    from eccm.config import reserved_value_names
+    from eccm.sources.obd.poller import VOLTAGE_COLUMN as polled
+    assert polled is values.VOLTAGE_COLUMN
+    assert values.standard_units()[values.VOLTAGE_COLUMN.name] == "V"
+    assert set(values.reserved_names()) == set(values.standard_units())
+    assert {"RPM", "BATTERY_VOLTAGE", "LATITUDE", "TIME"} <= set(reserved_value_names())
+    code = ("import sys; sys.modules['obd'] = None\n"
+            "from eccm.config import reserved_value_names\n"
+            "names = reserved_value_names()\n"
+            "assert 'obd' not in [m for m in sys.modules if sys.modules[m]]\n"
+            "print(' '.join(n for n in names if n in ('BATTERY_VOLTAGE', 'ACTUAL_ENGINE_TORQUE',"
+            " 'LATITUDE', 'RPM')))")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, cwd=REPO).stdout.split()
+    assert shown == ["ACTUAL_ENGINE_TORQUE", "BATTERY_VOLTAGE", "LATITUDE"]  # RPM: python-OBD's

@@ -17,15 +17,14 @@ from eccm.core.clock import RELEASED, RecordClock
 from eccm.config import Config
 from eccm.sinks.disk import DiskBudget
 from eccm.sources.gnss.reader import GnssReader
-from eccm.core.health import RecordHealth, status_line
+from eccm.core.health import status_line
 from eccm.core.notify import Notifier
 from eccm.sources.obd.link import PortInUse
 from eccm.sources.obd.poller import ObdPoller
 from eccm.sinks.records import Recorder
 from eccm.server.tcp import SocketServer
 from eccm.sinks.upload import Uploader
-from eccm.core.state import DISABLED, SharedState
-from eccm.core.worker import Worker
+from eccm.core.state import SharedState
 
 log = logging.getLogger(__name__)
 
@@ -46,42 +45,26 @@ class Daemon:
         self._stuck: List[str] = []
         self._last_watchdog = 0.0
         self._last_status = ("", 0.0)
+        self._logged_status = ""
         self.stop_event = threading.Event()
         self.state = SharedState()
         self.started = time.monotonic()
-        self.workers: List[Worker] = []
         self._restart_at: Dict[str, float] = {}
         self._restart_delay: Dict[str, float] = {}
         self.clock = RecordClock()
 
-        self.recorder: Optional[Recorder] = None
-        if cfg.FILE_RECORDING:
-            self.recorder = Recorder.from_config(self.stop_event, self.state, cfg,
-                                                 clock=self.clock.now,
-                                                 clock_source=self._clock_source)
-            self.workers.append(self.recorder)
-        else:
-            self.state.report(RecordHealth(off=True))
+        # Each component builds itself from the config, or says it is off (None).
+        self.recorder = Recorder.from_config(self.stop_event, self.state, cfg,
+                                             clock=self.clock.now,
+                                             clock_source=self._clock_source)
         self.poller = ObdPoller.from_config(self.stop_event, self.state, cfg)
-        self.workers.append(self.poller)
-        self.gnss: Optional[GnssReader] = None
-        if cfg.GPS_POSITION_MONITORING:
-            self.gnss = GnssReader.from_config(self.stop_event, self.state, cfg,
-                                               on_fix=self._on_fix)
-            self.workers.append(self.gnss)
-        else:
-            GnssReader.declare_off(self.state)
-        self.server: Optional[SocketServer] = None
-        if cfg.ENABLE_SOCKET_SERVER:
-            self.server = SocketServer.from_config(self.stop_event, self.state, self.poller,
-                                                   cfg)
-            self.workers.append(self.server)
-        self.uploader: Optional[Uploader] = None
-        if cfg.s3_enabled:
-            self.uploader = Uploader.from_config(self.stop_event, self.state, cfg)
-            self.workers.append(self.uploader)
-        else:
-            self.state.set_link("s3", DISABLED)
+        self.gnss = GnssReader.from_config(self.stop_event, self.state, cfg,
+                                           on_fix=self._on_fix)
+        self.server = SocketServer.from_config(self.stop_event, self.state, self.poller, cfg)
+        self.uploader = Uploader.from_config(self.stop_event, self.state, cfg)
+        # Started in this order, stopped in reverse: the recorder closes its file last.
+        self.workers = [w for w in (self.recorder, self.poller, self.gnss, self.server,
+                                    self.uploader) if w is not None]
         self.disk = DiskBudget.from_config(cfg)
         self._next_disk_check = 0.0
 
@@ -132,6 +115,7 @@ class Daemon:
             while not self.stop_event.wait(every):
                 self.supervise()
                 self.keepalive()
+                self.log_status()
         finally:
             self.shutdown()
         return 0
@@ -166,6 +150,14 @@ class Daemon:
         """One line of health for systemctl status."""
         snap = self.state.snapshot()
         return status_line(snap.health, snap.links, tuple(snap.columns))
+
+    def log_status(self) -> None:
+        """Main thread: the log says what the health model says, when it changes (the
+        same line as STATUS's summary and systemd's)."""
+        line = self.status_line()
+        if line != self._logged_status:
+            log.info("status: %s", line)
+            self._logged_status = line
 
     def keepalive(self) -> None:
         """Main thread: WATCHDOG=1 only while the loop and every worker make progress;

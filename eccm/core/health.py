@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
-from typing import Any, Deque, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Deque, List, Mapping, Optional, Protocol, Sequence, Tuple
 
 from eccm.core.text import plural
 
@@ -79,21 +79,37 @@ class DiskHealth:
                 + (" FULL" if self.full else ""))
 
 
+class Part(Protocol):
+    """The health part of a component that lives outside core (a new sink or source): it
+    says under which link name it reports and what STATUS and the systemd line show of it,
+    so adding one needs no change here."""
+    name: str
+
+    def status_items(self, link: Optional[Link]) -> List[Tuple[str, Any]]: ...
+
+    def status_line(self, link: Optional[Link]) -> Optional[str]: ...
+
+
 @dataclass(frozen=True)
 class Health:
-    """Every worker's latest report; a part nobody reported yet has its empty value."""
+    """Every worker's latest report; a part nobody reported yet has its empty value. The
+    daemon's own parts are fields; any other component's part (a Part) is kept by its
+    name in `parts`, in the order they first reported."""
     obd: ObdHealth = ObdHealth()
     gnss: GnssHealth = GnssHealth()
     record: RecordHealth = RecordHealth()
     upload: UploadHealth = UploadHealth()
     disk: DiskHealth = DiskHealth()
+    parts: Mapping[str, Part] = field(default_factory=lambda: MappingProxyType({}))
 
     def with_part(self, part: Any) -> "Health":
-        """This health with one part replaced; the part's type says which field (a new
-        part is one more field here, nothing else to keep in step)."""
+        """This health with one part replaced: a field found by the part's type, or a
+        Part by its name."""
         for f in fields(self):
             if type(getattr(self, f.name)) is type(part):
                 return replace(self, **{f.name: part})
+        if isinstance(getattr(part, "name", None), str) and hasattr(part, "status_items"):
+            return replace(self, parts=MappingProxyType({**self.parts, part.name: part}))
         raise TypeError(f"not a health part: {type(part).__name__}")
 
 
@@ -120,6 +136,10 @@ def status_line(health: Health, links: Mapping[str, Link], sources: Sequence[str
                      "(see the log)")
     if health.disk.full:
         parts.append("DISK FULL")
+    for part in health.parts.values():
+        line = part.status_line(links.get(part.name))
+        if line:
+            parts.append(line)
     return ", ".join(parts) or "starting"
 
 
@@ -160,13 +180,22 @@ def status_items(health: Health, links: Mapping[str, Link], counters: Mapping[st
             ("upload_held", health.upload.held),
             ("last_upload", health.upload.last or "never"),
         ]
+    shown = {"obd_samples", "rows_lost"}
+    counts = {k: v for k, v in counters.items() if k not in shown and not _is_error(k)}
+    items.append(("counts", " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+                  or "none"))
+    for part in health.parts.values():
+        items += part.status_items(links.get(part.name))
     items += [(name, link.text()) for name, link in ordered_links(links, sources)
-              if name not in ("obd", "gnss", "s3")]
-    errors = {k: v for k, v in counters.items()
-              if "error" in k or k.startswith("restarts_") or k in ERROR_COUNTERS}
+              if name not in ("obd", "gnss", "s3") and name not in health.parts]
+    errors = {k: v for k, v in counters.items() if _is_error(k)}
     items.append(("errors", " ".join(f"{k}={v}" for k, v in sorted(errors.items()))
                   or "none"))
     return items
+
+
+def _is_error(counter: str) -> bool:
+    return "error" in counter or counter.startswith("restarts_") or counter in ERROR_COUNTERS
 
 
 class RateMeter:

@@ -10,13 +10,13 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import MappingProxyType
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 from eccm.core.health import CONNECTED, CONNECTING, DISABLED, LOST, Health, Link
 
 # Link and its states live with the health model; sources publish them through the state.
 __all__ = ["CONNECTED", "CONNECTING", "DISABLED", "LOST", "Column", "EngineRun", "Health",
-           "Link", "Reading", "SharedState", "Snapshot", "Unavailable"]
+           "Link", "Position", "Reading", "SharedState", "Snapshot", "Unavailable"]
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,36 @@ class EngineRun:
     facts: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
+@runtime_checkable
+class Position(Protocol):
+    """The latest GNSS fix as the rest of ECCM reads it (STATUS, POSITION): what a
+    position source publishes with SharedState.set_gnss (sources/gnss/nmea.Fix is one).
+    lat/lon are None without a valid position."""
+
+    @property
+    def lat(self) -> Optional[float]: ...
+
+    @property
+    def lon(self) -> Optional[float]: ...
+
+    @property
+    def mode(self) -> int: ...  # NMEA fix mode: 1 none, 2 2D, 3 3D
+
+    @property
+    def time(self) -> str: ...  # ISO 8601 UTC with ms and Z (the time of day alone)
+
+    def as_dict(self) -> Dict[str, object]:
+        """time, lat, lon and whatever else the fix knows, JSON-ready (POSITION)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Snapshot:
     mono: float
     values: Mapping[str, Reading]
     links: Mapping[str, Link]
     engine_run: Optional[EngineRun]
-    gnss: Any
+    gnss: Optional[Position]
     counters: Mapping[str, int]
     health: Health
     columns: Mapping[str, Tuple[Column, ...]]  # source -> its declared columns, in order
@@ -95,7 +118,7 @@ class SharedState:
         self._values: Mapping[str, Reading] = MappingProxyType({})
         self._links: Mapping[str, Link] = MappingProxyType({})
         self._engine_run: Optional[EngineRun] = None
-        self._gnss: Any = None
+        self._gnss: Optional[Position] = None
         self._counters: Mapping[str, int] = MappingProxyType({})
         self._health = Health()
         self._columns: Mapping[str, Tuple[Column, ...]] = MappingProxyType({})
@@ -105,9 +128,10 @@ class SharedState:
         self._changed = threading.Condition(self._lock)
 
     def update_values(self, readings: Mapping[str, Tuple[Any, str]],
-                      mono: Optional[float] = None, wall: Optional[datetime] = None,
-                      origin: str = "obd") -> None:
-        """Store name -> (value, unit) from one source, all stamped with one arrival time."""
+                      mono: Optional[float] = None, wall: Optional[datetime] = None, *,
+                      origin: str) -> None:
+        """Store name -> (value, unit) from the source `origin` (required: a value is kept
+        only under its own source's declared names), all stamped with one arrival time."""
         mono = time.monotonic() if mono is None else mono
         wall = datetime.now(timezone.utc) if wall is None else wall
         new = {name: Reading(value, unit, mono, wall, origin)
@@ -163,20 +187,22 @@ class SharedState:
         self._columns = MappingProxyType(declared)
         self._owners = {c.name: s for s, cols in declared.items() for c in cols}
 
-    def start_engine_run(self, session: EngineRun, source: str = "obd") -> None:
+    def start_engine_run(self, run: EngineRun, *, source: str) -> None:
         """The car is on: record files follow the run; its columns are `source`'s (one
         update: no snapshot sees the new columns with the old run)."""
-        labelled = tuple(replace(c, source=source) for c in session.columns)
+        labelled = tuple(replace(c, source=source) for c in run.columns)
         with self._lock:
             self._declare_locked(source, labelled)
-            self._engine_run = session
+            self._engine_run = run
             self._run_source = source
 
     def end_engine_run(self) -> None:
         with self._lock:
             self._engine_run = None
 
-    def set_gnss(self, fix: Any) -> None:
+    def set_gnss(self, fix: Optional[Position]) -> None:
+        if fix is not None and not isinstance(fix, Position):
+            raise TypeError(f"a GNSS fix must be a core.state.Position, not {type(fix).__name__}")
         with self._lock:
             self._gnss = fix
 

@@ -23,9 +23,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
-from eccm.sinks.rows import format_cell
 from eccm.core.state import DISABLED, Reading, Snapshot, Unavailable
-from eccm.core.text import plural
+from eccm.core.text import format_cell, plural
 
 MAX_LINE = 1024
 MAX_AUTH_ATTEMPTS = 3
@@ -33,6 +32,8 @@ MAX_WATCH_HZ = 10.0
 DEFAULT_WATCH_HZ = 1.0
 
 LEGACY_UNAVAILABLE = "DATA MANAGER NOT AVAILABLE"
+# The values QUERY_STATUS>>NAME reads (python-OBD's names); any other name answers None.
+LEGACY_STATUS_NAMES = ("FUEL_STATUS", "AIR_STATUS", "AUX_INPUT_STATUS")
 WATCH_MAX_AGE = 5.0  # an older value streams as '-'
 
 # Why a value a source declared has none yet, per source.
@@ -69,9 +70,15 @@ class Backend:
         """Mode 04, then the number of stored codes left; raises Unavailable."""
         raise NotImplementedError
 
-    def legacy_answer(self, kind: str, name: str) -> str:
-        """The original ECCM's answer text for QUERY_COMMAND/QUERY_STATUS/GET_DTC/CLEAR_DTC."""
+    def query(self, name: str) -> Optional[str]:
+        """One engine value read from the car now, as python-OBD's text shows it ('780.0
+        revolutions_per_minute'); None when the car gave none or has no value of that name;
+        raises Unavailable."""
         raise NotImplementedError
+
+    def has_car(self) -> bool:
+        """Whether there is an OBD side to ask at all (configured; connected or not)."""
+        return True
 
     def request_reconnect(self) -> None:
         raise NotImplementedError
@@ -405,10 +412,10 @@ class Conversation:
         return Reply(["RESTART IN PROGRESS"])
 
     def _legacy_command_list(self, args: List[str]) -> Reply:
-        session = self.backend.snapshot().engine_run
-        if session is None:
+        run = self.backend.snapshot().engine_run
+        if run is None:
             return Reply([LEGACY_UNAVAILABLE])
-        return Reply([",".join(c.name for c in session.columns)])
+        return Reply([",".join(c.name for c in run.columns)])
 
     def _legacy_query_command(self, args: List[str]) -> Reply:
         name = args[0].upper() if args else ""
@@ -418,24 +425,39 @@ class Conversation:
             if reading is None or reading.value is None:
                 return Reply(["None"])  # what the original answered for a value it lacked
             return Reply([f"{format_cell(reading.value)} {reading.unit}".rstrip()])
-        return self._ask_car("QUERY_COMMAND", args)
+        return self._ask_car(lambda: _legacy_text(self.backend.query(args[0] if args else "")))
 
     def _legacy_query_status(self, args: List[str]) -> Reply:
-        return self._ask_car("QUERY_STATUS", args)
+        name = args[0] if args else ""
+        if name not in LEGACY_STATUS_NAMES:  # the car is not asked
+            return Reply(["None" if self.backend.has_car() else LEGACY_UNAVAILABLE])
+        return self._ask_car(lambda: _legacy_text(self.backend.query(name)))
 
     def _legacy_get_dtc(self, args: List[str]) -> Reply:
-        return self._ask_car("GET_DTC", args)
+        # The stored codes as the original printed its list of (code, description).
+        return self._ask_car(lambda: str([(code, text) for code, text
+                                          in self.backend.read_dtcs()[0]]))
 
     def _legacy_clear_dtc(self, args: List[str]) -> Reply:
         self.backend.audit("CLEAR_DTC (legacy command)")
-        return self._ask_car("CLEAR_DTC", args)
 
-    def _ask_car(self, kind: str, args: List[str]) -> Reply:
-        """The OBD side's text for a legacy command, passed on as it is."""
+        def clear() -> str:
+            self.backend.clear_dtcs()
+            return "None"  # what the original answered
+        return self._ask_car(clear)
+
+    def _ask_car(self, question: Callable[[], str]) -> Reply:
+        """A legacy command's one line from the car, or the original's line when the car
+        cannot be asked."""
         try:
-            return Reply([self.backend.legacy_answer(kind, args[0] if args else "")])
+            return Reply([question()])
         except Unavailable:
             return Reply([LEGACY_UNAVAILABLE])
+
+
+def _legacy_text(value: Optional[str]) -> str:
+    """The original's text of a value: python-OBD's, 'None' for no value."""
+    return "None" if value is None else value
 
 
 @dataclass(frozen=True)

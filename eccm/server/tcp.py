@@ -1,7 +1,7 @@
 """TCP socket server: accept loop, connection limits and login limits, TLS; one thread per client.
 
 One accept thread, one thread per client (bounded). A client only ever reads the shared
-state or asks the OBD side through CarAccess (DTC read/clear, legacy live queries; the
+state or asks the OBD side through CarAccess (DTC read/clear, one value now; the
 poller implements it, the server knows nothing of python-OBD), so a slow or hostile client
 never blocks the others or the polling. Protocol decisions are the
 Conversation's (protocol.py); this module owns the sockets and the limits:
@@ -276,8 +276,9 @@ class CarAccess(Protocol):
     def clear_dtcs(self, timeout: float) -> int:
         """Mode 04; the number of stored codes left."""
 
-    def legacy_answer(self, kind: str, name: str, timeout: float) -> str:
-        """The original ECCM's text for QUERY_COMMAND/QUERY_STATUS NAME, GET_DTC, CLEAR_DTC."""
+    def query(self, name: str, timeout: float) -> Optional[str]:
+        """One engine value now, as python-OBD's text shows it; None when the car gave none
+        or has no value of that name."""
 
     def request_reconnect(self) -> None:
         """Close and reopen the adapter (RESTART_DATA_MANAGER); returns at once."""
@@ -306,8 +307,11 @@ class DaemonBackend(Backend):
     def clear_dtcs(self) -> int:
         return self._car().clear_dtcs(self.server.request_timeout)
 
-    def legacy_answer(self, kind: str, name: str) -> str:
-        return self._car().legacy_answer(kind, name, self.server.request_timeout)
+    def query(self, name: str) -> Optional[str]:
+        return self._car().query(name, self.server.request_timeout)
+
+    def has_car(self) -> bool:
+        return self.server.obd is not None
 
     def request_reconnect(self) -> None:
         if self.server.obd is not None:
@@ -380,7 +384,10 @@ class SocketServer(Worker):
 
     @classmethod
     def from_config(cls, stop_event: threading.Event, state: SharedState,
-                    obd: Optional[CarAccess], cfg: Any) -> "SocketServer":
+                    obd: Optional[CarAccess], cfg: Any) -> Optional["SocketServer"]:
+        """The server the configuration describes, or None with ENABLE_SOCKET_SERVER=no."""
+        if not cfg.ENABLE_SOCKET_SERVER:
+            return None
         return cls(stop_event, state, obd, bind=cfg.SOCKET_SERVER_BIND,
                    port=cfg.SOCKET_SERVER_PORT, secret=cfg.SOCKET_SERVER_SECRET,
                    car=cfg.CAR_IDENTIFIER, tls_cert=cfg.SOCKET_SERVER_TLS_CERT,
@@ -469,7 +476,7 @@ class SocketServer(Worker):
             self._threads = {k: t for k, t in self._threads.items() if t.is_alive()}
             if len(self._threads) >= self.max_threads:
                 refusal = TOO_MANY
-            elif client.session.authenticated:  # no secret: a session at once
+            elif client.conversation.authenticated:  # no secret: a session at once
                 if len(self._active) >= self.max_clients:
                     refusal = TOO_MANY
                 else:
@@ -582,11 +589,11 @@ class _Client:
         self.peer = peer
         self.key = key
         deadline = server.login_deadline
-        self.session = Conversation(DaemonBackend(server, peer, key), server.secret,
-                               secrets.token_hex(16),
-                               f"ECCM {__version__} car={server.car} ready; AUTH required"
-                               f"{f' within {deadline:g} s' if server.secret else ''}, "
-                               "HELP lists the commands;")
+        self.conversation = Conversation(
+            DaemonBackend(server, peer, key), server.secret, secrets.token_hex(16),
+            f"ECCM {__version__} car={server.car} ready; AUTH required"
+            f"{f' within {deadline:g} s' if server.secret else ''}, "
+            "HELP lists the commands;")
         self.connected = time.monotonic()
         self.deadline = self.connected + deadline
         self.buf = b""
@@ -643,7 +650,7 @@ class _Client:
         if not lines:
             return
         data = ("\n".join(lines) + "\n").encode("utf-8", "replace")
-        if not self.session.authenticated:
+        if not self.conversation.authenticated:
             self.sent += len(data)
             if self.sent > LOGIN_MAX_OUTPUT:
                 data = (f"ERR more than {LOGIN_MAX_OUTPUT} bytes of answers before login; "
@@ -704,7 +711,7 @@ class _Client:
         # A legacy client sends its bare secret at once and expects no greeting.
         first = self._read(self.server.greeting_grace)
         if first is None and self.evicted is None:
-            self.send([self.session.greeting()])
+            self.send([self.conversation.greeting()])
             self.greeted = True
         elif first:
             self._received(first)
@@ -718,7 +725,7 @@ class _Client:
             self._process(now)
             if self.closing:
                 return
-            if not self.session.authenticated:
+            if not self.conversation.authenticated:
                 if self.received > self.server.login_max_bytes:
                     self._say_and_close(f"ERR more than {self.server.login_max_bytes} bytes "
                                         "before login; closing")
@@ -730,19 +737,19 @@ class _Client:
                     self._say_and_close(
                         f"ERR no login within {self.server.login_deadline:g} s; closing")
                     return
-            if self.session.watch is not None and now >= self.next_watch:
-                self.send([self.session.watch_line()])
-                self.next_watch = max(self.next_watch + 1.0 / self.session.watch[1], now)
-            elif self.session.watch is None and \
+            if self.conversation.watch is not None and now >= self.next_watch:
+                self.send([self.conversation.watch_line()])
+                self.next_watch = max(self.next_watch + 1.0 / self.conversation.watch[1], now)
+            elif self.conversation.watch is None and \
                     now - self.last_input > self.server.idle_timeout:
                 self.send(["ERR idle for too long; closing"])
                 return
             timeout = self.server.tick
             if self.buf and self._pause_ends_message():
                 timeout = max(0.0, self.server.unterminated_flush - (now - self.last_input))
-            if self.session.watch is not None:
+            if self.conversation.watch is not None:
                 timeout = max(0.0, min(timeout, self.next_watch - now))
-            if not self.session.authenticated:
+            if not self.conversation.authenticated:
                 timeout = min(timeout, self.deadline - now)
             data = self._read(timeout)
             if self.evicted is not None:
@@ -753,7 +760,7 @@ class _Client:
                 self._received(data)
 
     def _received(self, data: bytes) -> None:
-        if not self.session.authenticated:
+        if not self.conversation.authenticated:
             self.received += len(data)
         self.buf += data
         self.last_input = time.monotonic()
@@ -762,7 +769,7 @@ class _Client:
         """The legacy framing (a message without a line end, then a pause) holds for the
         first message and after login; before login, later bytes wait for a line end, so a
         client sending a byte at a time is not answered byte by byte."""
-        return self.session.authenticated or self.session.lines_seen == 0
+        return self.conversation.authenticated or self.conversation.lines_seen == 0
 
     def _process(self, now: float) -> None:
         """Handle the complete lines received, then (they may have logged in) a message
@@ -783,13 +790,13 @@ class _Client:
             self._handle(strip_telnet(raw).rstrip(b"\r").decode("utf-8", "replace"))
 
     def _handle(self, line: str) -> None:
-        was_authenticated = self.session.authenticated
-        reply: Reply = self.session.handle(line)
+        was_authenticated = self.conversation.authenticated
+        reply: Reply = self.conversation.handle(line)
         lines = list(reply.lines)
         close = reply.close
         if reply.auth_failed:
             self.server.auth_failed(self.key, self.peer)
-        if self.session.authenticated and not was_authenticated:
+        if self.conversation.authenticated and not was_authenticated:
             refusal = self.server.promote(self)
             if refusal is not None:
                 self.server.state.count("socket_refused")
@@ -799,10 +806,10 @@ class _Client:
             # constant-time) check: whether the greeting comes tells nothing about a guess
             # that was not checked.
             self.greeted = True
-            if not (self.session.legacy and self.session.authenticated):
-                lines.insert(0, self.session.greeting())
+            if not (self.conversation.legacy and self.conversation.authenticated):
+                lines.insert(0, self.conversation.greeting())
         self.send(lines)
-        if self.session.watch is None:
+        if self.conversation.watch is None:
             self.next_watch = 0.0
         elif self.next_watch == 0.0:
             self.next_watch = time.monotonic()

@@ -19,7 +19,8 @@ from datetime import datetime
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from eccm import __version__
-from eccm.sinks.rows import TIME_COLUMN, format_time, parse_file_name
+from eccm.core.text import format_time
+from eccm.sinks.rows import TIME_COLUMN, parse_file_name
 from eccm.sources.gnss.columns import NAMES as GNSS_NAMES
 from eccm.core.state import Column
 

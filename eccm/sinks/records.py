@@ -407,8 +407,8 @@ class Recorder(Worker):
         self.retry_cap = retry_cap
         self.counter = FileCounter(self.folder)
         self._file: Optional[RecordFile] = None
-        self._session_number: Optional[int] = None
-        self._session_facts: Dict[str, Any] = {}
+        self._run_number: Optional[int] = None
+        self._run_facts: Dict[str, Any] = {}
         self._columns: Sequence[Column] = ()
         # While writing fails: what is wrong, when to try again, how long to wait next.
         self._problem: Optional[str] = None
@@ -426,8 +426,12 @@ class Recorder(Worker):
     @classmethod
     def from_config(cls, stop_event: threading.Event, state: SharedState, cfg: "Config", *,
                     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-                    clock_source: Callable[[], str] = lambda: "system") -> "Recorder":
-        """The recorder the configuration describes; the clock callbacks are the daemon's."""
+                    clock_source: Callable[[], str] = lambda: "system") -> Optional["Recorder"]:
+        """The recorder the configuration describes, or None with FILE_RECORDING=no (the
+        health then says so); the clock callbacks are the daemon's."""
+        if not cfg.FILE_RECORDING:
+            state.report(RecordHealth(off=True))
+            return None
         return cls(stop_event, state, car=cfg.CAR_IDENTIFIER,
                    folder=cfg.RECORD_DIRECTORY_LOCATION, extension=cfg.MONITORING_FILE_EXTENSION,
                    separator=cfg.MONITORING_FILE_SEPARATION_CHARACTER,
@@ -454,7 +458,7 @@ class Recorder(Worker):
         while not self.stop_event.is_set():
             self.heartbeat()
             if self._file is None and self._problem is None:
-                # No file yet: start at the first values of an engine session, not at the
+                # No file yet: start at the first values of an engine run, not at the
                 # next tick of an idle cadence (start-up to first row as short as possible).
                 self.state.wait_for_run_values(self.interval)
                 next_tick = time.monotonic()
@@ -469,16 +473,16 @@ class Recorder(Worker):
         self.close_file("stopping")
 
     def tick(self) -> None:
-        """Write one row, opening/rotating/closing the file as the session demands."""
+        """Write one row, opening/rotating/closing the file as the run demands."""
         snap = self.state.snapshot()
-        session = snap.engine_run
+        run = snap.engine_run
         declared = snap.declared()
         if self._file is not None:
             reason = None
-            if session is None:
-                reason = "engine session ended"
-            elif session.number != self._session_number:
-                reason = "new engine session"
+            if run is None:
+                reason = "engine run ended"
+            elif run.number != self._run_number:
+                reason = "new engine run"
             elif _labelled(declared) != _labelled(self._columns):
                 reason = "new columns"
             elif time.monotonic() - self._file.opened >= self.rotate_seconds:
@@ -488,7 +492,7 @@ class Recorder(Worker):
             if reason:
                 self.close_file(reason)
         self._write_manifests()
-        if session is None:
+        if run is None:
             return
         if self._problem is not None and time.monotonic() < self._retry_at:
             self._lose_row()
@@ -496,14 +500,14 @@ class Recorder(Worker):
         now = self.clock()
         try:
             if self._file is None:
-                self._open(session, declared, now)
+                self._open(run, declared, now)
             cells = row_cells(snap, self._columns, now, self.max_age)
             assert self._file is not None
             clock = self.clock_source()
             if clock not in self._file.clocks:  # the descriptor first: it may only say more
-                self._session_facts["clock"] = [*self._file.clocks, clock]
+                self._run_facts["clock"] = [*self._file.clocks, clock]
                 write_atomic(descriptor_path(self.folder, self._file.name), json.dumps(
-                    {k: v for k, v in self._session_facts.items() if k != "columns"}).encode())
+                    {k: v for k, v in self._run_facts.items() if k != "columns"}).encode())
             self._file.write_row(self.format.line(cells), now, clock)
         except OSError as exc:
             self._fail(exc)
@@ -552,7 +556,7 @@ class Recorder(Worker):
             file=str(self._file.path) if self._file is not None else None,
             problem=f"{self._problem}: rows not recorded, retrying" if self._problem else None))
 
-    def _open(self, session: Any, columns: Tuple[Column, ...], now: datetime) -> None:
+    def _open(self, run: Any, columns: Tuple[Column, ...], now: datetime) -> None:
         header_cols = [replace(TIME_COLUMN, source="clock"), *columns]
         sequence = self.counter.next()
         tag = secrets.token_hex(3)
@@ -561,10 +565,10 @@ class Recorder(Worker):
                                              tag if n == 0 else secrets.token_hex(3)))
         record = RecordFile(self.folder, self.outbox, name, self.format.header(header_cols),
                             self.fsync_interval)
-        facts = {"car": self.car, "vin": session.vin, "protocol": session.protocol,
+        facts = {"car": self.car, "vin": run.vin, "protocol": run.protocol,
                  "sequence": sequence, "clock": [],
                  "sources": [c.source for c in header_cols],
-                 "obd": dict(getattr(session, "facts", None) or {})}
+                 "obd": dict(getattr(run, "facts", None) or {})}
         try:
             write_atomic(descriptor_path(self.folder, name), json.dumps(facts).encode())
         except OSError:
@@ -572,8 +576,8 @@ class Recorder(Worker):
             raise
         self._file = record
         self._columns = columns
-        self._session_number = session.number
-        self._session_facts = {**facts, "columns": header_cols}
+        self._run_number = run.number
+        self._run_facts = {**facts, "columns": header_cols}
         self._report()
         log.info("recording to %s", self._file.path)
 
@@ -591,7 +595,7 @@ class Recorder(Worker):
             return
         if target is None:
             return
-        facts = self._session_facts
+        facts = self._run_facts
         manifest = build_manifest(
             name=target.name, car=self.car, vin=facts.get("vin"),
             protocol=facts.get("protocol", ""), columns=facts["columns"],

@@ -3,12 +3,18 @@
 Pure functions, no I/O (sinks/records.py owns the files)."""
 from __future__ import annotations
 
-import math
 import re
 from datetime import datetime, timezone
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 from eccm.core.state import Column, Snapshot
+from eccm.core.text import format_cell, format_time
+
+# A value's text (format_cell, format_time) lives in core.text, the server writes it too;
+# the sinks import it from here with the rows.
+__all__ = ["PART_SUFFIX", "TIME_COLUMN", "RowFormat", "complete_length", "file_name",
+           "file_sequence", "format_cell", "format_time", "parse_file_name", "parse_time",
+           "row_cells"]
 
 PART_SUFFIX = ".part"
 TIME_COLUMN = Column("TIME", "UTC")
@@ -43,12 +49,6 @@ def file_sequence(name: str) -> Optional[int]:
     return int(match["seq"]) if match and match["seq"] else None
 
 
-def format_time(moment: datetime) -> str:
-    """ISO 8601 UTC with milliseconds and Z: 2026-11-24T22:18:50.360Z."""
-    utc = moment.astimezone(timezone.utc)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
-
 def parse_time(text: str) -> Optional[datetime]:
     """The inverse of format_time; None for anything else."""
     try:
@@ -56,27 +56,6 @@ def parse_time(text: str) -> Optional[datetime]:
     except ValueError:
         return None
     return moment.replace(tzinfo=timezone.utc)
-
-
-def format_cell(value: Any) -> str:
-    """Plain text of a value: integers without '.0', at most 6 decimals, '' for none."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return ""
-        if value.is_integer() and abs(value) < 1e15:
-            return str(int(value))
-        text = f"{value:.6f}".rstrip("0").rstrip(".")
-        return "0" if text == "-0" else text
-    if isinstance(value, datetime):
-        return format_time(value)
-    # Text: one row is one line, whatever the ECU sends.
-    return str(value).replace("\r", " ").replace("\n", " ")
 
 
 def row_cells(snap: Snapshot, columns: Sequence[Column], moment: datetime,

@@ -40,7 +40,7 @@ from eccm.sinks.rows import PART_SUFFIX, parse_file_name
 from eccm.sinks.records import tidy_orphan_manifests
 from eccm.core.health import UploadHealth
 from eccm.core.text import plural
-from eccm.core.state import CONNECTED, LOST, SharedState
+from eccm.core.state import CONNECTED, DISABLED, LOST, SharedState
 from eccm.core.worker import Backoff, Worker
 
 if TYPE_CHECKING:
@@ -434,13 +434,13 @@ class Uploader(Worker):
     name = "uploader"
     beats = False  # one upload may rightly take minutes on a slow link; botocore times out
 
-    def __init__(self, stop_event: threading.Event, state: SharedState, session: S3Store,
+    def __init__(self, stop_event: threading.Event, state: SharedState, store: S3Store,
                  *, max_delay: float = 300.0, keep_days: float = 30.0,
                  clock: Callable[[], float] = time.monotonic, first_delay: float = 1.0,
                  idle_poll: float = IDLE_POLL, slow_retry: float = SLOW_RETRY):
         super().__init__(stop_event)
         self.state = state
-        self.session = session
+        self.store = store
         self.backoff = Backoff(max_delay, first=first_delay)  # between failed attempts
         self.idle_poll = idle_poll  # between two looks at an empty outbox
         self.slow_retry = slow_retry  # at least, after an error only the user can fix
@@ -453,15 +453,19 @@ class Uploader(Worker):
 
     @classmethod
     def from_config(cls, stop_event: threading.Event, state: SharedState,
-                    cfg: "Config") -> "Uploader":
-        """The uploader the configuration describes, with its own S3Store."""
+                    cfg: "Config") -> Optional["Uploader"]:
+        """The uploader the configuration describes, with its own S3Store; None without an
+        S3 server (its link then says disabled)."""
+        if not cfg.s3_enabled:
+            state.set_link("s3", DISABLED)
+            return None
         return cls(stop_event, state, S3Store.from_config(cfg),
                    keep_days=cfg.S3_KEEP_UPLOADED_DAYS)
 
     def run(self) -> None:
         """Runs in the uploader thread."""
         while not self.stop_event.is_set():
-            files = [p for p in pending_files(self.session.outbox)
+            files = [p for p in pending_files(self.store.outbox)
                      if p.name not in self._held]
             self._report(backlog=len(files), held=len(self._held))
             if not files:
@@ -483,11 +487,11 @@ class Uploader(Worker):
         """Upload one file; 0 on success or when only this file is held back, else the
         delay before trying again."""
         try:
-            key = self.session.upload(path)
+            key = self.store.upload(path)
         except FileHeld as exc:
             self._held[path.name] = str(exc)  # until the next start: a person must look
             self.state.count("upload_held")
-            log.error("%s; it stays in %s", exc, self.session.outbox)
+            log.error("%s; it stays in %s", exc, self.store.outbox)
             return 0.0
         except UploadError as exc:
             self._problem_seen(str(exc))
@@ -500,11 +504,11 @@ class Uploader(Worker):
         if self._problem is not None:
             log.info("S3 upload works again")
             self._problem = None
-        self.state.set_link("s3", CONNECTED, self.session.settings.bucket)
+        self.state.set_link("s3", CONNECTED, self.store.settings.bucket)
         self.state.count("files_uploaded")
         self._report(last=f"{key} at "
                           f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}")
-        log.info("uploaded %s -> s3://%s/%s", path.name, self.session.settings.bucket, key)
+        log.info("uploaded %s -> s3://%s/%s", path.name, self.store.settings.bucket, key)
         return 0.0
 
     def _report(self, **changes: Any) -> None:
@@ -520,10 +524,10 @@ class Uploader(Worker):
 
     def _housekeeping(self) -> None:
         """While idle: tidy what a stop between two removals left, prune kept copies."""
-        tidy_orphan_manifests(self.session.outbox, self.session.outbox.parent / UPLOADED)
-        if self.session.keep_uploaded and self.clock() - self._last_prune > 3600:
+        tidy_orphan_manifests(self.store.outbox, self.store.outbox.parent / UPLOADED)
+        if self.store.keep_uploaded and self.clock() - self._last_prune > 3600:
             self._last_prune = self.clock()
-            removed = prune_uploaded(self.session.outbox.parent / UPLOADED, self.keep_days)
+            removed = prune_uploaded(self.store.outbox.parent / UPLOADED, self.keep_days)
             if removed:
                 log.info("removed %s older than %s", plural(removed, "uploaded copy",
                                                             "uploaded copies"),

@@ -159,9 +159,6 @@ def safe_name(text: str) -> str:
     return name if name and not name[0].isdigit() else f"c_{name}"
 
 
-# BATTERY_VOLTAGE: the adapter's reading (eccm.sources.obd.poller.VOLTAGE_COLUMN, not
-# imported: the poller needs the serial port's modules).
-ADAPTER_UNITS = {"BATTERY_VOLTAGE": "V"}
 # 'TCM.' or 'ECU7E9.': the prefix ECCM puts before a standard value read from another ECU
 # (eccm.sources.obd.values.ecu_prefixes).
 ECU_PREFIX = re.compile(r"(?:[A-Za-z0-9]{2,4}|ECU[0-9A-Fa-f]{1,8})\.(?P<name>.+)")
@@ -172,15 +169,14 @@ _standard_safe: set = set()
 
 
 def standard_units() -> Dict[str, str]:
-    """Every standard ECCM value's name -> the unit ECCM always records it in: python-OBD's
-    mode-01 values and ECCM's own PIDs (as eccm.sources.obd.values names them), the GNSS
-    columns and the adapter's battery voltage."""
+    """Every standard ECCM value's name -> the unit ECCM always records it in: the OBD
+    source's (python-OBD's mode-01 values, ECCM's own PIDs and the adapter's battery
+    voltage, as eccm.sources.obd.values names them) and the GNSS columns."""
     if not _standard:
         from eccm.sources.gnss.columns import COLUMNS as GNSS_COLUMNS
         from eccm.sources.obd.values import standard_units as obd_units
-        found = obd_units()  # only sources/obd imports python-OBD
+        found = obd_units()  # only sources/obd imports python-OBD; the adapter's voltage too
         found.update({c.name: c.unit for c in GNSS_COLUMNS})
-        found.update(ADAPTER_UNITS)
         _standard.update(found)
     return _standard
 

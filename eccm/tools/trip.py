@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from xml.etree import ElementTree as ET
 
 from eccm.core.text import plural
-from eccm.sinks.rows import format_time
+from eccm.core.text import format_time
 from eccm.sources.gnss.columns import NAMES as GNSS_NAMES
 
 EARTH_RADIUS_M = 6_371_008.8

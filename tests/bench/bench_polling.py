@@ -87,8 +87,8 @@ class CountingState(SharedState):
         super().__init__()
         self.tally = tally
 
-    def update_values(self, readings, mono=None, wall=None):
-        super().update_values(readings, mono, wall)
+    def update_values(self, readings, mono=None, wall=None, *, origin):
+        super().update_values(readings, mono, wall, origin=origin)
         names = [n for n in readings if not n.endswith("_DTC_COUNT")]
         self.tally.add(names)
 

@@ -114,8 +114,12 @@ class GnssReader(Worker):
 
     @classmethod
     def from_config(cls, stop_event: threading.Event, state: SharedState, cfg: "Config", *,
-                    on_fix: Optional[Callable[[Fix], None]] = None) -> "GnssReader":
-        """The reader the configuration describes; on_fix is the daemon's (record clock)."""
+                    on_fix: Optional[Callable[[Fix], None]] = None) -> Optional["GnssReader"]:
+        """The reader the configuration describes, or None with GPS_POSITION_MONITORING=no
+        (declared off); on_fix is the daemon's (record clock)."""
+        if not cfg.GPS_POSITION_MONITORING:
+            cls.declare_off(state)
+            return None
         return cls(stop_event, state, port=cfg.GNSS_PORT, baudrate=cfg.GNSS_BAUDRATE,
                    max_delay=cfg.RECONNECT_MAX_DELAY, on_fix=on_fix)
 

@@ -7,7 +7,7 @@ slow ones (temperatures, fuel level...) spread over OBD_SLOW_EVERY cycles, so th
 tier refreshes as often as the adapter allows while every value is still logged.
 
 This thread alone touches the adapter (python-OBD is not thread-safe either). Other threads
-ask through read_dtcs(), clear_dtcs(), legacy_answer() and request_reconnect() (the server's
+ask through read_dtcs(), clear_dtcs(), query() and request_reconnect() (the server's
 CarAccess), or hand it work with submit(), which runs a function with the open connection on
 this thread and waits for the result with a timeout; what cannot be answered is one
 Unavailable (core.state) whose message says why. The adapter is reopened forever with
@@ -30,6 +30,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 import obd
 
 from eccm.sources.obd import values as obd_values
+from eccm.sources.obd.values import VOLTAGE_COLUMN
 from eccm.sources.obd.frames import CAN29
 from eccm.sources.obd.adapter import (CAN_PROTOCOLS, MAX_PACK, PROBE_BAUDS, AdapterError,
                                       ElmConnection, EngineChanged, NoCar, ReadError,
@@ -70,8 +71,6 @@ def quiet_python_obd(debug: bool) -> None:
 # that on CAN they fit one packed request.
 DEFAULT_FAST = ("RPM", "SPEED", "THROTTLE_POS", "ENGINE_LOAD", "MAF", "ACCELERATOR_POS_D")
 
-
-VOLTAGE_COLUMN = Column("BATTERY_VOLTAGE", "V")
 VOLTAGE_EVERY = 2.0      # s between two ATRV readings while polling
 VOLTAGE_PROBE = 10.0     # s between two ATRV readings while the engine is off
 VOLTAGE_HYSTERESIS = 0.3
@@ -190,27 +189,18 @@ class ObdPoller(Worker):
         """Mode 04; the stored codes left. Raises Unavailable."""
         return self.submit(lambda conn: conn.clear_dtcs(), timeout)
 
-    def legacy_answer(self, kind: str, name: str, timeout: float) -> str:
-        """What the original ECCM answered for QUERY_COMMAND>>NAME, QUERY_STATUS>>NAME,
-        GET_DTC and CLEAR_DTC: python-OBD's text of the value (a pint quantity such as
-        '780.0 revolutions_per_minute'), made here so the server only passes it on; "None"
-        for a name python-OBD does not know. Raises Unavailable."""
-        if kind == "GET_DTC":
-            def read(conn: ElmConnection) -> str:
-                return str(_described(conn.read_dtcs(3)))
-        elif kind == "CLEAR_DTC":
-            def read(conn: ElmConnection) -> str:
-                conn.clear_dtcs()
-                return "None"
-        else:
-            statuses = ("FUEL_STATUS", "AIR_STATUS", "AUX_INPUT_STATUS")
-            known = obd.commands.has_name(name) and (kind != "QUERY_STATUS" or name in statuses)
-            if not known:
-                return "None"  # what the original answered for an unknown name
-            command = obd.commands[name]
+    def query(self, name: str, timeout: float) -> Optional[str]:
+        """One engine value read from the car now, as python-OBD's text shows it (a pint
+        quantity such as '780.0 revolutions_per_minute'); None when the car gave no value
+        or python-OBD has no value of that name (it is asked nothing then). Raises
+        Unavailable."""
+        if not obd.commands.has_name(name):
+            return None
+        command = obd.commands[name]
 
-            def read(conn: ElmConnection) -> str:
-                return str(conn.query(command))
+        def read(conn: ElmConnection) -> Optional[str]:
+            value = conn.query(command)
+            return None if value is None else str(value)
         return self.submit(read, timeout)
 
     def request_reconnect(self) -> None:
@@ -315,7 +305,7 @@ class ObdPoller(Worker):
         session = EngineRun(self._sessions, columns, protocol=conn.protocol_name(),
                              port=conn.port_name(), vin=vin, facts=facts)
         try:
-            self.state.start_engine_run(session)
+            self.state.start_engine_run(session, source=self.name)
         except ValueError as exc:  # another source took one of these names first
             self._link(LOST, f"cannot record this car's values: {exc}")
             self._release()
@@ -361,7 +351,8 @@ class ObdPoller(Worker):
                                     readings[name] = (plain, units[name])
                             answered += value is not None
                     if readings:
-                        self.state.update_values(readings)  # each request its own time
+                        # each request its own time
+                        self.state.update_values(readings, origin=self.name)
                 number += 1
                 now = time.monotonic()
                 # Profiles from the second rotation of the schedule on: every mode-01 value
@@ -388,7 +379,7 @@ class ObdPoller(Worker):
                     if found:
                         self.state.update_values({name: (value, units[name])
                                                   for name, value in found.items()
-                                                  if name in units})
+                                                  if name in units}, origin=self.name)
                         answered += len(found)
                     now = time.monotonic()
                 if now >= next_voltage:  # the adapter's own reading: no bus traffic
@@ -396,7 +387,8 @@ class ObdPoller(Worker):
                     reading = conn.voltage()
                     if reading is not None:
                         volts = reading
-                        self.state.update_values({VOLTAGE_COLUMN.name: (volts, "V")})
+                        self.state.update_values(
+                            {VOLTAGE_COLUMN.name: (volts, VOLTAGE_COLUMN.unit)}, origin=self.name)
                         low = self.sleep_below and volts < self.sleep_below
                         low_since = (low_since or now) if low else None
                 if low_since is not None and now - low_since > self.session_timeout:
@@ -485,7 +477,8 @@ class ObdPoller(Worker):
             if volts is not None:
                 log.info("battery at %.1f V: engine running, reconnecting", volts)
             return
-        self.state.update_values({VOLTAGE_COLUMN.name: (volts, "V")})
+        self.state.update_values({VOLTAGE_COLUMN.name: (volts, VOLTAGE_COLUMN.unit)},
+                                 origin=self.name)
         self._idle(VOLTAGE_PROBE)
 
     def _serve_requests(self, conn: Optional[ElmConnection]) -> None:
@@ -533,9 +526,3 @@ class ObdPoller(Worker):
 def _described(codes: List[str]) -> List[Tuple[str, str]]:
     """Codes with python-OBD's descriptions (SAE J2012 generic codes)."""
     return [(code, obd.codes.DTC.get(code, "")) for code in codes]
-
-
-def all_recordable(conn: Any) -> List[Any]:
-    """Mode-01 engine values a connected car supports (for tools and tests)."""
-    return sorted((c for c in conn.supported_commands if obd_values.is_recordable(c)),
-                  key=lambda c: c.pid)

@@ -1,6 +1,7 @@
 """Vehicle profiles: OBDb signal-set JSON files -> manufacturer requests and their values.
 
-Pure (no adapter I/O): the poller sends `ProfileCommand.request` to `header`, listens to
+Pure parsing (`parse`: text in, Profile out; `load` only reads the files and folders it is
+given, no adapter I/O): the poller sends `ProfileCommand.request` to `header`, listens to
 `receive`, and hands the ECU's whole positive answer to `ProfileCommand.decode`.
 
 ECCM reads the signal-set format of OBDb (github.com/OBDb, one repository per vehicle,
@@ -173,10 +174,6 @@ class Signal:
                                       hash=False)  # enumeration: raw -> text
     decimals: Optional[int] = None  # None: whole numbers (int); else floats rounded so
 
-    @property
-    def is_enumeration(self) -> bool:
-        return bool(self.values)
-
     def raw(self, data: bytes) -> Optional[int]:
         """The field's integer (signed if `signed`; enumerations unsigned), or None when
         `data` (the answer after the service byte and the PID/DID echo) is too short."""
@@ -296,7 +293,7 @@ def load(*paths: Union[str, Path]) -> List[Profile]:
             files.append(path)
     profiles, owners = [], {}
     for path in files:
-        profile, where = _Reader(path).read()
+        profile, where = _Reader(str(path)).parse(_read(path))
         for signal_id, place in where.items():
             if signal_id in owners:
                 raise ProfileError(str(path), f"{place}.id", f"{signal_id!r} is already the "
@@ -306,9 +303,18 @@ def load(*paths: Union[str, Path]) -> List[Profile]:
     return profiles
 
 
-def load_file(path: Union[str, Path]) -> Profile:
-    """One profile file. ProfileError on any problem."""
-    return _Reader(Path(path)).read()[0]
+def parse(text: str, file: str = "<profile>") -> Profile:
+    """One signal set from its JSON text (pure: `load` reads the files); `file` is what
+    its errors name. ProfileError on any problem."""
+    return _Reader(file).parse(text)[0]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(str(path), "file",
+                           f"cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 class _Object(dict):
@@ -320,23 +326,17 @@ class _Object(dict):
 
 
 class _Reader:
-    """Reads one file; every error names the file and the field's JSON path."""
+    """Parses one file's text; every error names the file and the field's JSON path."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.file = str(path)
+    def __init__(self, file: str):
+        self.file = file
         self.skipped: List[str] = []
         self.ids: Dict[str, str] = {}  # signal id -> its JSON path
 
     def fail(self, where: str, message: str) -> ProfileError:
         return ProfileError(self.file, where, message)
 
-    def read(self) -> Tuple[Profile, Dict[str, str]]:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise self.fail("file", f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
-                            ) from None
+    def parse(self, text: str) -> Tuple[Profile, Dict[str, str]]:
         try:
             document = json.loads(text, object_pairs_hook=_Object, parse_float=Decimal,
                                   parse_constant=Decimal)

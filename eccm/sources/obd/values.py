@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-
-import obd
-from obd.protocols import ECU
-from obd.protocols.protocol import Frame, Message
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from eccm.core.state import Column
 from eccm.sources.obd.frames import ecu_acronym
 from eccm.sources.obd.j1979 import PIDS, PidSpec
+
+if TYPE_CHECKING:
+    import obd
+
+# python-OBD is imported by the functions that use it, so that the names below can be read
+# without it (config checks a vehicle profile on a laptop; the lake's tools).
+
+# The adapter's own reading of the car's battery (ELM327 AT RV), recorded with the car's
+# values under this standard name.
+VOLTAGE_COLUMN = Column("BATTERY_VOLTAGE", "V")
 
 # pint unit names python-OBD uses -> the short unit written in headers.
 UNIT_NAMES = {
@@ -43,6 +49,7 @@ UNIT_NAMES = {
 
 def unknown_mode01(names: Sequence[str]) -> List[str]:
     """The names that are not python-OBD mode-01 values (config: OBD_FAST_PIDS)."""
+    import obd
     return [n for n in names if not obd.commands.has_name(n) or obd.commands[n].mode != 1]
 
 
@@ -66,6 +73,8 @@ def decode_payload(cmd: "obd.OBDCommand", data: bytes) -> Any:
     The answer must have the command's exact length: a short one is never padded (a
     padded '410C1A' would read as RPM 1664), a long one never cut. ValueError otherwise.
     """
+    from obd.protocols import ECU
+    from obd.protocols.protocol import Frame, Message
     if cmd.bytes and len(data) != cmd.bytes:
         raise ValueError(f"{cmd.name} takes {cmd.bytes} bytes, got {len(data)}")
     message = Message([Frame("")])
@@ -153,9 +162,11 @@ def ecu_prefixes(engine: int, names: Mapping[int, Optional[str]]) -> Dict[int, s
 
 
 def standard_units() -> Dict[str, str]:
-    """Every standard OBD value's column -> the unit ECCM always records it in: python-OBD's
-    mode-01 values and ECCM's own PIDs (a profile's signal may not take these names; the
-    fleet's lake keeps plain names for them)."""
+    """Every value the OBD source records under a standard name -> the unit ECCM always
+    records it in: python-OBD's mode-01 values, ECCM's own PIDs and the adapter's battery
+    voltage (a profile's signal may not take these names; the fleet's lake keeps plain
+    names for them). ImportError without python-OBD."""
+    import obd
     log = logging.getLogger("obd")
     level = log.level
     log.setLevel(logging.CRITICAL)  # python-OBD's decoders are probed for their units
@@ -164,5 +175,23 @@ def standard_units() -> Dict[str, str]:
                  if cmd is not None and is_recordable(cmd) for c in columns_for(cmd)}
     finally:
         log.setLevel(level)
-    found.update({c.name: c.unit for spec in PIDS.values() for c in spec.columns})
+    found.update(_own_units())
     return found
+
+
+def _own_units() -> Dict[str, str]:
+    """The standard names ECCM itself defines: its PIDs past python-OBD's table and the
+    adapter's voltage."""
+    found = {c.name: c.unit for spec in PIDS.values() for c in spec.columns}
+    found[VOLTAGE_COLUMN.name] = VOLTAGE_COLUMN.unit
+    return found
+
+
+def reserved_names() -> List[str]:
+    """The names the OBD source's values take, which a vehicle profile's signal must not:
+    every standard one; without python-OBD (a laptop checking a profile) ECCM's own, and
+    the daemon checks the rest when it loads the profile."""
+    try:
+        return list(standard_units())
+    except ImportError:
+        return list(_own_units())
