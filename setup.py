@@ -33,9 +33,14 @@ setup(
         # The fleet's side (eccm fleet), on a server or a laptop: DuckDB and its S3
         # extension from PyPI (which needs no download at run time), pinned as for the tests.
         "fleet": ["duckdb", "duckdb-extension-httpfs>=1.4.4,<1.6"],
+        # Publishing live values to an MQTT broker (MQTT_BROKER, Home Assistant).
+        "mqtt": ["paho-mqtt>=2.0,<3"],
         # ELM327-emulator is CC BY-NC-SA (non-commercial): tests only, never at run time.
         "test": [
             "pytest>=7",
+            "paho-mqtt>=2.0,<3",
+            # Renders the Home Assistant discovery templates as Home Assistant does (Jinja).
+            "jinja2>=3",
             "hypothesis>=6",
             "ELM327-emulator==4.0.0",
             # Bounded to the versions the suite was run with, so CI on a new machine tests

@@ -28,10 +28,13 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null;
     exit 1
 fi
 
-extras=""
+# The car's daemon gets the MQTT client (a small pure-Python package, used only when
+# MQTT_BROKER is set); the tests get everything.
+extras="[mqtt]"
 [ "$mode" = test ] && extras="[test]"
 stamp="$venv/.eccm-installed"
-want="$(cat setup.py requirements.txt | sha256sum | cut -c1-16)$extras"
+base="$(cat setup.py requirements.txt | sha256sum | cut -c1-16)"
+want="$base$extras"
 
 if [ ! -x "$venv/bin/python" ]; then
     echo "start.sh: creating the virtualenv in $venv" >&2
@@ -42,7 +45,7 @@ if [ ! -x "$venv/bin/python" ]; then
     fi
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] && \
-   ! { [ "$mode" != test ] && grep -q "^${want}\[test\]\$" "$stamp" 2>/dev/null; }; then
+   ! { [ "$mode" != test ] && grep -q "^${base}\[test\]\$" "$stamp" 2>/dev/null; }; then
     echo "start.sh: installing ECCM$extras into $venv (first run or changed dependencies)" >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".$extras"

@@ -177,6 +177,57 @@ def _endpoint(raw: str) -> Optional[str]:
     return raw
 
 
+def split_broker(raw: str, tls: bool = False) -> Tuple[str, int]:
+    """'host:port', 'host' or '[v6]:port' -> (host, port); the port defaults to MQTT's
+    1883, or 8883 with TLS. ValueError says what was expected."""
+    expected = "expected host:port or host (e.g. 192.168.1.10:1883), no scheme or user"
+    if not raw or "@" in raw or "/" in raw or any(c.isspace() for c in raw):
+        raise ValueError(expected)
+    port_text = ""
+    if raw.startswith("["):
+        host, bracket, rest = raw[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(expected)
+        port_text = rest[1:] if rest else ""
+        if rest and not port_text:
+            raise ValueError(expected)
+    elif raw.count(":") > 1:
+        host = raw  # a bare IPv6 address
+    else:
+        host, colon, port_text = raw.partition(":")
+        if colon and not port_text:
+            raise ValueError(expected)
+    if not host:
+        raise ValueError(expected)
+    if port_text == "":
+        return host, 8883 if tls else 1883
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError("expected a port from 1 to 65535 after the ':'")
+    return host, int(port_text)
+
+
+def _broker(raw: str) -> Optional[str]:
+    if raw == "":
+        return None
+    split_broker(raw)
+    return raw
+
+
+def _topic(optional: bool) -> Callable[[str], Optional[str]]:
+    """An MQTT topic prefix ECCM publishes under: levels without wildcards, not $SYS."""
+    def parse(raw: str) -> Optional[str]:
+        if raw == "" and optional:
+            return None
+        value = raw.strip("/")
+        if (not value or any(c in value for c in "+#\x00") or value.startswith("$")
+                or "//" in value or len(value.encode()) > 200):
+            raise ValueError("expected a topic prefix such as eccm/my-car: levels separated "
+                             "by '/', no '+', '#' or empty level, not starting with '$', "
+                             "up to 200 bytes")
+        return value
+    return parse
+
+
 @dataclass(frozen=True)
 class _Key:
     parse: Callable[[str], Any]
@@ -243,6 +294,15 @@ SCHEMA: Dict[str, _Key] = {
     "SOCKET_SERVER_SECRET": _Key(_secret, secret=True),
     "SOCKET_SERVER_TLS_CERT": _Key(_text()),
     "SOCKET_SERVER_TLS_KEY": _Key(_text()),
+    "MQTT_BROKER": _Key(_broker, show=_mask_credentials),
+    "MQTT_USER": _Key(_text()),
+    "MQTT_PASSWORD": _Key(_text(), secret=True),
+    "MQTT_TLS": _Key(_boolean),
+    "MQTT_TLS_CA": _Key(_text()),
+    "MQTT_TOPIC_PREFIX": _Key(_topic(optional=True)),
+    "MQTT_INTERVAL": _Key(_number(0.1, 3600)),
+    "MQTT_DISCOVERY": _Key(_boolean),
+    "MQTT_DISCOVERY_PREFIX": _Key(_topic(optional=False)),
     "LOG_LEVEL": _Key(_choice("DEBUG", "INFO", "WARNING", "ERROR")),
 }
 
@@ -274,6 +334,10 @@ class Config:
     @property
     def s3_enabled(self) -> bool:
         return self.S3_SERVER_ENDPOINT is not None
+
+    @property
+    def mqtt_enabled(self) -> bool:
+        return self.MQTT_BROKER is not None
 
     def describe(self) -> List[Tuple[str, str, str]]:
         """(key, shown value, source) for every key, secrets masked."""
@@ -541,6 +605,15 @@ def load(path: Optional[Path], environ: Optional[Mapping[str, str]] = None,
     if values.get("ENABLE_SOCKET_SERVER"):
         problems.extend(_tls_problems(
             values, lambda key: f"{key}{SCHEMA[key].shown(texts[key])} (from {where(key)})"))
+    if values.get("MQTT_BROKER") and values.get("MQTT_TLS_CA"):
+        try:
+            with open(values["MQTT_TLS_CA"], "rb"):
+                pass
+        except OSError as exc:
+            problems.append(f"MQTT_TLS_CA{SCHEMA['MQTT_TLS_CA'].shown(texts['MQTT_TLS_CA'])} "
+                            f"(from {where('MQTT_TLS_CA')}): cannot be read "
+                            f"({exc.strerror or exc.__class__.__name__}); expected the PEM "
+                            "file of the certificate authority that signed the broker's")
     if values.get("OBD_PROFILE"):
         problem = _profile_problem(values["OBD_PROFILE"])
         if problem:
@@ -566,6 +639,12 @@ def _check_together(values: Dict[str, Any], problems: List[str]) -> None:
     if all(key in values for key in s3) and 0 < len(missing) < len(s3):
         problems.append(f"{', '.join(missing)}: required when any of {', '.join(s3)} is set "
                         "(leave all four empty to disable the upload)")
+    if values.get("MQTT_PASSWORD") and "MQTT_USER" in values and not values["MQTT_USER"]:
+        problems.append("MQTT_USER: required when MQTT_PASSWORD is set (the broker takes "
+                        "a password only with a user name)")
+    if values.get("MQTT_TLS_CA") and values.get("MQTT_TLS") is False:
+        problems.append("MQTT_TLS_CA: set while MQTT_TLS is no; set MQTT_TLS=yes to use "
+                        "it, or empty it")
     bind = values.get("SOCKET_SERVER_BIND", "127.0.0.1")
     secret = values.get("SOCKET_SERVER_SECRET")
     if values.get("ENABLE_SOCKET_SERVER") and bind not in _LOOPBACK:
@@ -616,7 +695,7 @@ def _derive(values: Dict[str, Any], base: Path) -> None:
         values["MONITORING_FILE_SEPARATION_CHARACTER"] = default_separator(
             values["MONITORING_FILE_EXTENSION"])
     for key in ("RECORD_DIRECTORY_LOCATION", "SOCKET_SERVER_TLS_CERT",
-                "SOCKET_SERVER_TLS_KEY", "OBD_PROFILE"):
+                "SOCKET_SERVER_TLS_KEY", "OBD_PROFILE", "MQTT_TLS_CA"):
         if values.get(key):
             path = Path(os.path.expanduser(values[key]))
             values[key] = str(path if path.is_absolute() else base / path)

@@ -55,7 +55,9 @@ def venv_tool(name: str) -> str:
 
 # The Debian package of each system tool the tests drive (.ci/run installs them).
 PACKAGES = {"nc": "netcat-openbsd", "systemd-analyze": "systemd", "rfcomm": "bluez",
-            "ncat": "ncat", "openssl": "openssl", "java": "default-jre-headless"}
+            "ncat": "ncat", "openssl": "openssl", "java": "default-jre-headless",
+            "mosquitto": "mosquitto", "mosquitto_passwd": "mosquitto",
+            "mosquitto_sub": "mosquitto-clients"}
 
 
 def require_tool(name: str) -> str:

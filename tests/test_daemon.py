@@ -287,12 +287,12 @@ def test_a_component_that_is_off_says_so_and_is_not_started(tmp_path):
                   environ={})
     daemon = Daemon(cfg)
     assert [w.name for w in daemon.workers] == ["obd"]
-    assert (daemon.recorder, daemon.gnss, daemon.server, daemon.uploader) == \
-        (None, None, None, None)
+    assert (daemon.recorder, daemon.gnss, daemon.server, daemon.uploader, daemon.mqtt) == \
+        (None, None, None, None, None)
     snap = daemon.state.snapshot()
     assert snap.health.record.off
-    assert {k: snap.links[k].state for k in ("gnss", "s3")} == \
-        {"gnss": "disabled", "s3": "disabled"}
+    assert {k: snap.links[k].state for k in ("gnss", "s3", "mqtt")} == \
+        {"gnss": "disabled", "s3": "disabled", "mqtt": "disabled"}
 
 
 def test_the_log_says_what_the_status_line_says_without_systemd(tmp_path, caplog):

@@ -62,11 +62,14 @@ def test_start_sh_install_creates_and_updates_the_venv_the_service_runs(tmp_path
         return done.stderr
 
     first = install()
-    assert "installing ECCM into" in first and f"is installed in {venv}" in first
+    assert "installing ECCM[mqtt] into" in first and f"is installed in {venv}" in first
+    # The car's daemon gets the MQTT client (MQTT_BROKER works without another step).
+    subprocess.run([str(venv / "bin" / "python"), "-c", "import paho.mqtt.client"],
+                   check=True)
     version = subprocess.run([str(venv / "bin" / "eccm"), "--version"], capture_output=True,
                              text=True, check=True).stdout
     assert version.startswith("eccm ")
     assert "installing" not in install()  # nothing changed: nothing reinstalled
     # Dependencies changed since the venv was made (as after a git pull): reinstalled.
     (venv / ".eccm-installed").write_text("stale\n")
-    assert "installing ECCM into" in install()
+    assert "installing ECCM[mqtt] into" in install()

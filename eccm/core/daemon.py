@@ -21,6 +21,7 @@ from eccm.core.health import status_line
 from eccm.core.notify import Notifier
 from eccm.sources.obd.link import PortInUse
 from eccm.sources.obd.poller import ObdPoller
+from eccm.sinks.mqtt import MqttPublisher
 from eccm.sinks.records import Recorder
 from eccm.server.tcp import SocketServer
 from eccm.sinks.upload import Uploader
@@ -62,9 +63,11 @@ class Daemon:
                                            on_fix=self._on_fix)
         self.server = SocketServer.from_config(self.stop_event, self.state, self.poller, cfg)
         self.uploader = Uploader.from_config(self.stop_event, self.state, cfg)
+        self.mqtt = MqttPublisher.from_config(self.stop_event, self.state, cfg,
+                                              clock=self.clock.now)
         # Started in this order, stopped in reverse: the recorder closes its file last.
         self.workers = [w for w in (self.recorder, self.poller, self.gnss, self.server,
-                                    self.uploader) if w is not None]
+                                    self.uploader, self.mqtt) if w is not None]
         self.disk = DiskBudget.from_config(cfg)
         self._next_disk_check = 0.0
 
