@@ -5,6 +5,7 @@ datasheet (fake_elm), and Home Assistant's discovery rules as an independent che
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -443,3 +444,44 @@ def test_a_broker_that_stops_reading_drops_the_oldest_documents_and_counts_them(
     finally:
         stop_worker(stop, worker)
         broker.stop()
+
+
+def thread_cpu_seconds(native_id: int) -> float:
+    """CPU time (user + system) a thread of this process has used, from /proc."""
+    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_waiting_for_a_login_answer_does_not_spin():
+    """A broker that never answers the login: the publisher waits on its socket, it does
+    not busy-loop (a Pi Zero has one core, shared with the OBD thread)."""
+    from eccm.core.state import SharedState
+    silent = SilentBroker()
+    stop, worker = publisher(SharedState(), silent.port, connack_timeout=30)
+    try:
+        wait_for(lambda: silent.accepted, 10, what="the connection")
+        tid = worker._thread.native_id
+        before = thread_cpu_seconds(tid)
+        time.sleep(1.5)
+        used = thread_cpu_seconds(tid) - before
+    finally:
+        stop_worker(stop, worker)
+        silent.stop()
+    assert used < 0.5, f"{used:.2f} s of CPU in 1.5 s of waiting"
+
+
+def test_two_eccms_of_one_car_on_one_broker_do_not_kick_each_other(broker):
+    from eccm.core.state import SharedState
+    states = [SharedState(), SharedState()]
+    workers = [publisher(state, broker.port, interval=0.1) for state in states]
+    try:
+        for state in states:
+            wait_for(lambda: state.snapshot().links.get("mqtt") is not None
+                     and state.snapshot().links["mqtt"].state == "connected", 10,
+                     what="both connected")
+        time.sleep(1)  # a broker drops the older client of an id at once
+        assert all(s.snapshot().links["mqtt"].state == "connected" for s in states)
+        assert "already connected" not in broker.log
+    finally:
+        for stop, worker in workers:
+            stop_worker(stop, worker)

@@ -12,6 +12,7 @@ paho-mqtt is imported only when MQTT_BROKER is set (the `mqtt` extra).
 from __future__ import annotations
 
 import json
+import secrets
 import logging
 import ssl
 import threading
@@ -19,7 +20,7 @@ import time
 from collections import deque
 from datetime import datetime, timezone
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from eccm import __version__
 from eccm.config import split_broker
@@ -103,8 +104,10 @@ class MqttPublisher(Worker):
         self._connected = False
         self._refused: Optional[str] = None  # why the broker refused the login
         self._gone: Optional[str] = None     # why the connection ended
-        self._in_flight = 0
+        self._in_flight: Set[int] = set()  # message ids of documents not yet written
         self._announced: Dict[str, str] = {}  # discovery topic -> payload sent
+        self._announced_for: Any = None  # the (columns, VIN) they were made for
+        self._last_offline = 0.0
         self._dtc: Optional[str] = None
         self.published = self.dropped = self.not_sent = 0
 
@@ -166,7 +169,8 @@ class MqttPublisher(Worker):
         while not self.stop_event.is_set():
             self.heartbeat()
             now = time.monotonic()
-            wait = max(0.0, min(0.2, next_tick - now))
+            # Waiting for the login: no tick to keep, so no busy loop either.
+            wait = max(0.0, min(0.2, next_tick - now)) if self._connected else 0.2
             rc = self._client.loop(timeout=wait)
             if self._refused is not None:
                 self.link(LOST, self._refused)
@@ -194,8 +198,11 @@ class MqttPublisher(Worker):
     def _connect(self) -> None:
         """A fresh client for each connection: nothing of the last one is replayed."""
         mqtt = self._paho
+        # A broker drops the older of two clients with one id: a random tail keeps a
+        # second ECCM of the same car (a test bench, a spare Pi) from kicking this one.
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=f"eccm-{self.car}", protocol=mqtt.MQTTv311)
+                             client_id=f"eccm-{self.car}-{secrets.token_hex(3)}",
+                             protocol=mqtt.MQTTv311)
         client.connect_timeout = self.connect_timeout
         if self.user:
             client.username_pw_set(self.user, self._password)
@@ -208,7 +215,7 @@ class MqttPublisher(Worker):
         self._client = client
         self._connected = False
         self._refused = self._gone = None
-        self._in_flight = 0
+        self._in_flight.clear()
         self._queue.clear()
         client.connect(self.host, self.port, keepalive=self.keepalive)
 
@@ -228,12 +235,7 @@ class MqttPublisher(Worker):
             client.disconnect()
             client.loop(timeout=0.1)
         except (OSError, ValueError, RuntimeError):
-            pass  # going anyway
-        finally:
-            try:
-                client.socket() and client.socket().close()
-            except OSError:
-                pass
+            pass  # going anyway: paho closes its socket on disconnect
         self._connected = False
         self._report()
 
@@ -253,6 +255,7 @@ class MqttPublisher(Worker):
         self.backoff.reset()
         self.link(CONNECTED, f"{self.host}:{self.port}, topics {self.topics.prefix}/#")
         self._announced.clear()
+        self._announced_for = None
         self._dtc = None
         client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         self._announce()
@@ -263,8 +266,8 @@ class MqttPublisher(Worker):
             self._gone = f"connection lost ({reason})"
         self._connected = False
 
-    def _on_publish(self, *_args: Any) -> None:
-        self._in_flight = max(0, self._in_flight - 1)
+    def _on_publish(self, _client: Any, _userdata: Any, mid: int, *_rest: Any) -> None:
+        self._in_flight.discard(mid)
 
     # --- what is sent ---
 
@@ -288,7 +291,7 @@ class MqttPublisher(Worker):
     def _tick_offline(self) -> None:
         """Once an interval while the broker is unreachable: count, keep nothing."""
         now = time.monotonic()
-        if now - getattr(self, "_last_offline", 0.0) >= self.interval:
+        if now - self._last_offline >= self.interval:
             self._last_offline = now
             self.not_sent += 1
             self._report()
@@ -300,6 +303,10 @@ class MqttPublisher(Worker):
             return
         snap = snap or self.state.snapshot()
         vin = snap.engine_run.vin if snap.engine_run is not None else snap.health.obd.vin
+        key = (snap.declared(), vin)
+        if key == self._announced_for:
+            return
+        self._announced_for = key
         for topic, payload in discovery(self.car, vin, snap.declared(), self.topics,
                                         self.discovery_prefix, self.interval, __version__):
             text = json.dumps(payload, sort_keys=True)
@@ -315,10 +322,11 @@ class MqttPublisher(Worker):
     def _send(self) -> None:
         """Hand queued documents to the client while few are unwritten (a broker that
         stops reading leaves them here, where the oldest give way)."""
-        while self._queue and self._in_flight < WINDOW and self._connected:
+        while self._queue and len(self._in_flight) < WINDOW and self._connected:
             topic, payload = self._queue.popleft()
-            self._in_flight += 1
-            self._client.publish(topic, payload, qos=0, retain=False)
+            info = self._client.publish(topic, payload, qos=0, retain=False)
+            if not info.is_published():
+                self._in_flight.add(info.mid)
             self.published += 1
 
     def _report(self) -> None:
