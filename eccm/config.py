@@ -206,6 +206,12 @@ def split_broker(raw: str, tls: bool = False) -> Tuple[str, int]:
     return host, int(port_text)
 
 
+def _mask_login(raw: str) -> str:
+    """'user:pw@host' -> '***@host': a broker address holds no login, but one typed there
+    by mistake is never shown."""
+    return f"***@{raw.rpartition('@')[2]}" if "@" in raw else raw
+
+
 def _broker(raw: str) -> Optional[str]:
     if raw == "":
         return None
@@ -294,7 +300,7 @@ SCHEMA: Dict[str, _Key] = {
     "SOCKET_SERVER_SECRET": _Key(_secret, secret=True),
     "SOCKET_SERVER_TLS_CERT": _Key(_text()),
     "SOCKET_SERVER_TLS_KEY": _Key(_text()),
-    "MQTT_BROKER": _Key(_broker, show=_mask_credentials),
+    "MQTT_BROKER": _Key(_broker, show=_mask_login),
     "MQTT_USER": _Key(_text()),
     "MQTT_PASSWORD": _Key(_text(), secret=True),
     "MQTT_TLS": _Key(_boolean),
