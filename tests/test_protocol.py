@@ -45,10 +45,10 @@ class Car(Backend):
     def snapshot(self):
         return self.state.snapshot()
 
-    def read_dtcs(self):
+    def read_dtcs(self, pending=True):
         if not self.connected:
             raise Unavailable("car not connected: ignition off?")
-        self.asked.append(("read_dtcs", ""))
+        self.asked.append(("read_dtcs", "" if pending else "stored"))
         return list(self.stored), []
 
     def clear_dtcs(self):
@@ -279,7 +279,7 @@ def test_the_original_commands_answer_after_the_bare_secret():
     for line, expected in LEGACY_COMMANDS.items():
         assert s.handle(line).lines == expected, line
     assert car.asked == [("query", "RPM"), ("query", "FUEL_STATUS"),
-                         ("read_dtcs", ""), ("clear_dtcs", "")]
+                         ("read_dtcs", "stored"), ("clear_dtcs", "")]
     assert car.reconnects == 1 and car.audits == ["CLEAR_DTC (legacy command)"]
     assert s.handle("NOPE").lines == ["INVALID COMMAND"]
     # The newer commands work in such a session too.

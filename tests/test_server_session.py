@@ -40,9 +40,9 @@ class FakeCar:
         if self.why_not:
             raise Unavailable(self.why_not)
 
-    def read_dtcs(self, timeout: float):
+    def read_dtcs(self, timeout: float, pending: bool = True):
         self._ask(timeout)
-        self.asked.append(("read_dtcs", ""))
+        self.asked.append(("read_dtcs", "" if pending else "stored"))
         return list(self.stored), list(self.pending)
 
     def clear_dtcs(self, timeout: float) -> int:
@@ -119,7 +119,7 @@ def test_the_original_client_gets_the_obd_sides_text_as_it_is(start_server):
         car.why_not = "car not connected"
         sock.sendall(b"QUERY_COMMAND>>RPM")
         assert read_until(sock, "\n") == "DATA MANAGER NOT AVAILABLE\n"
-    assert car.asked == [("query", "RPM"), ("read_dtcs", "")]
+    assert car.asked == [("query", "RPM"), ("read_dtcs", "stored")]
     assert car.reconnects == 1
 
 
@@ -160,6 +160,45 @@ def test_the_poller_gives_the_server_only_unavailable_with_the_reason(tmp_path):
             done.set()
             helper.join(5)
         assert str(caught.value) == message
+
+
+def test_the_original_get_dtc_asks_only_for_the_stored_codes(tmp_path, start_server):
+    """The original GET_DTC read mode 03 alone: a car whose pending codes (07) cannot be
+    read still gives its stored list, through the real OBD side."""
+    from eccm.sources.obd.adapter import ReadError
+    from eccm.sources.obd.poller import ObdPoller
+
+    stop = threading.Event()
+    poller = ObdPoller(stop, SharedState(), port=str(tmp_path / "no-adapter"))
+    modes: List[int] = []
+
+    class Conn:
+        def read_dtcs(self, mode: int):
+            modes.append(mode)
+            if mode != 3:
+                raise ReadError("ECU 7E9 did not answer the trouble code request")
+            return ["P0301"]
+
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            poller._serve_requests(Conn())
+            done.wait(0.01)
+
+    helper = threading.Thread(target=serve)
+    helper.start()
+    server = start_server(obd=poller, unterminated_flush=0.05)
+    try:
+        with connect(server) as sock:
+            sock.sendall(SECRET.encode())
+            wait_for(lambda: server.counts()[1] == 1, 5, step=0.02, what="the legacy login")
+            sock.sendall(b"GET_DTC")
+            assert read_until(sock, "\n") == "[('P0301', 'Cylinder 1 Misfire Detected')]\n"
+    finally:
+        done.set()
+        helper.join(5)
+    assert modes == [3]
 
 
 # Login, streaming and the delays.

@@ -62,8 +62,10 @@ class Backend:
     def snapshot(self) -> Snapshot:
         raise NotImplementedError
 
-    def read_dtcs(self) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
-        """(stored, pending) as (code, description); raises Unavailable (core.state)."""
+    def read_dtcs(self, pending: bool = True
+                  ) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
+        """(stored, pending) as (code, description); pending=False asks only for the
+        stored codes (pending then empty); raises Unavailable (core.state)."""
         raise NotImplementedError
 
     def clear_dtcs(self) -> int:
@@ -434,9 +436,10 @@ class Conversation:
         return self._ask_car(lambda: _legacy_text(self.backend.query(name)))
 
     def _legacy_get_dtc(self, args: List[str]) -> Reply:
-        # The stored codes as the original printed its list of (code, description).
+        # The stored codes as the original printed its list of (code, description): mode 03
+        # alone, as it asked (a car that cannot give its pending codes still answers).
         return self._ask_car(lambda: str([(code, text) for code, text
-                                          in self.backend.read_dtcs()[0]]))
+                                          in self.backend.read_dtcs(pending=False)[0]]))
 
     def _legacy_clear_dtc(self, args: List[str]) -> Reply:
         self.backend.audit("CLEAR_DTC (legacy command)")

@@ -270,8 +270,9 @@ class CarAccess(Protocol):
     question waits at most `timeout` seconds and raises core.state.Unavailable, whose
     message the client is shown, when the car cannot answer."""
 
-    def read_dtcs(self, timeout: float) -> DTCs:
-        """Stored and pending trouble codes, with descriptions."""
+    def read_dtcs(self, timeout: float, pending: bool = True) -> DTCs:
+        """Stored and pending trouble codes, with descriptions (pending=False: only the
+        stored ones are read, the pending list is empty)."""
 
     def clear_dtcs(self, timeout: float) -> int:
         """Mode 04; the number of stored codes left."""
@@ -301,8 +302,8 @@ class DaemonBackend(Backend):
             raise Unavailable("no OBD adapter configured")
         return self.server.obd
 
-    def read_dtcs(self) -> DTCs:
-        return self._car().read_dtcs(self.server.request_timeout)
+    def read_dtcs(self, pending: bool = True) -> DTCs:
+        return self._car().read_dtcs(self.server.request_timeout, pending)
 
     def clear_dtcs(self) -> int:
         return self._car().clear_dtcs(self.server.request_timeout)

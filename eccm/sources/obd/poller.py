@@ -178,12 +178,16 @@ class ObdPoller(Worker):
         except (AdapterError, ReadError) as exc:
             raise Unavailable(str(exc)) from exc
 
-    def read_dtcs(self, timeout: float) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
-        """Stored and pending trouble codes read from the car now, with descriptions.
-        Raises Unavailable."""
-        stored, pending = self.submit(lambda conn: (conn.read_dtcs(3), conn.read_dtcs(7)),
+    def read_dtcs(self, timeout: float, pending: bool = True
+                  ) -> Tuple[List[Tuple[str, str]], List[Tuple[str, str]]]:
+        """Stored and pending trouble codes read from the car now, with descriptions;
+        pending=False reads only the stored ones (mode 03; the pending list is then
+        empty). Raises Unavailable."""
+        if not pending:
+            return _described(self.submit(lambda conn: conn.read_dtcs(3), timeout)), []
+        stored, waiting = self.submit(lambda conn: (conn.read_dtcs(3), conn.read_dtcs(7)),
                                       timeout)
-        return _described(stored), _described(pending)
+        return _described(stored), _described(waiting)
 
     def clear_dtcs(self, timeout: float) -> int:
         """Mode 04; the stored codes left. Raises Unavailable."""
