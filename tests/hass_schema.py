@@ -52,7 +52,6 @@ from __future__ import annotations
 import copy
 import re
 
-# ---------------------------------------------------------------- abbreviations
 ABBREVIATIONS = {
     "avty": "availability", "avty_mode": "availability_mode",
     "avty_t": "availability_topic", "avty_tpl": "availability_template",
@@ -82,7 +81,6 @@ DEVICE_ABBREVIATIONS = {
 ORIGIN_ABBREVIATIONS = {"sw": "sw_version", "url": "support_url"}
 TOPIC_BASE = "~"
 
-# ------------------------------------------------------------------ HA classes
 BINARY_SENSOR_DEVICE_CLASSES = frozenset({
     "battery", "battery_charging", "carbon_monoxide", "cold", "connectivity",
     "door", "garage_door", "gas", "heat", "light", "lock", "moisture", "motion",
@@ -174,7 +172,6 @@ SENSOR_DEVICE_CLASS_STATE_CLASSES.update({
     "date": frozenset(), "enum": frozenset(), "timestamp": frozenset(),
 })
 
-# ---------------------------------------------------------------- key schemas
 COMMON_KEYS = frozenset({
     "availability", "availability_mode", "availability_template",
     "availability_topic", "default_entity_id", "device", "enabled_by_default",
@@ -222,7 +219,6 @@ _TOPIC_RE = re.compile(r"(?P<component>\w+)/(?:(?P<node_id>[a-zA-Z0-9_-]+)/)?"
                        r"(?P<object_id>[a-zA-Z0-9_-]+)/config")
 
 
-# ------------------------------------------------------------------- helpers
 def _rename(block, table):
     if isinstance(block, dict):
         for short in [k for k in block if k in table]:

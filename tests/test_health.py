@@ -211,3 +211,14 @@ def test_a_part_from_outside_core_is_in_status_without_a_change_to_health():
     state.report(CanHealth(frames=-1))
     snap = state.snapshot()
     assert status_line(snap.health, snap.links).endswith("CAN BUS-OFF")
+
+
+def test_a_rate_needs_half_a_second_of_events_to_be_told():
+    """Two readings a few milliseconds apart would make a wild rate: under 0.5 s of marks
+    the meter says 0, from then on events over the time they took."""
+    meter = RateMeter(window=5.0)
+    meter.add(10, 100.0)
+    meter.add(10, 100.01)
+    assert meter.rate(100.01) == 0.0
+    meter.add(10, 100.6)
+    assert meter.rate(100.6) == pytest.approx(20 / 0.6)

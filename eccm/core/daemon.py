@@ -156,7 +156,8 @@ class Daemon:
 
     def log_status(self) -> None:
         """Main thread: the log says what the health model says, when it changes (the
-        same line as STATUS's summary and systemd's)."""
+        line systemd's status shows, made by core.health.status_line from the same Health
+        that STATUS reads)."""
         line = self.status_line()
         if line != self._logged_status:
             log.info("status: %s", line)

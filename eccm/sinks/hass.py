@@ -22,6 +22,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from eccm.core.state import CONNECTED, Column, EngineRun, Snapshot
 from eccm.sinks.rows import format_cell, format_time, row_cells
+from eccm.sources.gnss.columns import POSITION, SOURCE as GNSS
+from eccm.sources.obd.values import MIL_COLUMN
 
 ONLINE, OFFLINE = "online", "offline"
 
@@ -108,12 +110,10 @@ def state_document(snap: Snapshot, moment: datetime, max_age: float) -> Dict[str
 def position_document(snap: Snapshot, max_age: float) -> Optional[Dict[str, Any]]:
     """The GNSS position if a fresh one is known (device_tracker attributes), else None:
     a tracker keeps its last position with the time it was taken, never a guess."""
-    fields = {"latitude": "LATITUDE", "longitude": "LONGITUDE", "altitude": "ALTITUDE",
-              "speed": "GNSS_SPEED", "course": "TRACK", "gnss_time": "GNSS_TIME"}
     found = {}
-    for key, name in fields.items():
+    for key, name in POSITION.items():
         reading = snap.fresh(name, max_age)
-        if reading is not None and reading.origin == "gnss":
+        if reading is not None and reading.origin == GNSS:
             found[key] = json_value(reading.value)
     if found.get("latitude") is None or found.get("longitude") is None:
         return None
@@ -183,8 +183,9 @@ def discovery(car: str, vin: Optional[str], columns: Sequence[Column], topics: T
     add("binary_sensor", "mil", {
         "name": "Check engine light", "device_class": "problem",
         "state_topic": topics.state, "expire_after": expire,
-        "value_template": "{% set v = value_json['values']['STATUS_MIL'] | default(None) %}"
-                          "{{ 'ON' if v == 1 else ('OFF' if v == 0 else None) }}"})
+        "value_template": "{%% set v = value_json['values'][%s] | default(None) %%}"
+                          "{{ 'ON' if v == 1 else ('OFF' if v == 0 else None) }}"
+                          % _quote(MIL_COLUMN)})
     add("binary_sensor", "car_connected", {
         "name": "Car connected", "device_class": "connectivity",
         "state_topic": topics.state, "expire_after": expire,

@@ -128,7 +128,6 @@ class MqttPublisher(Worker):
                    discovery_prefix=cfg.MQTT_DISCOVERY_PREFIX, max_age=cfg.VALUE_MAX_AGE,
                    reconnect_cap=cfg.RECONNECT_MAX_DELAY, clock=clock)
 
-    # --- the thread ---
 
     def run(self) -> None:
         self._report()
@@ -239,7 +238,7 @@ class MqttPublisher(Worker):
         self._connected = False
         self._report()
 
-    # --- paho's callbacks (in this thread, from client.loop) ---
+    # paho's callbacks run in this thread, from client.loop().
 
     def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason: Any,
                     _properties: Any) -> None:
@@ -269,7 +268,6 @@ class MqttPublisher(Worker):
     def _on_publish(self, _client: Any, _userdata: Any, mid: int, *_rest: Any) -> None:
         self._in_flight.discard(mid)
 
-    # --- what is sent ---
 
     def _tick(self) -> None:
         """Once an interval, connected: the live documents, and what changed since."""

@@ -21,7 +21,7 @@ import serial
 
 from eccm.core.clock import RELEASED, TRUST_YEARS
 from eccm.core.health import GnssHealth
-from eccm.sources.gnss.columns import COLUMNS
+from eccm.sources.gnss.columns import COLUMNS, SOURCE
 from eccm.sources.gnss.nmea import Fix, NmeaParser
 from eccm.core.state import CONNECTED, CONNECTING, DISABLED, LOST, SharedState
 from eccm.core.worker import Backoff, LinkLog, Worker
@@ -95,7 +95,7 @@ def publish_fix(state: SharedState, fix: Fix) -> None:
 
 
 class GnssReader(Worker):
-    name = "gnss"
+    name = SOURCE
 
     def __init__(self, stop_event: threading.Event, state: SharedState, *, port: str,
                  baudrate: int = 9600, max_delay: float = 30.0,

@@ -57,6 +57,8 @@ def unknown_mode01(names: Sequence[str]) -> List[str]:
 NOT_ENGINE_VALUES = {"PIDS_A", "PIDS_B", "PIDS_C", "O2_SENSORS", "O2_SENSORS_ALT"}
 # Monitor-status PIDs: decoded into a MIL flag and a DTC count.
 STATUS_PIDS = {"STATUS", "STATUS_DRIVE_CYCLE"}
+# The check-engine light now (PID 01's MIL bit: 1 on, 0 off).
+MIL_COLUMN = "STATUS_MIL"
 
 
 def decode_data(cmd: Any, data: bytes) -> Any:
