@@ -192,12 +192,16 @@ def split_broker(raw: str, tls: bool = False) -> Tuple[str, int]:
         if rest and not port_text:
             raise ValueError(expected)
     elif raw.count(":") > 1:
-        host = raw  # a bare IPv6 address
+        host = raw  # a bare IPv6 address, nothing else
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(expected) from None
     else:
         host, colon, port_text = raw.partition(":")
         if colon and not port_text:
             raise ValueError(expected)
-    if not host:
+    if not host or host.isdigit():  # '1883' alone is a port without its host
         raise ValueError(expected)
     if port_text == "":
         return host, 8883 if tls else 1883
@@ -225,11 +229,12 @@ def _topic(optional: bool) -> Callable[[str], Optional[str]]:
         if raw == "" and optional:
             return None
         value = raw.strip("/")
-        if (not value or any(c in value for c in "+#\x00") or value.startswith("$")
+        if (not value or any(c in value for c in "+#") or value.startswith("$")
+                or any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in value)
                 or "//" in value or len(value.encode()) > 200):
             raise ValueError("expected a topic prefix such as eccm/my-car: levels separated "
-                             "by '/', no '+', '#' or empty level, not starting with '$', "
-                             "up to 200 bytes")
+                             "by '/', no '+', '#', control character or empty level, not "
+                             "starting with '$', up to 200 bytes")
         return value
     return parse
 
@@ -612,13 +617,10 @@ def load(path: Optional[Path], environ: Optional[Mapping[str, str]] = None,
         problems.extend(_tls_problems(
             values, lambda key: f"{key}{SCHEMA[key].shown(texts[key])} (from {where(key)})"))
     if values.get("MQTT_BROKER") and values.get("MQTT_TLS_CA"):
-        try:
-            with open(values["MQTT_TLS_CA"], "rb"):
-                pass
-        except OSError as exc:
+        trouble = _ca_problem(values["MQTT_TLS_CA"])
+        if trouble:
             problems.append(f"MQTT_TLS_CA{SCHEMA['MQTT_TLS_CA'].shown(texts['MQTT_TLS_CA'])} "
-                            f"(from {where('MQTT_TLS_CA')}): cannot be read "
-                            f"({exc.strerror or exc.__class__.__name__}); expected the PEM "
+                            f"(from {where('MQTT_TLS_CA')}): {trouble}; expected the PEM "
                             "file of the certificate authority that signed the broker's")
     if values.get("OBD_PROFILE"):
         problem = _profile_problem(values["OBD_PROFILE"])
@@ -636,6 +638,20 @@ def load(path: Optional[Path], environ: Optional[Mapping[str, str]] = None,
     if problems:
         raise ConfigError(problems, warnings)
     return Config(values, sources, path), warnings
+
+
+def _ca_problem(path: str) -> Optional[str]:
+    """Why a certificate authority file cannot be used by TLS; None if it loads."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc.__class__.__name__})"
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, ValueError):
+        return "holds no PEM certificate"
+    return None
 
 
 def _check_together(values: Dict[str, Any], problems: List[str]) -> None:

@@ -421,6 +421,13 @@ def validate(component: str, config: dict) -> dict:
     _check_keys("", cfg, COMPONENT_KEYS[component])
     if cfg.get("platform", "mqtt") != "mqtt":
         _fail("platform", "must be 'mqtt'")
+    if "object_id" in cfg:
+        # Deprecated in HA 2025.10 (a repair notice per entity; announced to stop working
+        # in 2026.4): default_entity_id replaces it.
+        _fail("object_id", "deprecated: use default_entity_id")
+    if "default_entity_id" in cfg and not re.fullmatch(
+            rf"{component}\.[a-z0-9_]+", str(cfg["default_entity_id"])):
+        _fail("default_entity_id", f"expected {component}.<lower-case id>")
     for key in cfg:
         if key.endswith("topic"):
             check_publish_topic(key, cfg[key])

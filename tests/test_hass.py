@@ -14,7 +14,7 @@ import hass_schema
 from eccm.core.state import Column, EngineRun, SharedState
 from eccm.sinks.hass import (Topics, discovery, dtc_document, json_value, object_id,
                              position_document, state_document)
-from eccm.sinks.rows import format_cell
+from eccm.sinks.rows import format_cell, format_time
 from eccm.sources.gnss.columns import COLUMNS as GNSS_COLUMNS
 from eccm.sources.obd.profile import load
 from eccm.sources.obd.values import standard_units
@@ -108,3 +108,45 @@ def test_trouble_codes_unread_are_null_with_why_never_an_empty_list(dtcs, count)
         if dtcs.get(f"{kind}_unread"):
             assert doc[f"{kind}_unread"] == dtcs[f"{kind}_unread"]
     assert dtc_document(None) is None
+
+
+def test_codes_cleared_through_the_socket_are_what_the_dtc_document_says(tmp_path):
+    """CLEAR_DTC (or DTC) during a run: the trouble-code document follows what the car
+    said last, stamped with when, not the list read when the run began."""
+    import threading
+    from eccm.sources.obd.poller import ObdPoller
+
+    state = SharedState()
+    state.start_engine_run(EngineRun(7, (), facts={"dtcs": {
+        "stored": ["P0420"], "pending": ["P0171"], "permanent": ["P0420"]}}), source="obd")
+    poller = ObdPoller(threading.Event(), state, port=str(tmp_path / "none"))
+
+    class Conn:
+        def clear_dtcs(self):
+            return 0
+
+        def read_dtcs(self, mode):
+            return {3: ["P0300"], 7: []}[mode]
+
+    done = threading.Event()
+
+    def serve():
+        while not done.is_set():
+            poller._serve_requests(Conn())
+            done.wait(0.01)
+
+    helper = threading.Thread(target=serve)
+    helper.start()
+    try:
+        assert poller.clear_dtcs(5) == 0
+        doc = dtc_document(state.snapshot().engine_run)
+        assert (doc["count"], doc["stored"], doc["pending"], doc["permanent"]) == \
+            (0, [], [], ["P0420"])  # permanent codes outlive a clear (J1979)
+        assert doc["read_at"] >= format_time(state.snapshot().engine_run.started)
+        poller.read_dtcs(5)
+        doc = dtc_document(state.snapshot().engine_run)
+        assert (doc["count"], doc["stored"]) == (1, ["P0300"])
+    finally:
+        done.set()
+        helper.join(5)
+    assert state.snapshot().engine_run.number == 7

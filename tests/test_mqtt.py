@@ -316,10 +316,16 @@ def test_check_config_hides_the_mqtt_password(tmp_path):
     ("MQTT_TOPIC_PREFIX", "$SYS/x", "expected a topic prefix"),
     ("MQTT_DISCOVERY_PREFIX", "ha/#", "MQTT_DISCOVERY_PREFIX = 'ha/#'"),
     ("MQTT_TLS_CA", "missing.pem", "MQTT_TLS_CA = 'missing.pem'"),
+    ("MQTT_TLS_CA", "junk.pem", "holds no PEM certificate"),
+    ("MQTT_BROKER", "192.168.1.10:1883:", "MQTT_BROKER = '192.168.1.10:1883:'"),
+    ("MQTT_BROKER", "broker.local::1883", "MQTT_BROKER"),
+    ("MQTT_BROKER", "1883", "expected host:port or host"),
+    ("MQTT_TOPIC_PREFIX", "cars/my\tcar", "expected a topic prefix"),
 ])
 def test_a_bad_mqtt_setting_is_one_error_naming_the_key(tmp_path, key, value, expected):
     import subprocess
     import sys
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
     keys = {"MQTT_BROKER": "broker.local", "MQTT_TLS": "yes", key: value}
     result = subprocess.run([sys.executable, "-m", "eccm", "check-config", "--config",
                              str(write_config(tmp_path, **keys))],
@@ -427,7 +433,7 @@ def test_a_broker_that_stops_reading_drops_the_oldest_documents_and_counts_them(
     state = SharedState()
     columns = tuple(Column(f"V{i}") for i in range(200))
     state.start_engine_run(EngineRun(1, columns), source="obd")
-    stop, worker = publisher(state, broker.port, interval=0.01, queue=5, max_age=3600)
+    stop, worker = publisher(state, broker.port, interval=0.01, max_age=3600)
     try:
         for _ in range(2000):
             state.update_values({c.name: ("x" * 50, "") for c in columns}, origin="obd")
@@ -488,3 +494,212 @@ def test_two_eccms_of_one_car_on_one_broker_do_not_kick_each_other(broker):
     finally:
         for stop, worker in workers:
             stop_worker(stop, worker)
+
+
+def test_the_demo_drive_with_gnss_renders_in_home_assistant_as_the_record_holds(
+        tmp_path, broker, subscribers):
+    """The simulated car and receiver (eccm run --demo): every sensor Home Assistant keeps
+    statistics of gets a number (or unknown) from every document, a time sensor a time,
+    and the tracker the position the record file holds."""
+    import os
+    import subprocess
+    import sys
+    from conftest import REPO
+    sub = Subscriber(tmp_path, broker.port)
+    subscribers.append(sub)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECCM_")}
+    env.update(PYTHONPATH=str(REPO), ECCM_RECORD_INTERVAL="0.5", ECCM_MQTT_INTERVAL="0.5",
+               ECCM_MQTT_BROKER=f"127.0.0.1:{broker.port}")
+    with open(tmp_path / "out.txt", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "eccm", "run", "--demo"],
+                                cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: len(sub.payloads("eccm/DEMO/position")) >= 6, 90,
+                     what="positions")
+            proc.send_signal(signal.SIGINT)
+            proc.wait(10)
+        finally:
+            stop_process(proc, signal.SIGKILL)
+    configs = {m["topic"]: json.loads(m["payload"]) for m in sub.messages()
+               if m["topic"].startswith("homeassistant/sensor/")}
+    docs = sub.payloads("eccm/DEMO/state")
+    assert configs and docs
+    for config in configs.values():
+        hass_schema.validate("sensor", config)
+        for doc in docs:
+            if config["state_topic"] != "eccm/DEMO/state":
+                continue
+            shown = render(config["value_template"], doc)
+            if shown == "None":
+                continue
+            if "state_class" in config:
+                float(shown)  # Home Assistant refuses a non-number here
+            if config.get("device_class") == "timestamp":
+                assert parse_time(shown) is not None, shown
+    [record] = outbox_files(tmp_path / "demo-records")
+    rows = read_records(record)
+    names = header_names(record)
+    lat, lon = names.index("LATITUDE"), names.index("LONGITUDE")
+    recorded = {(row[lat], row[lon]) for row in rows[1:]}
+    positions = [json.loads(p) for p in sub.payloads("eccm/DEMO/position")]
+    assert all((format_cell(p["latitude"]), format_cell(p["longitude"])) in recorded
+               for p in positions if p["gnss_time"] <= rows[-1][0]), positions
+
+
+def test_without_a_usable_paho_the_worker_stays_alive_for_the_watchdog(monkeypatch):
+    """An idle publisher still beats (the daemon withholds systemd's watchdog from a
+    worker silent for 60 s); paho-mqtt 1.x is named as the problem, not a crash."""
+    import sys
+    import types
+    from eccm.core.state import SharedState
+    old = types.ModuleType("paho.mqtt.client")  # paho-mqtt 1.x: no CallbackAPIVersion
+    package = types.ModuleType("paho.mqtt")
+    package.client = old
+    monkeypatch.setitem(sys.modules, "paho", types.ModuleType("paho"))
+    monkeypatch.setitem(sys.modules, "paho.mqtt", package)
+    monkeypatch.setitem(sys.modules, "paho.mqtt.client", old)
+    state = SharedState()
+    stop, worker = publisher(state, free_port())
+    try:
+        wait_for(lambda: "paho-mqtt 2 or newer is needed" in
+                 getattr(state.snapshot().links.get("mqtt"), "reason", ""), 5,
+                 what="the reason")
+        beat = worker.beat
+        wait_for(lambda: worker.beat > beat, 3, what="a heartbeat while idle")
+        assert worker.is_alive() and not worker.crashed
+    finally:
+        stop_worker(stop, worker)
+
+
+class DroppingBroker(SilentBroker):
+    """Takes the login, then hangs up at once (an ACL, a connection limit, a proxy)."""
+
+    def greet(self, conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(bytes([0x20, 0x02, 0x00, 0x00]))
+        self.times.append(time.monotonic())
+        conn.close()
+
+    times: List[float] = []
+
+
+def test_a_broker_that_hangs_up_after_the_login_gets_growing_waits():
+    from eccm.core.state import SharedState
+    broker = DroppingBroker()
+    broker.times = []
+    stop, worker = publisher(SharedState(), broker.port, reconnect_cap=2.0)
+    try:
+        wait_for(lambda: len(broker.times) >= 5, 20, what="five logins")
+    finally:
+        stop_worker(stop, worker)
+        broker.stop()
+    gaps = [b - a for a, b in zip(broker.times, broker.times[1:])]
+    assert gaps[-1] >= 1.5, gaps  # 0.5, 1, 2, 2...: not a reconnect every half second
+
+
+def test_the_device_keeps_its_vin_between_runs(broker, subscribers, tmp_path):
+    from eccm.core.health import ObdHealth
+    from eccm.core.state import Column, EngineRun, SharedState
+    state = SharedState()
+    stop, worker = publisher(state, broker.port, interval=0.05)
+    try:
+        state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),), vin="1G1JC5444R7252367"),
+                               source="obd")
+        state.report(ObdHealth(vin="1G1JC5444R7252367"))
+        wait_for(lambda: worker.published >= 3, 10, what="documents in the run")
+        state.end_engine_run()
+        state.report(ObdHealth())  # the poller forgets the VIN when a run ends
+        published = worker.published
+        wait_for(lambda: worker.published >= published + 3, 10, what="documents after it")
+    finally:
+        stop_worker(stop, worker)
+    later = Subscriber(tmp_path, broker.port, "homeassistant/#")
+    subscribers.append(later)
+    wait_for(lambda: later.messages(), 10, what="the retained configs")
+    time.sleep(0.5)  # every retained config arrives at once
+    devices = [json.loads(m["payload"])["device"] for m in later.messages()]
+    assert devices and all(d.get("serial_number") == "1G1JC5444R7252367" for d in devices)
+
+
+class SlowLink:
+    """A TCP relay to the broker that carries 2 kB/s from the client (a weak mobile link)."""
+
+    def __init__(self, target: int, rate: int = 2000):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(4)
+        self.port = self.server.getsockname()[1]
+        self.target, self.rate = target, rate
+        self.stopping = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.server.settimeout(0.2)
+        while not self.stopping.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pipe, args=(client, upstream, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False),
+                             daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, slow: bool) -> None:
+        src.settimeout(0.2)
+        while not self.stopping.is_set():
+            try:
+                data = src.recv(self.rate // 10 if slow else 65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not data:
+                break
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+            if slow:
+                time.sleep(0.1)
+        for sock in (src, dst):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.server.close()
+
+
+def test_a_slow_link_shows_the_newest_values_not_a_backlog(broker, subscribers, tmp_path):
+    """Documents bigger than the link carries per interval: what arrives is recent (each
+    one replaces the waiting one; the replaced are counted), never a growing delay."""
+    from eccm.core.state import Column, EngineRun, SharedState
+    link = SlowLink(broker.port)
+    sub = Subscriber(tmp_path, broker.port, "eccm/#")
+    subscribers.append(sub)
+    state = SharedState()
+    columns = tuple(Column(f"V{i}") for i in range(40))
+    state.start_engine_run(EngineRun(1, columns), source="obd")
+    stop, worker = publisher(state, link.port, interval=0.2, max_age=3600, announce=False)
+    try:
+        deadline = time.monotonic() + 12
+        while time.monotonic() < deadline:
+            state.update_values({c.name: ("x" * 30, "") for c in columns}, origin="obd")
+            time.sleep(0.05)
+    finally:
+        stop_worker(stop, worker)
+        link.stop()
+    ages = []
+    for msg in sub.messages("eccm/C/state"):
+        arrived = datetime.strptime(msg["tst"][:26], "%Y-%m-%dT%H:%M:%S.%f").replace(
+            tzinfo=timezone.utc)
+        ages.append((arrived - parse_time(json.loads(msg["payload"])["time"]))
+                    .total_seconds())
+    assert len(ages) >= 5, ages
+    assert max(ages[len(ages) // 2:]) < 3, ages  # a backlog grew to 30 s before
+    assert worker.dropped > 0

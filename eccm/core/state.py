@@ -200,6 +200,14 @@ class SharedState:
         with self._lock:
             self._engine_run = None
 
+    def update_run_facts(self, number: int, changes: Mapping[str, Any]) -> None:
+        """What the car said of itself since run `number` began (trouble codes read or
+        cleared on request): merged into that run's facts; nothing if it has ended."""
+        with self._lock:
+            run = self._engine_run
+            if run is not None and run.number == number:
+                self._engine_run = replace(run, facts={**run.facts, **changes})
+
     def set_gnss(self, fix: Optional[Position]) -> None:
         if fix is not None and not isinstance(fix, Position):
             raise TypeError(f"a GNSS fix must be a core.state.Position, not {type(fix).__name__}")

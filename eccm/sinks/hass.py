@@ -46,6 +46,10 @@ UNITS: Mapping[str, Tuple[str, str]] = {
     "deg": ("°", ""),
     "mg/m3": ("mg/m³", ""),
 }
+# The unit of columns that hold a moment (an ISO 8601 UTC time as text).
+TIME_UNIT = "UTC"
+# Units whose mean makes no sense (a compass heading, a latitude): no statistics kept.
+NO_STATISTICS = ("deg",)
 # Units of counters that only grow (a reset, as after clearing codes, starts a new cycle
 # in Home Assistant's statistics).
 TOTAL_UNITS = ("km",)
@@ -127,8 +131,11 @@ def dtc_document(run: Optional[EngineRun]) -> Optional[Dict[str, Any]]:
         return None
     dtcs = run.facts.get("dtcs") or {}
     stored = dtcs.get("stored")
+    # Read when the run began, or later on request (DTC, CLEAR_DTC through the socket).
+    read_at = run.facts.get("dtcs_read_at")
     doc: Dict[str, Any] = {"count": len(stored) if stored is not None else None,
-                           "read_at": format_time(run.started)}
+                           "read_at": (format_time(datetime.fromisoformat(read_at))
+                                       if read_at else format_time(run.started))}
     for kind in ("stored", "pending", "permanent"):
         doc[kind] = dtcs.get(kind)
         if dtcs.get(f"{kind}_unread"):
@@ -163,20 +170,27 @@ def discovery(car: str, vin: Optional[str], columns: Sequence[Column], topics: T
     configs: List[Tuple[str, Dict[str, Any]]] = []
 
     def add(component: str, oid: str, payload: Dict[str, Any]) -> None:
+        # default_entity_id: Home Assistant's successor of object_id (deprecated 2025.10).
         payload = {**payload, **common, "unique_id": f"{node}_{oid}",
-                   "object_id": f"{node}_{oid}"}
+                   "default_entity_id": f"{component}."
+                                        + re.sub(r"[^a-z0-9_]", "_", f"{node}_{oid}")}
         configs.append((f"{prefix}/{component}/{node}/{oid}/config", payload))
 
     for col in columns:
         payload: Dict[str, Any] = {"name": col.name, "state_topic": topics.state,
                                    "value_template": _template(col.name),
                                    "expire_after": expire}
+        if col.unit == TIME_UNIT:  # a moment (GNSS_TIME): text, shown as a time
+            payload["device_class"] = "timestamp"
+            add("sensor", object_id(col.name), payload)
+            continue
         unit, device_class = UNITS.get(col.unit, (col.unit, ""))
         if unit and col.unit not in ("count", "ratio", ""):
             payload["unit_of_measurement"] = unit
         if device_class:
             payload["device_class"] = device_class
-        if col.unit:  # a value with a unit is a number: long-term statistics
+        if col.unit and col.unit not in NO_STATISTICS:
+            # A value with a unit is a number: long-term statistics.
             payload["state_class"] = ("total_increasing" if col.unit in TOTAL_UNITS
                                       else "measurement")
         add("sensor", object_id(col.name), payload)

@@ -3,9 +3,10 @@ to a broker every MQTT_INTERVAL.
 
 One worker thread owns the paho-mqtt client (non-threaded mode: the network I/O happens in
 this thread's loop, with a timeout on every wait). It reads snapshots, never calls the OBD
-or the recorder, so a slow or silent broker costs them nothing: documents wait in a bounded
-queue (the oldest pushed out and counted) and only a few are handed to the client at a
-time. Offline-first: while the broker is unreachable no document is kept for later (the
+or the recorder, so a slow or silent broker costs them nothing. Each topic has at most one
+document in flight (QoS 1, until the broker acknowledges it) and one waiting, which a newer
+one replaces (counted): a slow link delays the newest values, it never queues old ones.
+Offline-first: while the broker is unreachable no document is kept for later (the
 record files are the history); after a reconnect the next document is the live one.
 paho-mqtt is imported only when MQTT_BROKER is set (the `mqtt` extra).
 """
@@ -17,10 +18,9 @@ import logging
 import ssl
 import threading
 import time
-from collections import deque
 from datetime import datetime, timezone
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from eccm import __version__
 from eccm.config import split_broker
@@ -35,12 +35,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-QUEUE = 50             # documents waiting for a slow broker; older ones are dropped
-WINDOW = 8             # documents handed to the client and not yet written to the socket
 CONNECT_TIMEOUT = 3.0  # seconds for TCP (and TLS) to connect
 CONNACK_TIMEOUT = 10.0  # seconds for the broker to answer the login
 KEEPALIVE = 30         # seconds; a broker silent for 1.5x this is gone
 RECONNECT_CAP = 60.0   # longest wait between two attempts
+STABLE = 30.0          # seconds a link must last before the waits start afresh
 MISSING = ("paho-mqtt is not installed: MQTT_BROKER needs the mqtt extra "
            "(pip install 'eccm[mqtt]', or ./start.sh)")
 
@@ -51,7 +50,7 @@ class MqttHealth:
     the `mqtt` link."""
     broker: str = ""               # host:port
     published: int = 0             # documents handed to the broker
-    dropped: int = 0               # pushed out of the queue by newer ones (a slow broker)
+    dropped: int = 0               # replaced while waiting by newer ones (a slow broker)
     not_sent: int = 0              # produced while the broker was unreachable (not kept)
     name: str = "mqtt"
 
@@ -77,7 +76,7 @@ class MqttPublisher(Worker):
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  connect_timeout: float = CONNECT_TIMEOUT,
                  connack_timeout: float = CONNACK_TIMEOUT, keepalive: int = KEEPALIVE,
-                 reconnect_cap: float = RECONNECT_CAP, queue: int = QUEUE):
+                 reconnect_cap: float = RECONNECT_CAP):
         super().__init__(stop_event)
         self.state = state
         self.car = car
@@ -98,16 +97,21 @@ class MqttPublisher(Worker):
         self.keepalive = keepalive
         self.backoff = Backoff(reconnect_cap)
         self.link = LinkLog(state, "mqtt", f"MQTT broker {broker}")
-        self._queue: Deque[Tuple[str, str]] = deque(maxlen=queue)
+        # The newest document of each topic not yet handed to the client, and the message
+        # id of the one the broker has not acknowledged yet (QoS 1): one in flight per
+        # topic, so a slow link never holds a backlog of old values.
+        self._pending: Dict[str, str] = {}
+        self._in_flight: Dict[str, int] = {}
         self._client: Any = None
         self._paho: Any = None  # the paho.mqtt.client module, imported by run()
         self._connected = False
         self._refused: Optional[str] = None  # why the broker refused the login
         self._gone: Optional[str] = None     # why the connection ended
-        self._in_flight: Set[int] = set()  # message ids of documents not yet written
         self._announced: Dict[str, str] = {}  # discovery topic -> payload sent
         self._announced_for: Any = None  # the (columns, VIN) they were made for
         self._last_offline = 0.0
+        self._vin: Optional[str] = None
+        self._up_since: Optional[float] = None  # when the broker accepted this login
         self._dtc: Optional[str] = None
         self.published = self.dropped = self.not_sent = 0
 
@@ -128,14 +132,20 @@ class MqttPublisher(Worker):
                    discovery_prefix=cfg.MQTT_DISCOVERY_PREFIX, max_age=cfg.VALUE_MAX_AGE,
                    reconnect_cap=cfg.RECONNECT_MAX_DELAY, clock=clock)
 
-
     def run(self) -> None:
         self._report()
         try:
             import paho.mqtt.client as paho  # only when MQTT is on
         except ImportError:
-            self.link(LOST, MISSING)
-            while not self.stop_event.wait(3600):
+            paho = None
+        problem = MISSING if paho is None else None
+        if paho is not None and not hasattr(paho, "CallbackAPIVersion"):  # paho-mqtt 1.x
+            problem = (f"paho-mqtt 2 or newer is needed, {_version(paho)} is installed "
+                       "(pip install 'eccm[mqtt]')")
+        if problem:
+            self.link(LOST, problem)
+            # Idle, but alive: the systemd watchdog must not take this for a hung thread.
+            while not self.stop_event.wait(1.0):
                 self.heartbeat()
             return
         self._paho = paho
@@ -187,6 +197,11 @@ class MqttPublisher(Worker):
                                     f"{self.connack_timeout:g} s")
                     return
                 continue
+            if self._up_since is not None and now - self._up_since >= STABLE:
+                # Up for a while: the next loss starts the waits afresh. A broker that
+                # takes the login and drops us at once keeps the delay growing instead.
+                self.backoff.reset()
+                self._up_since = None
             if now >= next_tick:
                 self._tick()
                 next_tick += self.interval
@@ -215,7 +230,8 @@ class MqttPublisher(Worker):
         self._connected = False
         self._refused = self._gone = None
         self._in_flight.clear()
-        self._queue.clear()
+        self._pending.clear()
+        self._up_since = None
         client.connect(self.host, self.port, keepalive=self.keepalive)
 
     def _close(self, goodbye: bool = False) -> None:
@@ -251,7 +267,7 @@ class MqttPublisher(Worker):
                 self._refused = f"the broker refused the connection ({text})"
             return
         self._connected = True
-        self.backoff.reset()
+        self._up_since = time.monotonic()
         self.link(CONNECTED, f"{self.host}:{self.port}, topics {self.topics.prefix}/#")
         self._announced.clear()
         self._announced_for = None
@@ -266,7 +282,9 @@ class MqttPublisher(Worker):
         self._connected = False
 
     def _on_publish(self, _client: Any, _userdata: Any, mid: int, *_rest: Any) -> None:
-        self._in_flight.discard(mid)
+        for topic, waiting in list(self._in_flight.items()):
+            if waiting == mid:
+                del self._in_flight[topic]
 
 
     def _tick(self) -> None:
@@ -301,6 +319,9 @@ class MqttPublisher(Worker):
             return
         snap = snap or self.state.snapshot()
         vin = snap.engine_run.vin if snap.engine_run is not None else snap.health.obd.vin
+        # The car keeps its VIN between runs (the OBD health forgets it when a run ends).
+        self._vin = vin or self._vin
+        vin = self._vin
         key = (snap.declared(), vin)
         if key == self._announced_for:
             return
@@ -313,23 +334,34 @@ class MqttPublisher(Worker):
                 self._announced[topic] = text
 
     def _enqueue(self, topic: str, payload: str) -> None:
-        if len(self._queue) == self._queue.maxlen:
-            self.dropped += 1  # deque drops the oldest
-        self._queue.append((topic, payload))
+        """Each document replaces the last one of its topic that is still waiting: a
+        consumer is shown the newest values, never a backlog (replaced ones are counted)."""
+        if topic in self._pending:
+            self.dropped += 1
+        self._pending[topic] = payload
 
     def _send(self) -> None:
-        """Hand queued documents to the client while few are unwritten (a broker that
-        stops reading leaves them here, where the oldest give way)."""
-        while self._queue and len(self._in_flight) < WINDOW and self._connected:
-            topic, payload = self._queue.popleft()
-            info = self._client.publish(topic, payload, qos=0, retain=False)
-            if not info.is_published():
-                self._in_flight.add(info.mid)
+        """Hand each topic's waiting document to the client once the broker acknowledged
+        the previous one (a broker or link that stops taking them leaves them here, where
+        newer ones replace them)."""
+        for topic in [t for t in self._pending if t not in self._in_flight]:
+            if not self._connected:
+                return
+            info = self._client.publish(topic, self._pending.pop(topic), qos=1, retain=False)
+            self._in_flight[topic] = info.mid
             self.published += 1
 
     def _report(self) -> None:
         self.state.report(MqttHealth(broker=self.broker, published=self.published,
                                      dropped=self.dropped, not_sent=self.not_sent))
+
+
+def _version(module: Any) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return f"paho-mqtt {version('paho-mqtt')}"
+    except PackageNotFoundError:
+        return f"paho-mqtt {getattr(module, '__version__', '(version unknown)')}"
 
 
 def _why(exc: BaseException) -> str:

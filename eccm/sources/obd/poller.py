@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from datetime import datetime, timezone
 from dataclasses import replace
 from types import MappingProxyType
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -184,14 +185,32 @@ class ObdPoller(Worker):
         pending=False reads only the stored ones (mode 03; the pending list is then
         empty). Raises Unavailable."""
         if not pending:
-            return _described(self.submit(lambda conn: conn.read_dtcs(3), timeout)), []
+            stored = self.submit(lambda conn: conn.read_dtcs(3), timeout)
+            self._codes_read({"stored": stored})
+            return _described(stored), []
         stored, waiting = self.submit(lambda conn: (conn.read_dtcs(3), conn.read_dtcs(7)),
                                       timeout)
+        self._codes_read({"stored": stored, "pending": waiting})
         return _described(stored), _described(waiting)
+
+    def _codes_read(self, lists: Dict[str, List[str]]) -> None:
+        """Trouble codes read on request replace the run's (consumers such as MQTT show
+        them), stamped with when they were read."""
+        run = self.state.snapshot().engine_run
+        if run is None:
+            return
+        dtcs = {k: v for k, v in (run.facts.get("dtcs") or {}).items()
+                if k.replace("_unread", "") not in lists}
+        self.state.update_run_facts(run.number, {
+            "dtcs": {**dtcs, **lists},
+            "dtcs_read_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")})
 
     def clear_dtcs(self, timeout: float) -> int:
         """Mode 04; the stored codes left. Raises Unavailable."""
-        return self.submit(lambda conn: conn.clear_dtcs(), timeout)
+        left = self.submit(lambda conn: conn.clear_dtcs(), timeout)
+        if left == 0:  # mode 04 clears the stored and the pending codes
+            self._codes_read({"stored": [], "pending": []})
+        return left
 
     def query(self, name: str, timeout: float) -> Optional[str]:
         """One engine value read from the car now, as python-OBD's text shows it (a pint
