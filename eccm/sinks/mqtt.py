@@ -215,7 +215,8 @@ class MqttPublisher(Worker):
         # A broker drops the older of two clients with one id: a random tail keeps a
         # second ECCM of the same car (a test bench, a spare Pi) from kicking this one.
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=f"eccm-{self.car}-{secrets.token_hex(3)}",
+                             # 23 characters at most: all MQTT 3.1.1 brokers take that.
+                             client_id=f"eccm-{self.car[:11]}-{secrets.token_hex(3)}",
                              protocol=mqtt.MQTTv311)
         client.connect_timeout = self.connect_timeout
         if self.user:
