@@ -5,6 +5,7 @@ datasheet (fake_elm), and Home Assistant's discovery rules as an independent che
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -703,3 +704,22 @@ def test_a_slow_link_shows_the_newest_values_not_a_backlog(broker, subscribers, 
     assert len(ages) >= 5, ages
     assert max(ages[len(ages) // 2:]) < 3, ages  # a backlog grew to 30 s before
     assert worker.dropped > 0
+
+
+def test_a_link_that_acknowledges_nothing_is_started_again(caplog):
+    """A broker that took the login and then nothing (a dead mobile link the keepalive has
+    not noticed yet): the link is said lost and a new connection tried."""
+    from eccm.core.state import Column, EngineRun, SharedState
+    broker = StuckBroker()
+    state = SharedState()
+    state.start_engine_run(EngineRun(1, (Column("RPM", "rpm"),)), source="obd")
+    stop, worker = publisher(state, broker.port, interval=0.05, stall=1.0,
+                             reconnect_cap=0.5)
+    try:
+        with caplog.at_level(logging.WARNING, logger="eccm.core.worker"):
+            wait_for(lambda: len(broker.accepted) >= 2, 15, what="a second connection")
+    finally:
+        stop_worker(stop, worker)
+        broker.stop()
+    assert any("the broker acknowledged no document for" in r.getMessage()
+               for r in caplog.records), caplog.text

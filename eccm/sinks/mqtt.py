@@ -39,6 +39,7 @@ CONNECT_TIMEOUT = 3.0  # seconds for TCP (and TLS) to connect
 CONNACK_TIMEOUT = 10.0  # seconds for the broker to answer the login
 KEEPALIVE = 30         # seconds; a broker silent for 1.5x this is gone
 RECONNECT_CAP = 60.0   # longest wait between two attempts
+STALL = 10.0           # seconds without an acknowledgement before the link counts as lost
 STABLE = 30.0          # seconds a link must last before the waits start afresh
 MISSING = ("paho-mqtt is not installed: MQTT_BROKER needs the mqtt extra "
            "(pip install 'eccm[mqtt]', or ./start.sh)")
@@ -76,7 +77,7 @@ class MqttPublisher(Worker):
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
                  connect_timeout: float = CONNECT_TIMEOUT,
                  connack_timeout: float = CONNACK_TIMEOUT, keepalive: int = KEEPALIVE,
-                 reconnect_cap: float = RECONNECT_CAP):
+                 reconnect_cap: float = RECONNECT_CAP, stall: float = STALL):
         super().__init__(stop_event)
         self.state = state
         self.car = car
@@ -94,6 +95,8 @@ class MqttPublisher(Worker):
         self.clock = clock
         self.connect_timeout = connect_timeout
         self.connack_timeout = connack_timeout
+        # A document unacknowledged this long means a stalled link.
+        self.stall = max(stall, 3 * interval)
         self.keepalive = keepalive
         self.backoff = Backoff(reconnect_cap)
         self.link = LinkLog(state, "mqtt", f"MQTT broker {broker}")
@@ -101,7 +104,7 @@ class MqttPublisher(Worker):
         # id of the one the broker has not acknowledged yet (QoS 1): one in flight per
         # topic, so a slow link never holds a backlog of old values.
         self._pending: Dict[str, str] = {}
-        self._in_flight: Dict[str, int] = {}
+        self._in_flight: Dict[str, Tuple[int, float]] = {}  # topic -> (mid, sent at)
         self._client: Any = None
         self._paho: Any = None  # the paho.mqtt.client module, imported by run()
         self._connected = False
@@ -202,6 +205,13 @@ class MqttPublisher(Worker):
                 # takes the login and drops us at once keeps the delay growing instead.
                 self.backoff.reset()
                 self._up_since = None
+            unanswered = [now - sent for _mid, sent in self._in_flight.values()]
+            if unanswered and max(unanswered) > self.stall:
+                # The broker takes nothing more (a dead link the keepalive has not noticed
+                # yet): start again rather than show values that do not arrive.
+                self.link(LOST, f"the broker acknowledged no document for "
+                                f"{max(unanswered):.0f} s")
+                return
             if now >= next_tick:
                 self._tick()
                 next_tick += self.interval
@@ -283,7 +293,7 @@ class MqttPublisher(Worker):
         self._connected = False
 
     def _on_publish(self, _client: Any, _userdata: Any, mid: int, *_rest: Any) -> None:
-        for topic, waiting in list(self._in_flight.items()):
+        for topic, (waiting, _sent) in list(self._in_flight.items()):
             if waiting == mid:
                 del self._in_flight[topic]
 
@@ -349,7 +359,7 @@ class MqttPublisher(Worker):
             if not self._connected:
                 return
             info = self._client.publish(topic, self._pending.pop(topic), qos=1, retain=False)
-            self._in_flight[topic] = info.mid
+            self._in_flight[topic] = (info.mid, time.monotonic())
             self.published += 1
 
     def _report(self) -> None:
