@@ -191,6 +191,10 @@ def split_broker(raw: str, tls: bool = False) -> Tuple[str, int]:
         port_text = rest[1:] if rest else ""
         if rest and not port_text:
             raise ValueError(expected)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(expected) from None
     elif raw.count(":") > 1:
         host = raw  # a bare IPv6 address, nothing else
         try:
@@ -205,7 +209,7 @@ def split_broker(raw: str, tls: bool = False) -> Tuple[str, int]:
         raise ValueError(expected)
     if port_text == "":
         return host, 8883 if tls else 1883
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ValueError("expected a port from 1 to 65535 after the ':'")
     return host, int(port_text)
 

@@ -114,6 +114,7 @@ def test_codes_cleared_through_the_socket_are_what_the_dtc_document_says(tmp_pat
     """CLEAR_DTC (or DTC) during a run: the trouble-code document follows what the car
     said last, stamped with when, not the list read when the run began."""
     import threading
+    from eccm.sources.obd.adapter import ReadError
     from eccm.sources.obd.poller import ObdPoller
 
     state = SharedState()
@@ -140,13 +141,19 @@ def test_codes_cleared_through_the_socket_are_what_the_dtc_document_says(tmp_pat
     try:
         assert poller.clear_dtcs(5) == 0
         doc = dtc_document(state.snapshot().engine_run)
+        # A fault still present sets its code again; permanent codes outlive a clear.
         assert (doc["count"], doc["stored"], doc["pending"], doc["permanent"]) == \
-            (0, [], [], ["P0420"])  # permanent codes outlive a clear (J1979)
+            (1, ["P0300"], [], ["P0420"])
         assert doc["read_at"] >= format_time(state.snapshot().engine_run.started)
-        poller.read_dtcs(5)
+        Conn.read_dtcs = lambda self, mode: (_ for _ in ()).throw(
+            ReadError("ECU 7E9 did not answer the trouble code request"))
+        poller.clear_dtcs(5)
         doc = dtc_document(state.snapshot().engine_run)
-        assert (doc["count"], doc["stored"]) == (1, ["P0300"])
+        assert (doc["count"], doc["stored"], doc["pending"]) == (None, None, None)
+        assert doc["stored_unread"].startswith("not read after the clear: ECU 7E9")
     finally:
         done.set()
         helper.join(5)
+    # The run's facts (the record's manifest) keep what the car said when it began.
+    assert state.snapshot().engine_run.facts["dtcs"]["stored"] == ["P0420"]
     assert state.snapshot().engine_run.number == 7

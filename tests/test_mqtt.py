@@ -321,6 +321,8 @@ def test_check_config_hides_the_mqtt_password(tmp_path):
     ("MQTT_BROKER", "192.168.1.10:1883:", "MQTT_BROKER = '192.168.1.10:1883:'"),
     ("MQTT_BROKER", "broker.local::1883", "MQTT_BROKER"),
     ("MQTT_BROKER", "1883", "expected host:port or host"),
+    ("MQTT_BROKER", "[foo]:1883", "MQTT_BROKER = '[foo]:1883'"),
+    ("MQTT_BROKER", "broker:\uff11\uff18\uff18\uff13", "expected a port"),
     ("MQTT_TOPIC_PREFIX", "cars/my\tcar", "expected a topic prefix"),
 ])
 def test_a_bad_mqtt_setting_is_one_error_naming_the_key(tmp_path, key, value, expected):
@@ -544,6 +546,7 @@ def test_the_demo_drive_with_gnss_renders_in_home_assistant_as_the_record_holds(
     lat, lon = names.index("LATITUDE"), names.index("LONGITUDE")
     recorded = {(row[lat], row[lon]) for row in rows[1:]}
     positions = [json.loads(p) for p in sub.payloads("eccm/DEMO/position")]
+    assert any(p["gnss_time"] <= rows[-1][0] for p in positions)
     assert all((format_cell(p["latitude"]), format_cell(p["longitude"])) in recorded
                for p in positions if p["gnss_time"] <= rows[-1][0]), positions
 
@@ -676,19 +679,23 @@ class SlowLink:
         self.server.close()
 
 
-def test_a_slow_link_shows_the_newest_values_not_a_backlog(broker, subscribers, tmp_path):
-    """Documents bigger than the link carries per interval: what arrives is recent (each
-    one replaces the waiting one; the replaced are counted), never a growing delay."""
+def test_a_slow_link_shows_the_newest_values_not_a_backlog(broker, subscribers, tmp_path,
+                                                           caplog):
+    """Documents bigger than the link carries per interval, after the discovery configs
+    that take seconds to go through: what arrives is recent (each one replaces the waiting
+    one; the replaced are counted), never a growing delay, and the configs' slow progress
+    is not taken for a dead link."""
     from eccm.core.state import Column, EngineRun, SharedState
-    link = SlowLink(broker.port)
+    link = SlowLink(broker.port, rate=6000)
     sub = Subscriber(tmp_path, broker.port, "eccm/#")
     subscribers.append(sub)
     state = SharedState()
     columns = tuple(Column(f"V{i}") for i in range(40))
     state.start_engine_run(EngineRun(1, columns), source="obd")
-    stop, worker = publisher(state, link.port, interval=0.2, max_age=3600, announce=False)
+    stop, worker = publisher(state, link.port, interval=0.2, max_age=3600, stall=2.0)
+    caplog.set_level(logging.WARNING, logger="eccm.core.worker")
     try:
-        deadline = time.monotonic() + 12
+        deadline = time.monotonic() + 14
         while time.monotonic() < deadline:
             state.update_values({c.name: ("x" * 30, "") for c in columns}, origin="obd")
             time.sleep(0.05)
@@ -704,6 +711,7 @@ def test_a_slow_link_shows_the_newest_values_not_a_backlog(broker, subscribers, 
     assert len(ages) >= 5, ages
     assert max(ages[len(ages) // 2:]) < 3, ages  # a backlog grew to 30 s before
     assert worker.dropped > 0
+    assert "acknowledged nothing" not in caplog.text
 
 
 def test_a_link_that_acknowledges_nothing_is_started_again(caplog):
@@ -721,5 +729,14 @@ def test_a_link_that_acknowledges_nothing_is_started_again(caplog):
     finally:
         stop_worker(stop, worker)
         broker.stop()
-    assert any("the broker acknowledged no document for" in r.getMessage()
+    assert any("the broker acknowledged nothing for" in r.getMessage()
                for r in caplog.records), caplog.text
+
+
+@pytest.mark.parametrize("value,host,port", [
+    ("[::1]:1883", "::1", 1883), ("[::1]", "::1", 1883), ("::1", "::1", 1883),
+    ("localhost", "localhost", 1883), ("broker1:1884", "broker1", 1884),
+    ("host-1", "host-1", 1883), ("192.168.1.10:8883", "192.168.1.10", 8883)])
+def test_broker_addresses_users_write_are_taken(value, host, port):
+    from eccm.config import split_broker
+    assert split_broker(value) == (host, port)

@@ -60,6 +60,9 @@ class EngineRun:
     # What the car said of itself when the run began (JSON-ready: ECUs with their names,
     # calibration IDs and CVNs; trouble codes; freeze frame): kept in the record's manifest.
     facts: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # Trouble codes read since, on request (DTC, CLEAR_DTC), with "read_at": live data for
+    # consumers (MQTT); the facts, and so the manifests, keep what was said at the start.
+    dtcs_now: Optional[Mapping[str, Any]] = field(default=None, compare=False)
 
 
 @runtime_checkable
@@ -200,13 +203,13 @@ class SharedState:
         with self._lock:
             self._engine_run = None
 
-    def update_run_facts(self, number: int, changes: Mapping[str, Any]) -> None:
-        """What the car said of itself since run `number` began (trouble codes read or
-        cleared on request): merged into that run's facts; nothing if it has ended."""
+    def set_run_dtcs(self, number: int, dtcs: Mapping[str, Any]) -> None:
+        """Trouble codes read on request during run `number` (EngineRun.dtcs_now); nothing
+        if that run has ended."""
         with self._lock:
             run = self._engine_run
             if run is not None and run.number == number:
-                self._engine_run = replace(run, facts={**run.facts, **changes})
+                self._engine_run = replace(run, dtcs_now=dict(dtcs))
 
     def set_gnss(self, fix: Optional[Position]) -> None:
         if fix is not None and not isinstance(fix, Position):

@@ -48,8 +48,8 @@ UNITS: Mapping[str, Tuple[str, str]] = {
 }
 # The unit of columns that hold a moment (an ISO 8601 UTC time as text).
 TIME_UNIT = "UTC"
-# Units whose mean makes no sense (a compass heading, a latitude): no statistics kept.
-NO_STATISTICS = ("deg",)
+# The position's angles, whose mean makes no sense (a compass heading): no statistics.
+NO_STATISTICS = tuple(POSITION[k] for k in ("latitude", "longitude", "course"))
 # Units of counters that only grow (a reset, as after clearing codes, starts a new cycle
 # in Home Assistant's statistics).
 TOTAL_UNITS = ("km",)
@@ -129,10 +129,10 @@ def dtc_document(run: Optional[EngineRun]) -> Optional[Dict[str, Any]]:
     list that could not be read is null with the reason, never an empty list."""
     if run is None:
         return None
-    dtcs = run.facts.get("dtcs") or {}
-    stored = dtcs.get("stored")
     # Read when the run began, or later on request (DTC, CLEAR_DTC through the socket).
-    read_at = run.facts.get("dtcs_read_at")
+    dtcs = run.dtcs_now if run.dtcs_now is not None else (run.facts.get("dtcs") or {})
+    read_at = dtcs.get("read_at")
+    stored = dtcs.get("stored")
     doc: Dict[str, Any] = {"count": len(stored) if stored is not None else None,
                            "read_at": (format_time(datetime.fromisoformat(read_at))
                                        if read_at else format_time(run.started))}
@@ -189,7 +189,7 @@ def discovery(car: str, vin: Optional[str], columns: Sequence[Column], topics: T
             payload["unit_of_measurement"] = unit
         if device_class:
             payload["device_class"] = device_class
-        if col.unit and col.unit not in NO_STATISTICS:
+        if col.unit and col.name not in NO_STATISTICS:
             # A value with a unit is a number: long-term statistics.
             payload["state_class"] = ("total_increasing" if col.unit in TOTAL_UNITS
                                       else "measurement")

@@ -13,6 +13,7 @@ paho-mqtt is imported only when MQTT_BROKER is set (the `mqtt` extra).
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import logging
 import ssl
@@ -39,7 +40,8 @@ CONNECT_TIMEOUT = 3.0  # seconds for TCP (and TLS) to connect
 CONNACK_TIMEOUT = 10.0  # seconds for the broker to answer the login
 KEEPALIVE = 30         # seconds; a broker silent for 1.5x this is gone
 RECONNECT_CAP = 60.0   # longest wait between two attempts
-STALL = 10.0           # seconds without an acknowledgement before the link counts as lost
+STALL = 10.0           # seconds without any acknowledgement, while a message waits for
+                       # one, before the link counts as lost
 STABLE = 30.0          # seconds a link must last before the waits start afresh
 MISSING = ("paho-mqtt is not installed: MQTT_BROKER needs the mqtt extra "
            "(pip install 'eccm[mqtt]', or ./start.sh)")
@@ -50,7 +52,7 @@ class MqttHealth:
     """The publisher's part of the health model (core.health.Part); its broker link is
     the `mqtt` link."""
     broker: str = ""               # host:port
-    published: int = 0             # documents handed to the broker
+    published: int = 0             # documents the broker acknowledged
     dropped: int = 0               # replaced while waiting by newer ones (a slow broker)
     not_sent: int = 0              # produced while the broker was unreachable (not kept)
     name: str = "mqtt"
@@ -96,7 +98,7 @@ class MqttPublisher(Worker):
         self.connect_timeout = connect_timeout
         self.connack_timeout = connack_timeout
         # A document unacknowledged this long means a stalled link.
-        self.stall = max(stall, 3 * interval)
+        self.stall = stall
         self.keepalive = keepalive
         self.backoff = Backoff(reconnect_cap)
         self.link = LinkLog(state, "mqtt", f"MQTT broker {broker}")
@@ -115,6 +117,7 @@ class MqttPublisher(Worker):
         self._last_offline = 0.0
         self._vin: Optional[str] = None
         self._up_since: Optional[float] = None  # when the broker accepted this login
+        self._last_ack = 0.0  # when the broker last acknowledged a message
         self._dtc: Optional[str] = None
         self.published = self.dropped = self.not_sent = 0
 
@@ -205,12 +208,12 @@ class MqttPublisher(Worker):
                 # takes the login and drops us at once keeps the delay growing instead.
                 self.backoff.reset()
                 self._up_since = None
-            unanswered = [now - sent for _mid, sent in self._in_flight.values()]
-            if unanswered and max(unanswered) > self.stall:
-                # The broker takes nothing more (a dead link the keepalive has not noticed
-                # yet): start again rather than show values that do not arrive.
-                self.link(LOST, f"the broker acknowledged no document for "
-                                f"{max(unanswered):.0f} s")
+            if self._in_flight and now - self._last_ack > self.stall:
+                # Something waits and the broker acknowledged nothing at all (no config, no
+                # document) for this long: a dead link the keepalive has not noticed yet.
+                # Start again rather than show values that do not arrive.
+                self.link(LOST, f"the broker acknowledged nothing for "
+                                f"{now - self._last_ack:.0f} s")
                 return
             if now >= next_tick:
                 self._tick()
@@ -225,8 +228,9 @@ class MqttPublisher(Worker):
         # A broker drops the older of two clients with one id: a random tail keeps a
         # second ECCM of the same car (a test bench, a spare Pi) from kicking this one.
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             # 23 characters at most: all MQTT 3.1.1 brokers take that.
-                             client_id=f"eccm-{self.car[:11]}-{secrets.token_hex(3)}",
+                             # Up to 23 letters and digits: what MQTT 3.1.1 guarantees.
+                             client_id="eccm" + re.sub(r"[^0-9A-Za-z]", "", self.car)[:13]
+                             + secrets.token_hex(3),
                              protocol=mqtt.MQTTv311)
         client.connect_timeout = self.connect_timeout
         if self.user:
@@ -258,10 +262,17 @@ class MqttPublisher(Worker):
                 while not info.is_published() and time.monotonic() < deadline:
                     if client.loop(timeout=0.1) != 0:
                         break
-            client.disconnect()
-            client.loop(timeout=0.1)
+            if goodbye:
+                client.disconnect()
+                client.loop(timeout=0.1)
+            else:
+                # A lost or stalled link: drop it without DISCONNECT, so the broker sends
+                # the last will (offline) rather than keep `online` for a silent ECCM.
+                sock = client.socket()
+                if sock is not None:
+                    sock.close()
         except (OSError, ValueError, RuntimeError):
-            pass  # going anyway: paho closes its socket on disconnect
+            pass  # going anyway
         self._connected = False
         self._report()
 
@@ -279,6 +290,7 @@ class MqttPublisher(Worker):
             return
         self._connected = True
         self._up_since = time.monotonic()
+        self._last_ack = time.monotonic()
         self.link(CONNECTED, f"{self.host}:{self.port}, topics {self.topics.prefix}/#")
         self._announced.clear()
         self._announced_for = None
@@ -293,9 +305,12 @@ class MqttPublisher(Worker):
         self._connected = False
 
     def _on_publish(self, _client: Any, _userdata: Any, mid: int, *_rest: Any) -> None:
+        """The broker acknowledged a message (QoS 1): the link moves."""
+        self._last_ack = time.monotonic()
         for topic, (waiting, _sent) in list(self._in_flight.items()):
             if waiting == mid:
                 del self._in_flight[topic]
+                self.published += 1  # delivered to the broker, not only handed over
 
 
     def _tick(self) -> None:
@@ -360,7 +375,6 @@ class MqttPublisher(Worker):
                 return
             info = self._client.publish(topic, self._pending.pop(topic), qos=1, retain=False)
             self._in_flight[topic] = (info.mid, time.monotonic())
-            self.published += 1
 
     def _report(self) -> None:
         self.state.report(MqttHealth(broker=self.broker, published=self.published,

@@ -199,17 +199,26 @@ class ObdPoller(Worker):
         run = self.state.snapshot().engine_run
         if run is None:
             return
-        dtcs = {k: v for k, v in (run.facts.get("dtcs") or {}).items()
-                if k.replace("_unread", "") not in lists}
-        self.state.update_run_facts(run.number, {
-            "dtcs": {**dtcs, **lists},
-            "dtcs_read_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")})
+        last = run.dtcs_now if run.dtcs_now is not None else (run.facts.get("dtcs") or {})
+        kept = {k: v for k, v in last.items()
+                if k != "read_at" and k.replace("_unread", "") not in lists}
+        self.state.set_run_dtcs(run.number, {
+            **kept, **lists,
+            "read_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")})
 
     def clear_dtcs(self, timeout: float) -> int:
         """Mode 04; the stored codes left. Raises Unavailable."""
         left = self.submit(lambda conn: conn.clear_dtcs(), timeout)
-        if left == 0:  # mode 04 clears the stored and the pending codes
-            self._codes_read({"stored": [], "pending": []})
+        # Mode 04 clears the stored and the pending codes: what is there now (a fault still
+        # present sets its code again).
+        try:
+            stored, waiting = self.submit(
+                lambda conn: (conn.read_dtcs(3), conn.read_dtcs(7)), timeout)
+            self._codes_read({"stored": stored, "pending": waiting})
+        except Unavailable as exc:
+            why = f"not read after the clear: {exc}"
+            self._codes_read({"stored": None, "stored_unread": why,
+                              "pending": None, "pending_unread": why})
         return left
 
     def query(self, name: str, timeout: float) -> Optional[str]:
