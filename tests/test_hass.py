@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import hass_schema
-from eccm.core.state import Column, EngineRun, SharedState
+from eccm.core.state import Column, EngineRun, SharedState, Unavailable
 from eccm.sinks.hass import (Topics, discovery, dtc_document, json_value, object_id,
                              position_document, state_document)
 from eccm.sinks.rows import format_cell, format_time
@@ -123,8 +123,8 @@ def test_codes_cleared_through_the_socket_are_what_the_dtc_document_says(tmp_pat
     poller = ObdPoller(threading.Event(), state, port=str(tmp_path / "none"))
 
     class Conn:
-        def clear_dtcs(self):
-            return 0
+        def clear_and_reread(self):
+            return self.read_dtcs(3), self.read_dtcs(7)
 
         def read_dtcs(self, mode):
             return {3: ["P0300"], 7: []}[mode]
@@ -139,18 +139,19 @@ def test_codes_cleared_through_the_socket_are_what_the_dtc_document_says(tmp_pat
     helper = threading.Thread(target=serve)
     helper.start()
     try:
-        assert poller.clear_dtcs(5) == 0
+        assert poller.clear_dtcs(5) == 1  # one code left
         doc = dtc_document(state.snapshot().engine_run)
         # A fault still present sets its code again; permanent codes outlive a clear.
         assert (doc["count"], doc["stored"], doc["pending"], doc["permanent"]) == \
             (1, ["P0300"], [], ["P0420"])
         assert doc["read_at"] >= format_time(state.snapshot().engine_run.started)
-        Conn.read_dtcs = lambda self, mode: (_ for _ in ()).throw(
+        Conn.clear_and_reread = lambda self: (_ for _ in ()).throw(
             ReadError("ECU 7E9 did not answer the trouble code request"))
-        poller.clear_dtcs(5)
+        with pytest.raises(Unavailable):
+            poller.clear_dtcs(5)
         doc = dtc_document(state.snapshot().engine_run)
         assert (doc["count"], doc["stored"], doc["pending"]) == (None, None, None)
-        assert doc["stored_unread"].startswith("not read after the clear: ECU 7E9")
+        assert doc["stored_unread"].startswith("unknown after a clear request: ECU 7E9")
     finally:
         done.set()
         helper.join(5)

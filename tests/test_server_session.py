@@ -138,7 +138,7 @@ def test_the_poller_gives_the_server_only_unavailable_with_the_reason(tmp_path):
         def read_dtcs(self, mode: int):
             raise ReadError("no whole answer to mode 03")
 
-        def clear_dtcs(self):
+        def clear_and_reread(self):
             raise AdapterError("adapter disconnected")
 
     def serve(conn, done: threading.Event) -> None:

@@ -580,10 +580,20 @@ class ElmConnection:
 
     def clear_dtcs(self) -> int:
         """Mode 04; the number of stored codes left afterwards."""
+        return len(self.clear_and_reread()[0])
+
+    def clear_and_reread(self) -> Tuple[List[str], Optional[List[str]]]:
+        """Mode 04, then the stored (03) and pending (07) codes there are now (a fault still
+        present sets its code again); pending None if only that list could not be read.
+        Raises ReadError if the clear was not confirmed or the stored list not read."""
         reply = self._long_request("04")
         if not any(m.data[:1] == b"\x44" for m in reply.messages):
             raise ReadError("the car did not confirm the clear request")
-        return len(self.read_dtcs(3))
+        stored = self.read_dtcs(3)
+        try:
+            return stored, self.read_dtcs(7)
+        except ReadError:
+            return stored, None
 
     def read_vin(self) -> Optional[str]:
         """The VIN (mode 09 PID 02) of the engine, or None unless whole and valid."""

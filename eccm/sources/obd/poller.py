@@ -208,18 +208,18 @@ class ObdPoller(Worker):
 
     def clear_dtcs(self, timeout: float) -> int:
         """Mode 04; the stored codes left. Raises Unavailable."""
-        left = self.submit(lambda conn: conn.clear_dtcs(), timeout)
-        # Mode 04 clears the stored and the pending codes: what is there now (a fault still
-        # present sets its code again).
         try:
-            stored, waiting = self.submit(
-                lambda conn: (conn.read_dtcs(3), conn.read_dtcs(7)), timeout)
-            self._codes_read({"stored": stored, "pending": waiting})
-        except Unavailable as exc:
-            why = f"not read after the clear: {exc}"
+            stored, waiting = self.submit(lambda conn: conn.clear_and_reread(), timeout)
+        except Unavailable as exc:  # cleared or not, the last list read may be wrong now
+            why = f"unknown after a clear request: {exc}"
             self._codes_read({"stored": None, "stored_unread": why,
                               "pending": None, "pending_unread": why})
-        return left
+            raise
+        lists: Dict[str, Any] = {"stored": stored, "pending": waiting}
+        if waiting is None:
+            lists["pending_unread"] = "not read after the clear"
+        self._codes_read(lists)
+        return len(stored)
 
     def query(self, name: str, timeout: float) -> Optional[str]:
         """One engine value read from the car now, as python-OBD's text shows it (a pint
